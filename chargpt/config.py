@@ -1,0 +1,249 @@
+"""Typed configuration: one pydantic model per params.yaml section, validated once at the stage boundary.
+
+A named run is the shared defaults with the run's overrides deep-merged on top (`runs.<name>` in
+params.yaml). Library functions take the narrow section they need, never the raw YAML dict.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ENWIK8_URL = "http://mattmahoney.net/dc/enwik8.zip"
+SECTIONS = ("data", "model", "optimizer", "schedule", "lr_range_test", "train", "eval")
+RUN_SECTIONS = SECTIONS[1:]  # what a named run may override
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+
+
+class ConfigError(ValueError):
+    """A params.yaml problem, with the key path that caused it."""
+
+
+class _Section(BaseModel):
+    # extra="forbid": a typo in params.yaml is an error naming the key, not a silently ignored value.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Checksums(_Section):
+    """Published digests of a corpus; any field left null is not checked (the observed value is recorded)."""
+
+    archive_size: PositiveInt | None = None
+    archive_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    size: PositiveInt | None = None
+    md5: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
+class DataConfig(_Section):
+    url: str = ENWIK8_URL
+    # How to unpack what `url` points at; auto: by the URL's suffix (.zip, .bz2, .gz, anything else raw).
+    format: Literal["auto", "zip", "bz2", "gz", "raw"] = "auto"
+    member: str | None = "enwik8"  # the zip member to extract; null: the archive must hold exactly one file
+    checksums: Checksums | None = None
+    split: tuple[Fraction, Fraction, Fraction] = (0.9, 0.05, 0.05)  # train/val/test by byte offset
+    timeout_s: PositiveFloat = 60.0
+    retries: Annotated[int, Field(ge=0)] = 3
+
+    @model_validator(mode="after")
+    def _split_sums_to_one(self) -> DataConfig:
+        if not math.isclose(sum(self.split), 1.0, abs_tol=1e-9):
+            raise ValueError(f"split fractions must sum to 1, got {list(self.split)} (sum {sum(self.split)})")
+        return self
+
+
+class ModelConfig(_Section):
+    n_layer: PositiveInt = 12
+    d_model: PositiveInt = 512
+    n_head: PositiveInt = 8
+    d_ff: PositiveInt = 2048
+    context: PositiveInt = 512
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    vocab_size: Literal[256] = 256  # bytes, no remapping
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelConfig:
+        if self.d_model % self.n_head:
+            raise ValueError(f"n_head ({self.n_head}) must divide d_model ({self.d_model})")
+        return self
+
+
+class OptimizerConfig(_Section):
+    name: Literal["sgd", "adamw"] = "sgd"
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-5
+    nesterov: bool = True  # SGD only
+    beta2: Annotated[float, Field(gt=0, lt=1)] = 0.99  # AdamW only; beta1 is the cycled momentum
+    grad_clip: Annotated[float, Field(ge=0)] = 1.0  # max global grad norm; 0 disables
+
+
+class ScheduleConfig(_Section):
+    """Smith & Topin's 1cycle: LR lr_min -> lr_max -> lr_min while momentum goes max -> min -> max,
+    then a short annihilation phase to lr_min / final_div_factor (torch's three-phase OneCycleLR)."""
+
+    lr_min: PositiveFloat = 1e-4
+    lr_max: PositiveFloat | Literal["auto"] = 0.1  # auto: the LR range test's suggestion
+    momentum_max: Annotated[float, Field(gt=0, lt=1)] = 0.9
+    momentum_min: Annotated[float, Field(gt=0, lt=1)] = 0.8
+    pct_start: Annotated[float, Field(gt=0, lt=0.5)] = 0.45  # fraction of steps in each of the two ramps
+    final_div_factor: Annotated[float, Field(ge=1)] = 1.0
+    anneal: Literal["linear", "cos"] = "linear"  # Smith uses linear ramps
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> ScheduleConfig:
+        if self.lr_max != "auto" and self.lr_min >= self.lr_max:
+            raise ValueError(f"lr_min ({self.lr_min}) must be below lr_max ({self.lr_max})")
+        if self.momentum_min > self.momentum_max:
+            raise ValueError(f"momentum_min ({self.momentum_min}) must not exceed momentum_max ({self.momentum_max})")
+        return self
+
+
+class LRRangeTestConfig(_Section):
+    lr_start: PositiveFloat = 1e-5
+    lr_end: PositiveFloat = 10.0
+    iterations: Annotated[int, Field(ge=10)] = 200
+    smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.98  # EMA factor of the loss
+    divergence: Annotated[float, Field(gt=1)] = 4.0  # stop once smoothed loss > divergence * best
+    # The suggested max LR: the LR at the smoothed-loss minimum divided by this (Smith picks max LR
+    # just before the loss turns up; the minimum itself is already too aggressive).
+    min_loss_divisor: Annotated[float, Field(ge=1)] = 10.0
+    skip_start: Annotated[int, Field(ge=0)] = 10  # the first points are noise from the EMA warm-up
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> LRRangeTestConfig:
+        if self.lr_start >= self.lr_end:
+            raise ValueError(f"lr_start ({self.lr_start}) must be below lr_end ({self.lr_end})")
+        if self.skip_start >= self.iterations:
+            raise ValueError(f"skip_start ({self.skip_start}) must be below iterations ({self.iterations})")
+        return self
+
+
+class TrainConfig(_Section):
+    iterations: PositiveInt = 24000
+    batch_size: PositiveInt = 32
+    seed: int = 1337
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # bf16: autocast (weights and optimizer stay fp32). auto: bf16 on CUDA, and on a CPU only where it has
+    # native bf16 matmul (avx512_bf16 / amx_bf16); elsewhere bf16 is emulated and far slower than fp32.
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    eval_interval: PositiveInt = 500
+    eval_batches: PositiveInt = 20  # batches of val windows per interval estimate (the full split is `evaluate`)
+    log_interval: PositiveInt = 50
+    threads: Annotated[int, Field(ge=0)] = 0  # torch intra-op threads on CPU; 0: torch's default
+
+
+class EvalConfig(_Section):
+    batch_size: PositiveInt = 16
+    # Sliding-window scoring: each window advances by `stride` bytes and scores only its last `stride`
+    # bytes, so each byte sees at least context - stride bytes of history. null: stride = context
+    # (consecutive non-overlapping windows).
+    stride: PositiveInt | None = None
+    # Score only this many leading bytes of each split (a stated prefix, reported under its own metric
+    # names); null: the whole split.
+    max_bytes: PositiveInt | None = None
+
+
+class RunConfig(_Section):
+    name: str
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    lr_range_test: LRRangeTestConfig = LRRangeTestConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> RunConfig:
+        if self.eval.stride is not None and self.eval.stride > self.model.context:
+            raise ValueError(f"eval.stride ({self.eval.stride}) must not exceed model.context ({self.model.context})")
+        if self.lr_range_test.lr_end <= self.schedule.lr_min:
+            raise ValueError(
+                f"lr_range_test.lr_end ({self.lr_range_test.lr_end}) must exceed schedule.lr_min ({self.schedule.lr_min})"
+            )
+        return self
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _format_validation_error(err: ValidationError, prefix: str) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{path}: unknown key (typo?)")
+        else:
+            lines.append(f"{path}: {e['msg']} (got {e.get('input')!r})")
+    return "\n  ".join(lines)
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(SECTIONS) - {"runs"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key(s) {unknown}; allowed: {[*SECTIONS, 'runs']}")
+    missing = [s for s in (*SECTIONS, "runs") if s not in raw]
+    if missing:
+        raise ConfigError(f"{path}: missing section(s) {missing}")
+    if not isinstance(raw["runs"], dict) or not raw["runs"]:
+        raise ConfigError(f"{path}: runs: expected a non-empty mapping of run name -> overrides")
+    return raw
+
+
+def resolve_run(params: dict[str, Any], run: str, source: str = "params.yaml") -> RunConfig:
+    """The validated config of one named run: defaults with `runs.<run>` merged on top."""
+    runs = params["runs"]
+    if run not in runs:
+        raise ConfigError(f"{source}: run {run!r} is not defined under runs; defined: {sorted(runs)}")
+    overrides = runs[run] or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{source}: runs.{run}: expected a mapping of overrides, got {overrides!r}")
+    if "data" in overrides:
+        raise ConfigError(f"{source}: runs.{run}.data: the corpus and its split are shared by all runs; set data at the top level")
+    bad = sorted(set(overrides) - set(RUN_SECTIONS))
+    if bad:
+        raise ConfigError(f"{source}: runs.{run}: unknown section(s) {bad}; allowed: {list(RUN_SECTIONS)}")
+    merged = _deep_merge({s: params[s] for s in SECTIONS}, overrides)
+    try:
+        return RunConfig(name=run, **merged)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: run {run!r}:\n  {_format_validation_error(e, '')}") from None
+
+
+def load_all_runs(path: str | Path = "params.yaml") -> dict[str, RunConfig]:
+    """Every named run, validated: each stage calls this first so that a typo anywhere stops the stage."""
+    params = load_params(path)
+    return {run: resolve_run(params, run, source=str(path)) for run in params["runs"]}
+
+
+def load_run_config(run: str, path: str | Path = "params.yaml") -> RunConfig:
+    runs = load_all_runs(path)
+    if run not in runs:
+        raise ConfigError(f"{path}: run {run!r} is not defined under runs; defined: {sorted(runs)}")
+    return runs[run]
+
+
+def load_data_config(path: str | Path = "params.yaml") -> DataConfig:
+    return next(iter(load_all_runs(path).values())).data

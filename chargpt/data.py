@@ -1,0 +1,252 @@
+"""The byte corpus: download (with retries and checksums), unpack, split by offset, sample batches.
+
+Every output is written atomically (chargpt.io), so an interrupted or failed stage leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import logging
+import math
+import shutil
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from chargpt.config import Checksums, DataConfig
+from chargpt.io import atomic_open, write_json
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+SPLITS = ("train", "val", "test")
+# Published digests of enwik8 (http://mattmahoney.net/dc/textdata.html) and of its zip as served there.
+ENWIK8_CHECKSUMS = Checksums(
+    archive_size=36_445_475,
+    archive_sha256="547994d9980ebed1288380d652999f38a14fe291a6247c157c3d33d4932534bc",
+    size=100_000_000,
+    md5="a1fa5ffddb56f4953e226637dabbb36a",
+    sha256="2b49720ec4d78c3c9fabaee6e4179a5e997302b3a70029f30f2d582218c024a8",
+)
+
+
+class DataError(RuntimeError):
+    """A corpus that cannot be fetched, unpacked or verified; the message names the source."""
+
+
+class _Retryable(Exception):
+    pass
+
+
+def _progress(total: int | None, desc: str) -> tqdm:
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, mininterval=1.0)
+
+
+def _copy_hashing(src: IO[bytes], dst: IO[bytes], bar: tqdm | None = None) -> tuple[int, dict[str, str]]:
+    md5, sha256, n = hashlib.md5(), hashlib.sha256(), 0
+    while chunk := src.read(CHUNK):
+        dst.write(chunk)
+        md5.update(chunk)
+        sha256.update(chunk)
+        n += len(chunk)
+        if bar is not None:
+            bar.update(len(chunk))
+    return n, {"md5": md5.hexdigest(), "sha256": sha256.hexdigest()}
+
+
+def _local_path(url: str) -> Path | None:
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "file":
+        return Path(urllib.request.url2pathname(parsed.path))
+    if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and url[1:3] == ":\\"):
+        return Path(url).expanduser()
+    return None
+
+
+def _fetch_http_once(url: str, dst: IO[bytes], timeout: float, expect_zip: bool) -> int:
+    request = urllib.request.Request(url, headers={"User-Agent": "chargpt"})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code >= 500 or e.code == 429:
+            raise _Retryable(f"HTTP {e.code} {e.reason}") from None
+        raise DataError(f"{url}: HTTP {e.code} {e.reason}") from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+        raise _Retryable(str(getattr(e, "reason", e))) from None
+    with response:
+        content_type = response.headers.get("Content-Type", "")
+        if expect_zip and content_type.startswith("text/html"):
+            raise DataError(f"{url}: expected a zip archive, the server sent {content_type!r} (an error page?)")
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        dst.seek(0)
+        dst.truncate()
+        try:
+            with _progress(total, "download") as bar:
+                n, _ = _copy_hashing(response, dst, bar)
+        except (TimeoutError, ConnectionError, urllib.error.URLError, OSError) as e:
+            raise _Retryable(f"connection lost: {e}") from None
+        if total is not None and n != total:
+            raise _Retryable(f"received {n} of {total} bytes")
+        return n
+
+
+def fetch(url: str, dst: IO[bytes], timeout: float = 60.0, retries: int = 3, backoff_s: float = 1.0,
+          expect_zip: bool = False) -> None:
+    """Copy `url` (http(s), file:// or a local path) into the open file `dst`, retrying transient failures
+    with exponential backoff."""
+    local = _local_path(url)
+    if local is not None:
+        if not local.is_file():
+            raise DataError(f"{url}: no such file")
+        with open(local, "rb") as src, _progress(local.stat().st_size, "copy") as bar:
+            _copy_hashing(src, dst, bar)
+        return
+    for attempt in range(retries + 1):
+        try:
+            _fetch_http_once(url, dst, timeout, expect_zip)
+            return
+        except _Retryable as e:
+            if attempt == retries:
+                raise DataError(f"{url}: download failed after {retries + 1} attempts: {e}") from None
+            wait = backoff_s * 2**attempt
+            log.warning("%s: %s; retrying in %.1fs (%d/%d)", url, e, wait, attempt + 1, retries)
+            time.sleep(wait)
+
+
+def resolve_format(cfg: DataConfig) -> str:
+    if cfg.format != "auto":
+        return cfg.format
+    path = urllib.parse.urlparse(cfg.url).path.lower() if _local_path(cfg.url) is None else str(cfg.url).lower()
+    for suffix, fmt in ((".zip", "zip"), (".bz2", "bz2"), (".gz", "gz")):
+        if path.endswith(suffix):
+            return fmt
+    return "raw"
+
+
+def _open_member(archive: Path, url: str, member: str | None) -> IO[bytes]:
+    try:
+        zf = zipfile.ZipFile(archive)
+    except zipfile.BadZipFile:
+        with open(archive, "rb") as f:
+            head = f.read(16)
+        raise DataError(f"{url}: not a valid zip archive (starts with {head!r}; truncated or an error page?)") from None
+    names = [i.filename for i in zf.infolist() if not i.is_dir()]
+    if member is None:
+        if len(names) != 1:
+            raise DataError(f"{url}: expected exactly one file in the archive (set data.member), found {names}")
+        member = names[0]
+    if member not in names:
+        raise DataError(f"{url}: the archive has no member {member!r}; it holds {names}")
+    return zf.open(member)
+
+
+def _verify(what: str, url: str, observed: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    checked = []
+    for key, want in expected.items():
+        if want is None:
+            continue
+        if observed[key] != want:
+            raise DataError(f"{url}: {what} {key} mismatch: expected {want}, got {observed[key]}")
+        checked.append(f"{what}_{key}" if what == "archive" else key)
+    return checked
+
+
+def download_corpus(cfg: DataConfig, corpus_path: str | Path, info_path: str | Path, backoff_s: float = 1.0) -> dict:
+    """Fetch cfg.url, verify and unpack it to `corpus_path` (raw bytes); record what was observed in
+    `info_path`. Nothing is written unless every check passes."""
+    corpus_path, fmt = Path(corpus_path), resolve_format(cfg)
+    sums = cfg.checksums or Checksums()
+    corpus_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=corpus_path.parent, prefix=".download-") as tmp:
+        archive = Path(tmp) / "archive"
+        with open(archive, "w+b") as f:
+            fetch(cfg.url, f, cfg.timeout_s, cfg.retries, backoff_s, expect_zip=fmt == "zip")
+        with open(archive, "rb") as f:
+            archive_size, archive_digests = _copy_hashing(f, _NullSink())
+        observed_archive = {"size": archive_size, "sha256": archive_digests["sha256"]}
+        verified = _verify("archive", cfg.url, observed_archive,
+                           {"size": sums.archive_size, "sha256": sums.archive_sha256})
+
+        opener = {"zip": lambda: _open_member(archive, cfg.url, cfg.member), "bz2": lambda: bz2.open(archive),
+                  "gz": lambda: gzip.open(archive), "raw": lambda: open(archive, "rb")}[fmt]
+        with atomic_open(corpus_path) as dst:
+            try:
+                with opener() as src, _progress(None, f"unpack {fmt}") as bar:
+                    size, digests = _copy_hashing(src, dst, bar)
+            except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as e:
+                raise DataError(f"{cfg.url}: cannot unpack as {fmt}: {e}") from None
+            observed = {"size": size, **digests}
+            verified += _verify("corpus", cfg.url, observed, {"size": sums.size, "md5": sums.md5, "sha256": sums.sha256})
+            if size == 0:
+                raise DataError(f"{cfg.url}: the corpus is empty")
+    info = {"url": cfg.url, "format": fmt, "archive": observed_archive, "corpus": observed, "verified": verified}
+    write_json(info_path, info)
+    log.info("corpus: %d bytes, sha256 %s (verified: %s)", size, digests["sha256"], ", ".join(verified) or "nothing")
+    return info
+
+
+class _NullSink:
+    def write(self, _: bytes) -> None:
+        pass
+
+
+def split_sizes(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
+    # round() first: 0.9 * 1e8 is 90000000.00000001 in floating point, and floor must not see noise.
+    n_train = math.floor(round(n * fractions[0], 6))
+    n_val = math.floor(round(n * fractions[1], 6))
+    return n_train, n_val, n - n_train - n_val
+
+
+def split_corpus(corpus_path: str | Path, out_dir: str | Path, fractions: tuple[float, float, float]) -> dict:
+    """Split the corpus by byte offset into <out_dir>/{train,val,test}.bin; returns the metadata."""
+    data = Path(corpus_path).read_bytes()
+    sizes = split_sizes(len(data), fractions)
+    if min(sizes) < 2:
+        raise DataError(f"{corpus_path}: {len(data)} bytes split {list(fractions)} gives {dict(zip(SPLITS, sizes))}; "
+                        f"each split needs at least 2 bytes")
+    view, offset, meta = memoryview(data), 0, {"source_sha256": hashlib.sha256(data).hexdigest(), "splits": {}}
+    for name, size in zip(SPLITS, sizes):
+        part = view[offset:offset + size]
+        with atomic_open(Path(out_dir) / f"{name}.bin") as f:
+            f.write(part)
+        meta["splits"][name] = {"offset": offset, "bytes": size, "sha256": hashlib.sha256(part).hexdigest()}
+        offset += size
+    return meta
+
+
+def load_split(path: str | Path) -> torch.Tensor:
+    """A split as a flat uint8 tensor in memory (enwik8's train split is 90 MB)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: split not found (run the preprocess stage)")
+    return torch.from_numpy(np.fromfile(path, dtype=np.uint8))
+
+
+class BatchSampler:
+    """Random (B, T) windows of a split; the generator's state is the sampler's whole position."""
+
+    def __init__(self, data: torch.Tensor, context: int, batch_size: int, seed: int, device: torch.device):
+        if len(data) < context + 1:
+            raise DataError(f"a split of {len(data)} bytes is too short for windows of context {context} + 1")
+        self.data, self.context, self.batch_size, self.device = data, context, batch_size, device
+        self.generator = torch.Generator().manual_seed(seed)
+        self._offsets = torch.arange(context + 1)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = torch.randint(len(self.data) - self.context, (self.batch_size, 1), generator=self.generator)
+        chunk = self.data[starts + self._offsets].long()  # (B, T+1)
+        if self.device.type == "cuda":
+            chunk = chunk.pin_memory().to(self.device, non_blocking=True)
+        return chunk[:, :-1], chunk[:, 1:]

@@ -1,0 +1,78 @@
+"""What every stage does first: logging, device, threads, seeds, and checking the splits fit the config."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from chargpt.config import ConfigError, RunConfig, TrainConfig
+from chargpt.data import SPLITS
+from chargpt.io import read_json
+
+DATA_DIR = Path("data/processed")
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def select_device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: 'cuda' requested but torch sees no CUDA device; use 'auto' or 'cpu'")
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype the run uses (None: plain fp32)."""
+    if cfg.precision == "auto":
+        native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
+        return torch.bfloat16 if native else None
+    return torch.bfloat16 if cfg.precision == "bf16" else None
+
+
+def prepare(cfg: TrainConfig) -> torch.device:
+    """Device, thread count and every RNG seeded from the run's seed."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    device = select_device(cfg)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def split_meta(data_dir: Path = DATA_DIR) -> dict:
+    return read_json(data_dir / "meta.json")
+
+
+def check_fits(cfg: RunConfig, meta: dict) -> None:
+    """Refuse, before any work, a context the training split cannot hold."""
+    sizes = {name: meta["splits"][name]["bytes"] for name in SPLITS}
+    if sizes["train"] < cfg.model.context + 1:
+        raise ConfigError(f"run {cfg.name!r}: model.context ({cfg.model.context}) needs a train split of at least "
+                          f"{cfg.model.context + 1} bytes; the corpus gives {sizes}")
+
+
+def report_dir(run: str) -> Path:
+    return Path("reports") / run
+
+
+def model_path(run: str) -> Path:
+    return Path("models") / run / "model.pt"

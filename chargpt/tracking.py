@@ -1,0 +1,112 @@
+"""MLflow: one experiment for the project, one MLflow run per named run.
+
+Default store: the SQLite file `mlflow.db` at the project root, addressed by an absolute URI so that runs
+launched from DVC's temporary experiment copies (.dvc/tmp/exps/...) land in the same store.
+`MLFLOW_TRACKING_URI` overrides it (a team's tracking server).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "chargpt"
+
+
+def project_root(cwd: Path | None = None) -> Path:
+    """The repository the stages belong to, also when DVC runs them in a temporary copy inside it."""
+    cwd = (cwd or Path.cwd()).resolve()
+    parts = cwd.parts
+    for i in range(len(parts) - 2):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return cwd
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def setup() -> str:
+    """Point MLflow at the store and select the project's experiment; returns its id."""
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        # An absolute artifact location: otherwise a SQLite store puts artifacts under the current
+        # directory, which for a DVC temporary copy is deleted after the run.
+        artifacts = None if "MLFLOW_TRACKING_URI" in os.environ else (project_root() / "mlartifacts").as_uri()
+        try:
+            mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
+        except mlflow.exceptions.MlflowException:  # created by a concurrent stage in the meantime
+            pass
+    return mlflow.set_experiment(EXPERIMENT).experiment_id
+
+
+def git_tags() -> dict[str, str]:
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=project_root())
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {}
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {"mlflow.source.git.commit": commit, "git_commit": commit, "git_dirty": str(dirty).lower()}
+
+
+def run_tags(run_name: str, stage: str, device: torch.device) -> dict[str, str]:
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return {"chargpt.run": run_name, "dvc_stage": stage, "device": device_name, "torch_version": torch.__version__,
+            **git_tags()}
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def run_exists(run_id: str) -> bool:
+    import mlflow
+
+    try:
+        mlflow.get_run(run_id)
+        return True
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
+def log_range_test(csv_path: Path, json_path: Path, png_path: Path, run_name: str) -> None:
+    """The LR range test as a nested run of the active run: its curve as step metrics, its plot and files."""
+    import mlflow
+    import pandas as pd
+
+    from chargpt.io import read_json
+
+    curve, summary = pd.read_csv(csv_path), read_json(json_path)
+    with mlflow.start_run(run_name=f"{run_name}/lr_range_test", nested=True, tags={"chargpt.run": run_name}):
+        mlflow.log_params({k: v for k, v in summary.items() if k != "rule"} | {"rule": summary["rule"][:500]})
+        client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
+        metrics = [mlflow.entities.Metric(key, float(row[key]), 0, int(row["step"]))
+                   for row in curve.to_dict("records") for key in ("lr", "loss", "smoothed_loss")]
+        for i in range(0, len(metrics), 1000):  # the REST API takes at most 1000 metrics a batch
+            client.log_batch(run_id, metrics=metrics[i:i + 1000])
+        for path in (csv_path, json_path, png_path):
+            mlflow.log_artifact(str(path), artifact_path="lr_range_test")

@@ -1,0 +1,27 @@
+"""Stage download: fetch data.url, verify its checksums, unpack it to data/raw/corpus.bin."""
+
+import argparse
+import logging
+
+from chargpt.config import load_data_config
+from chargpt.data import download_corpus
+from chargpt.runtime import setup_logging
+
+log = logging.getLogger("stages.download")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", default="data/raw/corpus.bin")
+    parser.add_argument("--info", default="data/raw/corpus.json")
+    args = parser.parse_args()
+    setup_logging()
+
+    cfg = load_data_config(args.params)
+    log.info("fetching %s", cfg.url)
+    download_corpus(cfg, args.out, args.info)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Stage evaluate@<run>: BPC of the trained model on the whole val and test splits (or a stated prefix)."""
+
+import argparse
+import logging
+
+import mlflow
+
+from chargpt import tracking
+from chargpt.checkpoint import load_model
+from chargpt.config import load_run_config
+from chargpt.data import load_split
+from chargpt.evaluation import split_bpc
+from chargpt.io import write_json
+from chargpt.runtime import autocast_dtype, DATA_DIR, model_path, prepare, report_dir, setup_logging
+
+log = logging.getLogger("stages.evaluate")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+    setup_logging()
+
+    cfg = load_run_config(args.run, args.params)
+    device = prepare(cfg.train)
+    model, state = load_model(model_path(args.run), expected=cfg.model)
+    model.to(device)
+    stride, autocast = cfg.eval.stride or cfg.model.context, autocast_dtype(cfg.train, device)
+    metrics: dict = {"iterations": state["step"]}
+    for split in ("val", "test"):
+        data = load_split(DATA_DIR / f"{split}.bin")
+        # A prefix is reported under its own name, never as the whole-split figure.
+        name = f"{split}_prefix" if cfg.eval.max_bytes and len(data) > cfg.eval.max_bytes else split
+        data = data[: cfg.eval.max_bytes] if name != split else data
+        bpc, scored = split_bpc(model, data, cfg.model.context, cfg.eval.batch_size, stride, device,
+                                autocast, progress=True)
+        metrics |= {f"{name}_bpc": round(bpc, 5), f"{name}_bytes_scored": scored}
+        log.info("%s: %.4f BPC over %d bytes", name, bpc, scored)
+    metrics["protocol"] = {"context": cfg.model.context, "stride": stride, "precision": "bf16" if autocast else "fp32",
+                           "scored": "every byte after the first of each split (or prefix), exactly once"}
+    write_json(report_dir(args.run) / "eval.json", metrics)
+
+    tracking.setup()
+    run_id = state.get("mlflow_run_id")
+    resume = {"run_id": run_id} if run_id and tracking.run_exists(run_id) else {
+        "run_name": args.run, "tags": tracking.run_tags(args.run, f"evaluate@{args.run}", device)}
+    with mlflow.start_run(**resume):
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k.endswith(("_bpc", "_bytes_scored"))},
+                           step=state["step"])
+        mlflow.log_param("eval.resolved_stride", stride)
+        mlflow.log_artifact(str(report_dir(args.run) / "eval.json"))
+
+
+if __name__ == "__main__":
+    main()

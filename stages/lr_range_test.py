@@ -1,0 +1,45 @@
+"""Stage lr_range_test@<run>: Smith's LR range test on the run's own model and optimizer."""
+
+import argparse
+import logging
+
+from chargpt.config import load_run_config
+from chargpt.data import BatchSampler, load_split
+from chargpt.io import write_json, write_table
+from chargpt.lr_range_test import plot, range_test
+from chargpt.model import GPT
+from chargpt.runtime import autocast_dtype, DATA_DIR, check_fits, prepare, report_dir, setup_logging, split_meta
+from chargpt.schedule import build_optimizer
+
+log = logging.getLogger("stages.lr_range_test")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+    setup_logging()
+
+    cfg = load_run_config(args.run, args.params)
+    check_fits(cfg, split_meta())
+    device = prepare(cfg.train)
+    model = GPT(cfg.model).to(device)
+    optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.lr_range_test.lr_start, momentum=cfg.schedule.momentum_max)
+    sampler = BatchSampler(load_split(DATA_DIR / "train.bin"), cfg.model.context, cfg.train.batch_size, cfg.train.seed, device)
+    result = range_test(model, optimizer, sampler.next, cfg.lr_range_test, autocast_dtype(cfg.train, device))
+
+    out = report_dir(args.run)
+    write_table(out / "lr_range_test.csv", ["step", "lr", "loss", "smoothed_loss"],
+                [(i, lr, loss, s) for i, (lr, loss, s) in enumerate(zip(result.lrs, result.losses, result.smoothed))])
+    plot(result, str(out / "lr_range_test.png"), f"LR range test: {args.run}")
+    write_json(out / "lr_range_test.json", {
+        "suggested_lr": result.suggested_lr, "rule": result.rule, "lr_at_min_loss": result.lr_at_min_loss,
+        "min_smoothed_loss": min(result.smoothed), "iterations_run": len(result.lrs),
+        "stopped_early": result.stopped_early, "lr_start": cfg.lr_range_test.lr_start, "lr_end": cfg.lr_range_test.lr_end,
+    })
+    log.info("suggested max LR %.4g (%s)", result.suggested_lr, result.rule)
+
+
+if __name__ == "__main__":
+    main()

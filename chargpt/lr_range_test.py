@@ -76,29 +76,3 @@ def range_test(
         suggested_lr=lrs[i_min] / cfg.min_loss_divisor, lr_at_min_loss=lrs[i_min], stopped_early=stopped_early,
         rule=f"lr at the minimum of the smoothed loss / {cfg.min_loss_divisor:g}",
     )
-
-
-def plot(result: RangeTestResult, path: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from chargpt.io import atomic_open
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot(result.lrs, result.losses, color="0.75", lw=0.8, label="loss")
-    ax.plot(result.lrs, result.smoothed, color="C0", label="smoothed loss")
-    ax.axvline(result.suggested_lr, color="C3", ls="--", label=f"suggested max LR {result.suggested_lr:.3g}")
-    ax.axvline(result.lr_at_min_loss, color="C1", ls=":", label=f"min smoothed loss at {result.lr_at_min_loss:.3g}")
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate (log scale)")
-    ax.set_ylabel("training loss (nats/byte)")
-    low = min(result.smoothed)
-    ax.set_ylim(low - 0.1 * abs(low), max(result.smoothed[: max(1, len(result.smoothed))]) * 1.05)
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)

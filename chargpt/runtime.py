@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +78,16 @@ def report_dir(run: str) -> Path:
 
 def model_path(run: str) -> Path:
     return Path("models") / run / "model.pt"
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage's main(); a known bad-input error ends it with one clear line and exit status 1."""
+    from chargpt.checkpoint import CheckpointError
+    from chargpt.data import DataError
+
+    setup_logging()
+    try:
+        main()
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as e:
+        logging.getLogger("chargpt").error("%s", e)
+        sys.exit(1)

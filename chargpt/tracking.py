@@ -37,13 +37,13 @@ def setup() -> str:
     """Point MLflow at the store and select the project's experiment; returns its id."""
     import mlflow
 
-    uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
+    user_uri = os.environ.get("MLFLOW_TRACKING_URI")  # read first: set_tracking_uri() exports it
+    mlflow.set_tracking_uri(tracking_uri())
     experiment = mlflow.get_experiment_by_name(EXPERIMENT)
     if experiment is None:
         # An absolute artifact location: otherwise a SQLite store puts artifacts under the current
         # directory, which for a DVC temporary copy is deleted after the run.
-        artifacts = None if "MLFLOW_TRACKING_URI" in os.environ else (project_root() / "mlartifacts").as_uri()
+        artifacts = None if user_uri else (project_root() / "mlartifacts").as_uri()
         try:
             mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
         except mlflow.exceptions.MlflowException:  # created by a concurrent stage in the meantime

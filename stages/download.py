@@ -5,7 +5,7 @@ import logging
 
 from chargpt.config import load_data_config
 from chargpt.data import download_corpus
-from chargpt.runtime import setup_logging
+from chargpt.runtime import run_stage
 
 log = logging.getLogger("stages.download")
 
@@ -16,7 +16,6 @@ def main() -> None:
     parser.add_argument("--out", default="data/raw/corpus.bin")
     parser.add_argument("--info", default="data/raw/corpus.json")
     args = parser.parse_args()
-    setup_logging()
 
     cfg = load_data_config(args.params)
     log.info("fetching %s", cfg.url)
@@ -24,4 +23,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

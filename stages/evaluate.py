@@ -11,7 +11,7 @@ from chargpt.config import load_run_config
 from chargpt.data import load_split
 from chargpt.evaluation import split_bpc
 from chargpt.io import write_json
-from chargpt.runtime import autocast_dtype, DATA_DIR, model_path, prepare, report_dir, setup_logging
+from chargpt.runtime import autocast_dtype, DATA_DIR, model_path, prepare, report_dir, run_stage
 
 log = logging.getLogger("stages.evaluate")
 
@@ -21,7 +21,6 @@ def main() -> None:
     parser.add_argument("--run", required=True)
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
-    setup_logging()
 
     cfg = load_run_config(args.run, args.params)
     device = prepare(cfg.train)
@@ -54,4 +53,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -6,9 +6,10 @@ import logging
 from chargpt.config import load_run_config
 from chargpt.data import BatchSampler, load_split
 from chargpt.io import write_json, write_table
-from chargpt.lr_range_test import plot, range_test
+from chargpt.lr_range_test import range_test
 from chargpt.model import GPT
-from chargpt.runtime import autocast_dtype, DATA_DIR, check_fits, prepare, report_dir, setup_logging, split_meta
+from chargpt.plots import plot_range_test
+from chargpt.runtime import autocast_dtype, check_fits, DATA_DIR, prepare, report_dir, run_stage, split_meta
 from chargpt.schedule import build_optimizer
 
 log = logging.getLogger("stages.lr_range_test")
@@ -19,7 +20,6 @@ def main() -> None:
     parser.add_argument("--run", required=True)
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
-    setup_logging()
 
     cfg = load_run_config(args.run, args.params)
     check_fits(cfg, split_meta())
@@ -32,7 +32,7 @@ def main() -> None:
     out = report_dir(args.run)
     write_table(out / "lr_range_test.csv", ["step", "lr", "loss", "smoothed_loss"],
                 [(i, lr, loss, s) for i, (lr, loss, s) in enumerate(zip(result.lrs, result.losses, result.smoothed))])
-    plot(result, str(out / "lr_range_test.png"), f"LR range test: {args.run}")
+    plot_range_test(result, out / "lr_range_test.png", f"LR range test: {args.run}")
     write_json(out / "lr_range_test.json", {
         "suggested_lr": result.suggested_lr, "rule": result.rule, "lr_at_min_loss": result.lr_at_min_loss,
         "min_smoothed_loss": min(result.smoothed), "iterations_run": len(result.lrs),
@@ -42,4 +42,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

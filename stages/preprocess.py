@@ -7,7 +7,7 @@ from pathlib import Path
 from chargpt.config import load_data_config
 from chargpt.data import split_corpus
 from chargpt.io import read_json, write_json
-from chargpt.runtime import setup_logging
+from chargpt.runtime import run_stage
 
 log = logging.getLogger("stages.preprocess")
 
@@ -18,7 +18,6 @@ def main() -> None:
     parser.add_argument("--corpus", default="data/raw/corpus.bin")
     parser.add_argument("--out", default="data/processed")
     args = parser.parse_args()
-    setup_logging()
 
     cfg = load_data_config(args.params)
     source = read_json(Path(args.corpus).with_suffix(".json"))
@@ -30,4 +29,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -12,7 +12,8 @@ from chargpt.data import BatchSampler, load_split
 from chargpt.evaluation import split_bpc
 from chargpt.io import read_json, write_json, write_table
 from chargpt.model import GPT
-from chargpt.runtime import autocast_dtype, DATA_DIR, check_fits, model_path, prepare, report_dir, setup_logging, split_meta
+from chargpt.plots import plot_training_curve
+from chargpt.runtime import autocast_dtype, check_fits, DATA_DIR, model_path, prepare, report_dir, run_stage, split_meta
 from chargpt.schedule import build_onecycle, build_optimizer
 from chargpt.trainer import LoopConfig, train_loop
 
@@ -25,7 +26,6 @@ def main() -> None:
     parser.add_argument("--run", required=True)
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
-    setup_logging()
 
     cfg = load_run_config(args.run, args.params)
     check_fits(cfg, split_meta())
@@ -71,9 +71,11 @@ def main() -> None:
                    "lr_max": lr_max}
         write_json(reports / "train_metrics.json", metrics)
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k != "val_probe_bpc"}, step=result.steps)
-        mlflow.log_artifact(str(reports / "train_curve.tsv"))
+        plot_training_curve(curve, reports / "train_curve.png", f"training: {args.run}")
+        for name in ("train_curve.tsv", "train_curve.png", "lr_range_test.png"):
+            mlflow.log_artifact(str(reports / name), artifact_path="plots" if name.endswith(".png") else None)
     log.info("trained %d steps in %.0fs; val probe BPC %.4f", result.steps, result.seconds, metrics["val_probe_bpc"])
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

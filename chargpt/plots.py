@@ -1,0 +1,53 @@
+"""PNG plots for MLflow and the README (dvc plots renders the same CSV/TSV data as interactive charts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: stages run on servers and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+from chargpt.io import atomic_open  # noqa: E402
+from chargpt.lr_range_test import RangeTestResult  # noqa: E402
+
+
+def _save(fig, path: str | Path) -> None:
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+
+
+def plot_range_test(result: RangeTestResult, path: str | Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(result.lrs, result.losses, color="0.75", lw=0.8, label="loss")
+    ax.plot(result.lrs, result.smoothed, color="C0", label="smoothed loss")
+    ax.axvline(result.suggested_lr, color="C3", ls="--", label=f"suggested max LR {result.suggested_lr:.3g}")
+    ax.axvline(result.lr_at_min_loss, color="C1", ls=":", label=f"min smoothed loss at {result.lr_at_min_loss:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("training loss (nats/byte)")
+    ax.set_title(title)
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_training_curve(curve: list[dict], path: str | Path, title: str) -> None:
+    """Train loss (as bits/byte) and the val probe BPC against the step, with the LR on a second axis."""
+    import math
+
+    steps = [row["step"] for row in curve]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(steps, [row["train_loss"] / math.log(2) for row in curve], color="C0", label="train (bits/byte)")
+    probe = [(row["step"], row["val_probe_bpc"]) for row in curve if "val_probe_bpc" in row]
+    ax.plot(*zip(*probe), "o-", color="C3", label="val probe BPC")
+    ax.set_xlabel("step")
+    ax.set_ylabel("bits per byte")
+    lr_ax = ax.twinx()
+    lr_ax.plot(steps, [row["lr"] for row in curve], color="0.6", ls=":", label="lr")
+    lr_ax.set_ylabel("learning rate")
+    ax.legend(loc="upper right")
+    ax.set_title(title)
+    _save(fig, path)

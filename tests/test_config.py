@@ -1,0 +1,72 @@
+import pytest
+
+from chargpt.config import ConfigError, RunConfig, load_params, resolve_run
+
+ALL_RUNS = ["final", "wd_1e-4", "wd_1e-6", "quickstart"] + [
+    f"grid_min{lr}_mom{m}_wd{wd}" for lr in ("1e-3", "1e-4") for m in ("090", "095") for wd in ("1e-4", "1e-6")]
+
+
+def test_every_named_run_in_params_yaml_is_valid(params):
+    assert sorted(params["runs"]) == sorted(ALL_RUNS)
+    for run in ALL_RUNS:
+        assert isinstance(resolve_run(params, run), RunConfig)
+
+
+def test_final_run_is_the_seed_recipe(params):
+    cfg = resolve_run(params, "final")
+    assert (cfg.model.n_layer, cfg.model.d_model, cfg.model.n_head, cfg.model.d_ff, cfg.model.context) == (12, 512, 8, 2048, 512)
+    assert (cfg.schedule.lr_min, cfg.schedule.lr_max) == (1e-4, 0.1)
+    assert (cfg.schedule.momentum_max, cfg.schedule.momentum_min) == (0.9, 0.8)
+    assert cfg.optimizer.name == "sgd" and cfg.optimizer.weight_decay == 1e-5
+
+
+def test_ablations_override_only_what_they_name(params):
+    assert resolve_run(params, "wd_1e-4").train.iterations == 36000
+    assert resolve_run(params, "wd_1e-4").optimizer.weight_decay == 1e-4
+    assert resolve_run(params, "wd_1e-6").train.iterations == 24000
+    grid = resolve_run(params, "grid_min1e-3_mom095_wd1e-6")
+    assert (grid.schedule.lr_min, grid.schedule.momentum_max, grid.optimizer.weight_decay) == (1e-3, 0.95, 1e-6)
+    assert grid.model == resolve_run(params, "final").model
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda p: p["model"].update(n_layr=3), "model.n_layr: unknown key"),
+    (lambda p: p["model"].update(n_layer="twelve"), "model.n_layer"),
+    (lambda p: p["model"].update(n_head=7), "n_head (7) must divide d_model (512)"),
+    (lambda p: p["optimizer"].update(weight_decay=-1), "optimizer.weight_decay"),
+    (lambda p: p["optimizer"].update(name="adam"), "optimizer.name"),
+    (lambda p: p["schedule"].update(lr_min=0.5), "lr_min (0.5) must be below lr_max (0.1)"),
+    (lambda p: p["schedule"].update(lr_max="max"), "schedule.lr_max"),
+    (lambda p: p["data"].update(split=[0.9, 0.05, 0.1]), "split fractions must sum to 1"),
+    (lambda p: p["data"].update(checksums={"sha256": "abc"}), "data.checksums.sha256"),
+    (lambda p: p["runs"]["final"].update(model={"context": 0}), "model.context"),
+    (lambda p: p["runs"]["final"].update(modle={}), "unknown section(s) ['modle']"),
+    (lambda p: p["runs"]["final"].update(data={"url": "x"}), "runs.final.data: the corpus and its split are shared"),
+    (lambda p: p["eval"].update(stride=10_000), "eval.stride (10000) must not exceed model.context (512)"),
+])
+def test_invalid_params_name_the_key(params, mutate, expected):
+    mutate(params)
+    with pytest.raises(ConfigError, match=None) as err:
+        resolve_run(params, "final")
+    assert expected in str(err.value)
+
+
+def test_undefined_run_lists_the_defined_ones(params):
+    with pytest.raises(ConfigError, match=r"run 'finale' is not defined under runs; defined: \["):
+        resolve_run(params, "finale")
+
+
+def test_missing_and_unknown_sections(tmp_path, params):
+    path = tmp_path / "params.yaml"
+    import yaml
+
+    del params["eval"]
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match=r"missing section\(s\) \['eval'\]"):
+        load_params(path)
+    params["eval"], params["evals"] = {}, {}
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match=r"unknown top-level key\(s\) \['evals'\]"):
+        load_params(path)
+    with pytest.raises(ConfigError, match="file not found"):
+        load_params(tmp_path / "nope.yaml")

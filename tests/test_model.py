@@ -1,0 +1,55 @@
+import math
+
+import pytest
+import torch
+
+from chargpt.config import ModelConfig
+from chargpt.model import GPT
+
+TINY = ModelConfig(n_layer=2, d_model=32, n_head=4, d_ff=64, context=16, dropout=0.0)
+
+
+def t12_param_count(L=12, d=512, ff=2048, T=512, V=256) -> int:
+    per_layer = (3 * d * d + 3 * d) + (d * d + d) + (d * ff + ff) + (ff * d + d) + 2 * (2 * d) + T * d
+    return V * d + L * per_layer + 2 * d + d * V
+
+
+def test_t12_parameter_count():
+    n = GPT(ModelConfig()).num_params()
+    assert n == t12_param_count() == 41_237_504
+    assert 40e6 < n < 45e6  # "about 44M" in Al-Rfou et al.; see README for the difference
+
+
+def test_forward_shapes_and_initial_loss():
+    torch.manual_seed(0)
+    model = GPT(TINY)
+    idx = torch.randint(0, 256, (3, 16))
+    logits, loss = model(idx)
+    assert logits.shape == (3, 16, 256) and loss is None
+    _, loss = model(idx, idx)
+    assert abs(loss.item() - math.log(256)) < 0.1  # near-uniform predictions at init
+    with pytest.raises(ValueError, match="exceeds the model's context 16"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_causal_masking_future_bytes_never_change_earlier_logits():
+    torch.manual_seed(0)
+    model = GPT(TINY).eval()
+    idx = torch.randint(0, 256, (2, 16))
+    changed = idx.clone()
+    changed[:, 9:] = torch.randint(0, 256, (2, 7))
+    a, _ = model(idx)
+    b, _ = model(changed)
+    assert torch.allclose(a[:, :9], b[:, :9], atol=1e-6)
+    assert not torch.allclose(a[:, 9:], b[:, 9:])
+
+
+def test_gpt2_init_and_per_layer_positional_embeddings():
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=8, d_model=256, n_head=4, d_ff=1024, context=64, dropout=0.0)
+    model = GPT(cfg)
+    assert model.blocks[0].attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.blocks[0].ff.down.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+    assert model.blocks[0].attn.qkv.bias.abs().sum() == 0
+    positional = [b.pos_emb.weight for b in model.blocks]
+    assert len(positional) == 8 and not torch.equal(positional[0], positional[1])

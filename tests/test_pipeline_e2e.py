@@ -1,0 +1,114 @@
+"""End to end: real `dvc repro` of a tiny run on a generated corpus, in a temporary copy of the repo."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, TINY_RUN, tiny_text
+
+pytestmark = pytest.mark.slow
+
+
+def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A git + DVC copy of the repo with one tiny run; data.url stays enwik8's (a local corpus is given with -S)."""
+    root = tmp_path_factory.mktemp("project")
+    for item in ("dvc.yaml", "params.yaml", "stages", "chargpt", ".dvcignore"):
+        src = REPO / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / item)
+    corpus = root.parent / "corpus.txt"
+    corpus.write_bytes(tiny_text(60_000))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["runs"] = {"tiny": TINY_RUN}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # `python` in dvc.yaml: this venv
+    env["DVC_NO_ANALYTICS"] = "1"
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@example.com"], ["git", "config", "user.name", "t"],
+                ["dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
+        run(cmd, root, env)
+    return root, env, corpus
+
+
+def test_local_corpus_through_all_five_stages(project):
+    """The README's offline recipe: a local corpus without editing tracked files, checksums off."""
+    root, env, corpus = project
+    out = run(["dvc", "exp", "run", "-S", f"data.url={corpus.as_uri()}", "-S", "data.checksums=null",
+               "evaluate@tiny"], root, env).stdout
+    for stage in ("download", "preprocess", "lr_range_test@tiny", "train@tiny", "evaluate@tiny"):
+        assert f"Running stage '{stage}'" in out
+
+    meta = json.loads((root / "data/processed/meta.json").read_text())
+    assert [meta["splits"][s]["bytes"] for s in ("train", "val", "test")] == [54_000, 3_000, 3_000]
+    assert (root / "models/tiny/model.pt").stat().st_size > 0
+    lr_test = json.loads((root / "reports/tiny/lr_range_test.json").read_text())
+    train = json.loads((root / "reports/tiny/train_metrics.json").read_text())
+    assert train["lr_max"] == lr_test["suggested_lr"]  # lr_max: auto takes the range test's suggestion
+    assert train["iterations"] == 30 and train["tokens"] == 30 * 4 * 32
+    curve = (root / "reports/tiny/train_curve.tsv").read_text().splitlines()
+    assert curve[0].split("\t") == ["step", "lr", "momentum", "train_loss", "val_probe_bpc"] and len(curve) == 1 + 6
+    ev = json.loads((root / "reports/tiny/eval.json").read_text())
+    assert ev["val_bytes_scored"] == 2_999 and ev["test_bytes_scored"] == 2_999  # whole splits
+    assert 0 < ev["test_bpc"] < 8.0  # 30 steps on repetitive text already beat the uniform 8 bits
+
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], root, env).stdout)
+    files = next(iter(shown.values()))["data"]
+    assert files["reports/tiny/eval.json"]["data"]["test_bpc"] == ev["test_bpc"]
+
+    source = json.loads((root / "data/raw/corpus.json").read_text())
+    assert source["url"] == corpus.as_uri() and source["verified"] == []  # observed sha256 recorded instead
+    assert source["corpus"]["size"] == 60_000
+
+    # Nothing changed: a second repro runs no stage.
+    again = run(["dvc", "repro", "evaluate@tiny"], root, env).stdout
+    assert "Running stage" not in again
+
+
+def test_mlflow_records_the_run(project):
+    root, env, _ = project
+    if not (root / "reports/tiny/eval.json").exists():
+        pytest.skip("needs test_local_corpus_through_all_five_stages")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("chargpt")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = [r for r in runs if r.info.run_name == "tiny"]
+    child = [r for r in runs if r.info.run_name == "tiny/lr_range_test"]
+    assert len(parent) == 1 and len(child) == 1
+    run_ = parent[0]
+    assert child[0].data.tags["mlflow.parentRunId"] == run_.info.run_id
+    ev = json.loads((root / "reports/tiny/eval.json").read_text())
+    assert run_.data.metrics["test_bpc"] == pytest.approx(ev["test_bpc"])
+    assert run_.data.metrics["iterations"] == 30
+    assert run_.data.params["model.n_layer"] == "2" and run_.data.params["optimizer.name"] == "adamw"
+    assert run_.data.tags["chargpt.run"] == "tiny" and run_.data.tags["git_commit"]
+    steps = [m.step for m in client.get_metric_history(run_.info.run_id, "train_loss")]
+    assert steps == [5, 10, 15, 20, 25, 30]
+    artifacts = {a.path for a in client.list_artifacts(run_.info.run_id)}
+    assert {"plots", "train_curve.tsv", "eval.json"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(run_.info.run_id, "plots")}
+    assert plots == {"plots/train_curve.png", "plots/lr_range_test.png"}
+    nested = {a.path for a in client.list_artifacts(child[0].info.run_id, "lr_range_test")}
+    assert "lr_range_test/lr_range_test.csv" in nested
+    assert (root / "mlartifacts").is_dir()  # artifacts beside the store, not in a DVC temp dir
+
+
+def test_a_config_error_stops_the_stage_before_any_work(project):
+    root, env, _ = project
+    proc = run([sys.executable, "stages/train.py", "--run", "nope"], root, env, check=False)
+    assert proc.returncode != 0 and "run 'nope' is not defined under runs; defined: ['tiny']" in proc.stderr

@@ -1,0 +1,23 @@
+from pathlib import Path
+
+from chargpt.tracking import flatten, project_root, tracking_uri
+
+
+def test_project_root_sees_through_dvc_temporary_experiment_copies(tmp_path):
+    nested = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    nested.mkdir(parents=True)
+    assert project_root(nested) == (tmp_path / "repo").resolve()
+    assert project_root(tmp_path / "repo") == (tmp_path / "repo").resolve()
+
+
+def test_tracking_uri_default_is_an_absolute_sqlite_path(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    uri = tracking_uri()
+    assert uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}" and Path(uri[len("sqlite:///"):]).is_absolute()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking_uri() == "http://127.0.0.1:5000"
+
+
+def test_flatten_names_params_by_key_path():
+    assert flatten({"model": {"n_layer": 2, "d": {"x": 1}}, "name": "q"}) == {"model.n_layer": 2, "model.d.x": 1, "name": "q"}

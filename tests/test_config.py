@@ -70,3 +70,14 @@ def test_missing_and_unknown_sections(tmp_path, params):
         load_params(path)
     with pytest.raises(ConfigError, match="file not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_a_context_longer_than_the_training_split_is_refused(params):
+    from chargpt.runtime import check_fits
+
+    cfg = resolve_run(params, "final")  # context 512
+    meta = {"splits": {"train": {"bytes": 500}, "val": {"bytes": 30}, "test": {"bytes": 30}}}
+    with pytest.raises(ConfigError, match=r"model.context \(512\) needs a train split of at least 513 bytes"):
+        check_fits(cfg, meta)
+    meta["splits"]["train"]["bytes"] = 513
+    check_fits(cfg, meta)

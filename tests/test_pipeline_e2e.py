@@ -73,6 +73,9 @@ def test_local_corpus_through_all_five_stages(project):
     assert source["url"] == corpus.as_uri() and source["verified"] == []  # observed sha256 recorded instead
     assert source["corpus"]["size"] == 60_000
 
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], root, env).stdout)
+    assert not plots.get("errors") and set(plots["data"]) == {"reports/tiny/train_curve.tsv", "reports/tiny/lr_range_test.csv"}
+
     # Nothing changed: a second repro runs no stage.
     again = run(["dvc", "repro", "evaluate@tiny"], root, env).stdout
     assert "Running stage" not in again

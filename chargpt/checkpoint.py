@@ -55,3 +55,84 @@ def load_model(path: str | Path, expected: ModelConfig | None = None) -> tuple[G
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the model config stored with them: {e}") from None
     return model, state
+
+
+# Keys that may change between an interrupted session and its resumption without changing the run.
+RESUMABLE_CHANGES = ("train.checkpoint_every", "train.threads", "train.device", "eval.")
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    a, b = _flat(saved), _flat(current)
+    return [f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+
+
+def rng_states(sampler_generator: torch.Generator) -> dict[str, Any]:
+    import random
+
+    import numpy as np
+
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    # As tensors and plain numbers, so that the state loads with torch.load(weights_only=True).
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(), "sampler": sampler_generator.get_state(),
+              "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                        "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any], sampler_generator: torch.Generator) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    n = states["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    random.setstate(states["python"])
+    sampler_generator.set_state(states["sampler"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_training_state(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        scheduler: Any, sampler_generator: torch.Generator, config: dict[str, Any],
+                        loop: dict[str, Any], **extra: Any) -> None:
+    """Everything a resumed run needs to continue bit for bit; written atomically."""
+    state = {"format_version": FORMAT_VERSION, "kind": "training_state", "model": model.state_dict(),
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "config": config,
+             "loop": loop, "rng": rng_states(sampler_generator), **extra}
+    with atomic_open(path, "wb") as f:
+        torch.save(state, f)
+
+
+def restore_training_state(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                           scheduler: Any, sampler_generator: torch.Generator, config: dict[str, Any]) -> dict[str, Any]:
+    """Load a training state saved by save_training_state into the given objects; returns the whole state.
+    Refuses a state written for a different config."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable training state (truncated or corrupt?): {e}") from None
+    if not isinstance(state, dict) or state.get("kind") != "training_state":
+        raise CheckpointError(f"{path}: not a chargpt training state")
+    if diff := config_differences(state["config"], config):
+        raise CheckpointError(f"{path}: written by a run with another config ({'; '.join(diff)}); refusing to mix "
+                              f"runs. Start over with --fresh, or delete {path.parent}")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_states(state["rng"], sampler_generator)
+    return state

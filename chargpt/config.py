@@ -108,7 +108,7 @@ class LRRangeTestConfig(_Section):
     lr_start: PositiveFloat = 1e-5
     lr_end: PositiveFloat = 10.0
     iterations: Annotated[int, Field(ge=10)] = 200
-    smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.98  # EMA factor of the loss
+    smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.95  # EMA factor of the loss
     divergence: Annotated[float, Field(gt=1)] = 4.0  # stop once smoothed loss > divergence * best
     # The suggested max LR: the LR at the smoothed-loss minimum divided by this (Smith picks max LR
     # just before the loss turns up; the minimum itself is already too aggressive).
@@ -121,6 +121,10 @@ class LRRangeTestConfig(_Section):
             raise ValueError(f"lr_start ({self.lr_start}) must be below lr_end ({self.lr_end})")
         if self.skip_start >= self.iterations:
             raise ValueError(f"skip_start ({self.skip_start}) must be below iterations ({self.iterations})")
+        if 1 / (1 - self.smoothing) > self.iterations / 2:
+            # The EMA would lag most of the sweep and put the loss minimum at far too high an LR.
+            raise ValueError(f"smoothing {self.smoothing} averages over ~{1 / (1 - self.smoothing):.0f} steps, more than "
+                             f"half of iterations ({self.iterations}); lower smoothing or raise iterations")
         return self
 
 
@@ -135,6 +139,8 @@ class TrainConfig(_Section):
     eval_interval: PositiveInt = 500
     eval_batches: PositiveInt = 20  # batches of val windows per interval estimate (the full split is `evaluate`)
     log_interval: PositiveInt = 50
+    # Save the whole training state (checkpoints/<run>/last.pt) this often, and on SIGTERM/SIGINT; 0: never.
+    checkpoint_every: Annotated[int, Field(ge=0)] = 1000
     threads: Annotated[int, Field(ge=0)] = 0  # torch intra-op threads on CPU; 0: torch's default
 
 

@@ -91,3 +91,19 @@ def run_stage(main: Callable[[], None]) -> None:
     except (ConfigError, DataError, CheckpointError, FileNotFoundError) as e:
         logging.getLogger("chargpt").error("%s", e)
         sys.exit(1)
+
+
+def checkpoint_dir(run: str) -> Path:
+    """The in-progress training state: outside DVC's declared outputs, which DVC deletes before a stage runs."""
+    return Path("checkpoints") / run
+
+
+def resolve_lr_max(cfg: RunConfig) -> float:
+    """schedule.lr_max, or the LR range test's suggestion where it is `auto`."""
+    if cfg.schedule.lr_max != "auto":
+        return cfg.schedule.lr_max
+    suggested = read_json(report_dir(cfg.name) / "lr_range_test.json")["suggested_lr"]
+    if suggested <= cfg.schedule.lr_min:
+        raise ConfigError(f"run {cfg.name!r}: schedule.lr_max: auto resolved to the LR range test's {suggested:.3g}, "
+                          f"not above schedule.lr_min {cfg.schedule.lr_min}")
+    return suggested

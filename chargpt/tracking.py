@@ -83,9 +83,11 @@ def flatten(d: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def run_exists(run_id: str) -> bool:
+def run_exists(run_id: str | None) -> bool:
     import mlflow
 
+    if not run_id:
+        return False
     try:
         mlflow.get_run(run_id)
         return True
@@ -110,3 +112,29 @@ def log_range_test(csv_path: Path, json_path: Path, png_path: Path, run_name: st
             client.log_batch(run_id, metrics=metrics[i:i + 1000])
         for path in (csv_path, json_path, png_path):
             mlflow.log_artifact(str(path), artifact_path="lr_range_test")
+
+
+class StepLogger:
+    """Logs step metrics to the active run, skipping steps it already holds (a resumed run recomputes the
+    steps between its last checkpoint and the kill; they are identical, and must not appear twice)."""
+
+    def __init__(self, run_id: str, resumed: bool, key: str = "train_loss"):
+        import mlflow
+
+        history = mlflow.MlflowClient().get_metric_history(run_id, key) if resumed else []
+        self.last_logged = max((m.step for m in history), default=0)
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        import mlflow
+
+        if step > self.last_logged:
+            mlflow.log_metrics(metrics, step=step)
+
+
+def start_run(run_name: str, stage: str, device: torch.device, run_id: str | None = None):
+    """Continue MLflow run `run_id`, or start a new one named after the named run."""
+    import mlflow
+
+    if run_id is not None:
+        return mlflow.start_run(run_id=run_id)
+    return mlflow.start_run(run_name=run_name, tags=run_tags(run_name, stage, device))

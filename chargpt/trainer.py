@@ -2,15 +2,17 @@
 
 It knows nothing of GPTs: it asks `next_batch` for (x, y), calls `model(x, y) -> (_, loss)`, steps the
 optimizer and scheduler, and hands metrics to `on_metrics`. Evaluation, logging and checkpointing are
-small callables the caller passes in.
+small callables the caller passes in. `LoopState` is everything of the loop's own that a resumed run needs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -27,21 +29,41 @@ class DivergedError(RuntimeError):
         self.step, self.loss = step, loss
 
 
+class Interrupted(Exception):
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; rerun to resume")
+        self.signum, self.step = signum, step
+
+
 @dataclass
 class LoopConfig:
     total_steps: int
     log_interval: int
     eval_interval: int
+    checkpoint_every: int = 0  # 0: no intermediate checkpoints
     grad_clip: float = 0.0
     autocast_dtype: torch.dtype | None = None
 
 
 @dataclass
-class LoopResult:
-    steps: int
-    tokens: int
-    seconds: float
-    last_train_loss: float
+class LoopState:
+    step: int = 0  # steps completed
+    tokens: int = 0
+    loss_sum: float = 0.0  # train loss summed over the current, unfinished log interval
+    loss_count: int = 0
+    seconds: float = 0.0  # training wall time, summed over resumed sessions
+
+
+@contextlib.contextmanager
+def stop_on_signals(signums=(signal.SIGTERM, signal.SIGINT)) -> Iterator[Callable[[], int | None]]:
+    """Turn SIGTERM/SIGINT into a flag the loop polls between steps, so it can checkpoint and stop cleanly."""
+    received: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _frame: received.append(signum)) for s in signums}
+    try:
+        yield lambda: received[0] if received else None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def train_loop(
@@ -52,16 +74,27 @@ def train_loop(
     cfg: LoopConfig,
     evaluate: Callable[[], dict[str, float]],
     on_metrics: Callable[[int, dict[str, float]], None],
-) -> LoopResult:
-    device_type = next(model.parameters()).device.type
+    state: LoopState | None = None,
+    on_checkpoint: Callable[[LoopState], None] = lambda state: None,
+    stop_requested: Callable[[], int | None] = lambda: None,
+) -> LoopState:
+    state = state or LoopState()
+    device = next(model.parameters()).device
     model.train()
-    tokens, loss_sum, loss_count, last_loss = 0, None, 0, math.nan
-    started = time.perf_counter()
-    bar = tqdm(range(cfg.total_steps), desc="train", mininterval=2.0)
+    # Accumulate on the device; read back (a host sync) only at log intervals and checkpoints.
+    loss_sum = torch.tensor(state.loss_sum, dtype=torch.float32, device=device)
+    session_start, seconds_before = time.perf_counter(), state.seconds
+
+    def snapshot(step: int) -> LoopState:
+        state.step, state.loss_sum = step, loss_sum.item()
+        state.seconds = seconds_before + time.perf_counter() - session_start
+        return state
+
+    bar = tqdm(range(state.step, cfg.total_steps), desc="train", mininterval=2.0, initial=state.step, total=cfg.total_steps)
     for step in bar:
         lr, momentum = optimizer.param_groups[0]["lr"], current_momentum(optimizer)
         x, y = next_batch()
-        with torch.autocast(device_type, dtype=cfg.autocast_dtype or torch.bfloat16, enabled=cfg.autocast_dtype is not None):
+        with torch.autocast(device.type, dtype=cfg.autocast_dtype or torch.bfloat16, enabled=cfg.autocast_dtype is not None):
             _, loss = model(x, y)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -70,22 +103,28 @@ def train_loop(
         optimizer.zero_grad(set_to_none=True)
         if step + 1 < cfg.total_steps:  # OneCycleLR refuses a step past total_steps
             scheduler.step()
-        tokens += y.numel()
-        # Accumulate on the device; read it back (a host sync) only at log intervals.
-        loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
-        loss_count += 1
+        state.tokens += y.numel()
+        loss_sum += loss.detach()
+        state.loss_count += 1
 
-        last = step + 1 == cfg.total_steps
-        if (step + 1) % cfg.log_interval == 0 or last:
-            last_loss = loss_sum.item() / loss_count
-            if not math.isfinite(last_loss):
-                raise DivergedError(step, last_loss)
-            metrics = {"train_loss": last_loss, "lr": lr, "momentum": momentum}
-            if (step + 1) % cfg.eval_interval == 0 or last:
+        done = step + 1
+        if done % cfg.log_interval == 0 or done == cfg.total_steps:
+            train_loss = loss_sum.item() / state.loss_count
+            if not math.isfinite(train_loss):
+                raise DivergedError(step, train_loss)
+            metrics = {"train_loss": train_loss, "lr": lr, "momentum": momentum}
+            if done % cfg.eval_interval == 0 or done == cfg.total_steps:
                 metrics.update(evaluate())
                 model.train()
-            on_metrics(step + 1, metrics)
-            bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2e}")
-            loss_sum, loss_count = None, 0
-    return LoopResult(steps=cfg.total_steps, tokens=tokens, seconds=time.perf_counter() - started,
-                      last_train_loss=last_loss)
+            on_metrics(done, metrics)
+            bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}")
+            loss_sum.zero_()
+            state.loss_count = 0
+        if done == cfg.total_steps:
+            break
+        if (signum := stop_requested()) is not None:
+            on_checkpoint(snapshot(done))
+            raise Interrupted(signum, done)
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
+            on_checkpoint(snapshot(done))
+    return snapshot(cfg.total_steps)

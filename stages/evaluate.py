@@ -42,10 +42,8 @@ def main() -> None:
     write_json(report_dir(args.run) / "eval.json", metrics)
 
     tracking.setup()
-    run_id = state.get("mlflow_run_id")
-    resume = {"run_id": run_id} if run_id and tracking.run_exists(run_id) else {
-        "run_name": args.run, "tags": tracking.run_tags(args.run, f"evaluate@{args.run}", device)}
-    with mlflow.start_run(**resume):
+    run_id = state.get("mlflow_run_id")  # the training run; absent from a store that did not train this model
+    with tracking.start_run(args.run, f"evaluate@{args.run}", device, run_id if tracking.run_exists(run_id) else None):
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k.endswith(("_bpc", "_bytes_scored"))},
                            step=state["step"])
         mlflow.log_param("eval.resolved_stride", stride)

@@ -1,80 +1,74 @@
-"""Stage train@<run>: one 1cycle training run; final checkpoint, training curve and metrics, in MLflow too."""
+"""Stage train@<run>: one 1cycle training run, resumable; final checkpoint, curve and metrics, in MLflow too."""
 
 import argparse
 import logging
+import shutil
+import sys
+from dataclasses import asdict
 
 import mlflow
 
 from chargpt import tracking
-from chargpt.checkpoint import save_checkpoint
-from chargpt.config import ConfigError, load_run_config
-from chargpt.data import BatchSampler, load_split
-from chargpt.evaluation import split_bpc
-from chargpt.io import read_json, write_json, write_table
-from chargpt.model import GPT
-from chargpt.plots import plot_training_curve
-from chargpt.runtime import autocast_dtype, check_fits, DATA_DIR, model_path, prepare, report_dir, run_stage, split_meta
-from chargpt.schedule import build_onecycle, build_optimizer
-from chargpt.trainer import LoopConfig, train_loop
+from chargpt.checkpoint import restore_training_state, save_checkpoint, save_training_state
+from chargpt.config import load_run_config
+from chargpt.runtime import (DATA_DIR, autocast_dtype, check_fits, checkpoint_dir, model_path, prepare, report_dir,
+                             resolve_lr_max, run_stage, split_meta)
+from chargpt.trainer import Interrupted, LoopState, stop_on_signals, train_loop
+from chargpt.training import TrainingRun, write_outputs
 
 log = logging.getLogger("stages.train")
-CURVE_COLUMNS = ["step", "lr", "momentum", "train_loss", "val_probe_bpc"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run", required=True)
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--fresh", action="store_true", help="discard an interrupted run's state and start over")
     args = parser.parse_args()
 
     cfg = load_run_config(args.run, args.params)
     check_fits(cfg, split_meta())
-    reports, lr_test = report_dir(args.run), read_json(report_dir(args.run) / "lr_range_test.json")
-    lr_max = lr_test["suggested_lr"] if cfg.schedule.lr_max == "auto" else cfg.schedule.lr_max
-    if lr_max <= cfg.schedule.lr_min:
-        raise ConfigError(f"run {args.run!r}: schedule.lr_max resolved to {lr_max:.3g} (auto: LR range test), "
-                          f"not above schedule.lr_min {cfg.schedule.lr_min}")
+    reports, state_path = report_dir(args.run), checkpoint_dir(args.run) / "last.pt"
     device = prepare(cfg.train)
-    autocast = autocast_dtype(cfg.train, device)
-    model = GPT(cfg.model).to(device)
-    optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.schedule.lr_min, momentum=cfg.schedule.momentum_max)
-    scheduler = build_onecycle(optimizer, cfg.schedule, lr_max, cfg.train.iterations)
-    sampler = BatchSampler(load_split(DATA_DIR / "train.bin"), cfg.model.context, cfg.train.batch_size, cfg.train.seed, device)
-    val = load_split(DATA_DIR / "val.bin")
-    val_probe = val[: cfg.train.eval_batches * cfg.train.batch_size * cfg.model.context + 1]
-
-    def probe() -> dict[str, float]:  # a fixed val prefix, so that points of the curve are comparable
-        bpc, _ = split_bpc(model, val_probe, cfg.model.context, cfg.eval.batch_size, device=device, autocast_dtype=autocast)
-        return {"val_probe_bpc": bpc}
-
-    curve: list[dict] = []
-
-    def record(step: int, metrics: dict[str, float]) -> None:
-        curve.append({"step": step, **metrics})
-        mlflow.log_metrics(metrics, step=step)
+    run = TrainingRun.build(cfg, device, autocast_dtype(cfg.train, device), resolve_lr_max(cfg), DATA_DIR)
+    if args.fresh:
+        shutil.rmtree(state_path.parent, ignore_errors=True)
+    saved = restore_training_state(state_path, **run.state_parts) if state_path.exists() else None
+    loop_state, curve = (LoopState(**saved["loop"]), saved["curve"]) if saved else (LoopState(), [])
 
     tracking.setup()
-    with mlflow.start_run(run_name=args.run, tags=tracking.run_tags(args.run, f"train@{args.run}", device)) as run:
-        mlflow.log_params(tracking.flatten(cfg.model_dump(mode="json", exclude={"name"})) | {
-            "resolved.lr_max": lr_max, "resolved.precision": str(autocast or "fp32"), "model.n_params": model.num_params(), "train.val_probe_bytes": len(val_probe)})
-        tracking.log_range_test(*(reports / f"lr_range_test.{ext}" for ext in ("csv", "json", "png")), run_name=args.run)
-        loop = LoopConfig(cfg.train.iterations, cfg.train.log_interval, cfg.train.eval_interval,
-                          cfg.optimizer.grad_clip, autocast)
-        result = train_loop(model, optimizer, scheduler, sampler.next, loop, probe, record)
+    resume_id = saved["mlflow_run_id"] if saved and tracking.run_exists(saved["mlflow_run_id"]) else None
+    with tracking.start_run(args.run, f"train@{args.run}", device, resume_id) as mlflow_run:
+        if resume_id is None:
+            mlflow.log_params(run.params())
+            tracking.log_range_test(*(reports / f"lr_range_test.{x}" for x in ("csv", "json", "png")), run_name=args.run)
+        log_step = tracking.StepLogger(mlflow_run.info.run_id, resumed=resume_id is not None)
 
-        save_checkpoint(model_path(args.run), model, cfg.model_dump(mode="json"), step=result.steps,
-                        mlflow_run_id=run.info.run_id, lr_max=lr_max)
-        write_table(reports / "train_curve.tsv", CURVE_COLUMNS,
-                    [[row.get(c, "") for c in CURVE_COLUMNS] for row in curve], delimiter="\t")
-        metrics = {"val_probe_bpc": curve[-1]["val_probe_bpc"], "iterations": result.steps, "tokens": result.tokens,
-                   "train_seconds": round(result.seconds, 2), "tokens_per_second": round(result.tokens / result.seconds, 1),
-                   "lr_max": lr_max}
-        write_json(reports / "train_metrics.json", metrics)
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k != "val_probe_bpc"}, step=result.steps)
-        plot_training_curve(curve, reports / "train_curve.png", f"training: {args.run}")
+        def record(step: int, metrics: dict[str, float]) -> None:
+            curve.append({"step": step, **metrics})
+            log_step(step, metrics)
+
+        def checkpoint(state: LoopState) -> None:
+            save_training_state(state_path, **run.state_parts, loop=asdict(state), curve=curve,
+                                mlflow_run_id=mlflow_run.info.run_id)
+
+        try:
+            with stop_on_signals() as stop:
+                result = train_loop(run.model, run.optimizer, run.scheduler, run.sampler.next, run.loop_config(),
+                                    run.probe, record, loop_state, checkpoint, stop)
+        except Interrupted as e:
+            mlflow.end_run("KILLED")
+            log.warning("%s (state saved to %s)", e, state_path)
+            sys.exit(128 + e.signum)
+
+        save_checkpoint(model_path(args.run), run.model, run.state_parts["config"], step=result.step,
+                        mlflow_run_id=mlflow_run.info.run_id, lr_max=run.lr_max)
+        metrics = write_outputs(run, curve, result, reports)
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k != "val_probe_bpc"}, step=result.step)
         for name in ("train_curve.tsv", "train_curve.png", "lr_range_test.png"):
             mlflow.log_artifact(str(reports / name), artifact_path="plots" if name.endswith(".png") else None)
-    log.info("trained %d steps in %.0fs; val probe BPC %.4f", result.steps, result.seconds, metrics["val_probe_bpc"])
+    shutil.rmtree(state_path.parent, ignore_errors=True)  # complete: models/<run>/model.pt holds the run now
+    log.info("trained %d steps in %.0fs; val probe BPC %.4f", result.step, result.seconds, metrics["val_probe_bpc"])
 
 
 if __name__ == "__main__":

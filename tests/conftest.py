@@ -13,7 +13,7 @@ TINY_RUN = {
     "model": {"n_layer": 2, "d_model": 32, "n_head": 2, "d_ff": 64, "context": 32, "dropout": 0.0},
     "optimizer": {"name": "adamw", "weight_decay": 1.0e-4},
     "schedule": {"lr_min": 1.0e-4, "lr_max": "auto"},
-    "lr_range_test": {"lr_start": 1.0e-5, "lr_end": 1.0, "iterations": 20, "skip_start": 2},
+    "lr_range_test": {"lr_start": 1.0e-5, "lr_end": 1.0, "iterations": 20, "skip_start": 2, "smoothing": 0.8},
     "train": {"iterations": 30, "batch_size": 4, "eval_interval": 10, "eval_batches": 2, "log_interval": 5},
     "eval": {"batch_size": 16},
 }

@@ -81,3 +81,9 @@ def test_a_context_longer_than_the_training_split_is_refused(params):
         check_fits(cfg, meta)
     meta["splits"]["train"]["bytes"] = 513
     check_fits(cfg, meta)
+
+
+def test_lr_range_test_smoothing_must_be_short_against_the_sweep(params):
+    params["lr_range_test"].update(iterations=60, smoothing=0.98)
+    with pytest.raises(ConfigError, match=r"lr_range_test: .*smoothing 0.98 averages over ~50 steps, more than half of iterations \(60\)"):
+        resolve_run(params, "final")

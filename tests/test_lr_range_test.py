@@ -11,7 +11,7 @@ from conftest import tiny_text
 
 
 def test_lr_grows_exponentially_from_start_to_end():
-    cfg = LRRangeTestConfig(lr_start=1e-5, lr_end=1e4, iterations=10, skip_start=0)
+    cfg = LRRangeTestConfig(lr_start=1e-5, lr_end=1e4, iterations=10, skip_start=0, smoothing=0.5)
     assert [lr_at(cfg, i) for i in range(10)] == pytest.approx([10.0**e for e in range(-5, 5)], rel=1e-12)
 
 

@@ -26,7 +26,7 @@ def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.
 def project(tmp_path_factory):
     """A git + DVC copy of the repo with one tiny run; data.url stays enwik8's (a local corpus is given with -S)."""
     root = tmp_path_factory.mktemp("project")
-    for item in ("dvc.yaml", "params.yaml", "stages", "chargpt", ".dvcignore"):
+    for item in ("dvc.yaml", "params.yaml", "stages", "chargpt", ".dvcignore", ".gitignore"):
         src = REPO / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, root / item)
     corpus = root.parent / "corpus.txt"
@@ -39,8 +39,11 @@ def project(tmp_path_factory):
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # `python` in dvc.yaml: this venv
     env["DVC_NO_ANALYTICS"] = "1"
     for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@example.com"], ["git", "config", "user.name", "t"],
-                ["dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
+                ["dvc", "init", "-q"]):
         run(cmd, root, env)
+    shutil.copy(REPO / ".dvc/config", root / ".dvc/config")  # the shipped default remote
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "init"], root, env)
     return root, env, corpus
 
 
@@ -115,3 +118,30 @@ def test_a_config_error_stops_the_stage_before_any_work(project):
     root, env, _ = project
     proc = run([sys.executable, "stages/train.py", "--run", "nope"], root, env, check=False)
     assert proc.returncode != 0 and "run 'nope' is not defined under runs; defined: ['tiny']" in proc.stderr
+
+
+def test_push_then_a_fresh_clone_pulls_and_trains_nothing(project, tmp_path):
+    root, env, _ = project
+    if not (root / "reports/tiny/eval.json").exists():
+        pytest.skip("needs test_local_corpus_through_all_five_stages")
+    remote = tmp_path / "remote"
+    run(["dvc", "remote", "modify", "--local", "local", "url", str(remote)], root, env)  # not the user's ~/.cache
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "tiny run"], root, env)
+    run(["dvc", "push"], root, env)
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
+    assert not (clone / "models/tiny/model.pt").exists()
+    run(["dvc", "remote", "modify", "--local", "local", "url", str(remote)], clone, env)
+    run(["dvc", "pull", "--with-deps", "evaluate@tiny"], clone, env)
+    assert (clone / "models/tiny/model.pt").read_bytes() == (root / "models/tiny/model.pt").read_bytes()
+    status = run(["dvc", "status"], clone, env).stdout
+    assert "Data and pipelines are up to date" in status, status
+    assert "Running stage" not in run(["dvc", "repro"], clone, env).stdout
+
+    # Evaluating the pulled checkpoint again gives the same BPC.
+    before = json.loads((clone / "reports/tiny/eval.json").read_text())
+    run(["dvc", "repro", "--force", "--single-item", "evaluate@tiny"], clone, env)
+    after = json.loads((clone / "reports/tiny/eval.json").read_text())
+    assert after["test_bpc"] == before["test_bpc"] and after["val_bpc"] == before["val_bpc"]

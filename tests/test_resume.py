@@ -1,0 +1,107 @@
+"""Kill training from outside (SIGKILL, SIGTERM), resume, and end bit for bit where an uninterrupted run ends."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from chargpt.data import split_corpus
+from chargpt.io import write_json
+from conftest import REPO, TINY_RUN, tiny_text
+
+pytestmark = pytest.mark.slow
+RUN = {**TINY_RUN,
+       "model": {"n_layer": 2, "d_model": 64, "n_head": 2, "d_ff": 128, "context": 64, "dropout": 0.1},
+       "schedule": {"lr_min": 1.0e-4, "lr_max": 3.0e-3},
+       "train": {"iterations": 1500, "batch_size": 8, "eval_interval": 500, "eval_batches": 2, "log_interval": 10,
+                 "checkpoint_every": 37, "threads": 1}}
+
+
+def make_project(root: Path, params: dict) -> dict:
+    root.mkdir()
+    corpus = root / "corpus.bin"
+    corpus.write_bytes(tiny_text(100_000))
+    write_json(root / "data/processed/meta.json", split_corpus(corpus, root / "data/processed", (0.9, 0.05, 0.05)))
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(REPO / "stages/lr_range_test.py"), "--run", "tiny"], cwd=root, env=env,
+                   check=True, capture_output=True)
+    return env
+
+
+def train(root: Path, env: dict, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(REPO / "stages/train.py"), "--run", "tiny", *extra], cwd=root, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def kill_after_a_checkpoint(proc: subprocess.Popen, state: Path, signum: int, rng: random.Random) -> None:
+    seen = state.stat().st_mtime_ns if state.exists() else None
+    deadline = time.time() + 120
+    while not state.exists() or state.stat().st_mtime_ns == seen:  # wait for a checkpoint of this session
+        assert proc.poll() is None, f"training ended before it could be killed: {proc.stderr.read()}"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    time.sleep(rng.uniform(0.0, 0.8))  # then kill at a random step
+    proc.send_signal(signum)
+    proc.wait(timeout=60)
+
+
+def weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_killed_and_resumed_run_ends_bitwise_identical(tmp_path, params):
+    params["runs"] = {"tiny": RUN}
+    rng = random.Random()
+    plain, broken = tmp_path / "plain", tmp_path / "broken"
+    env = make_project(plain, params)
+    assert train(plain, env).wait(timeout=300) == 0
+
+    env = make_project(broken, params)
+    state = broken / "checkpoints/tiny/last.pt"
+    proc = train(broken, env)
+    kill_after_a_checkpoint(proc, state, signal.SIGKILL, rng)
+    assert proc.returncode == -signal.SIGKILL and not (broken / "models/tiny/model.pt").exists()
+    killed_at = torch.load(state, weights_only=True)["loop"]["step"]
+
+    # A changed config is refused, naming the key; the saved state is kept.
+    changed = yaml.safe_load((broken / "params.yaml").read_text())
+    changed["runs"]["tiny"]["train"]["iterations"] = 1600
+    (broken / "params.yaml").write_text(yaml.safe_dump(changed))
+    proc = train(broken, env)
+    assert proc.wait(timeout=120) == 1
+    assert "train.iterations: checkpoint 1500, now 1600" in proc.stderr.read() and state.exists()
+    (broken / "params.yaml").write_text(yaml.safe_dump(params))
+
+    # SIGTERM: the run saves its state and exits 143.
+    proc = train(broken, env)
+    kill_after_a_checkpoint(proc, state, signal.SIGTERM, rng)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr.read()
+    termed_at = torch.load(state, weights_only=True)["loop"]["step"]
+    assert termed_at > killed_at
+
+    assert train(broken, env).wait(timeout=300) == 0
+    assert not state.parent.exists()  # the in-progress state is gone once the run is complete
+
+    a, b = weights(plain / "models/tiny/model.pt"), weights(broken / "models/tiny/model.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"killed at {killed_at}, {termed_at}"
+    metrics = [json.loads((p / "reports/tiny/train_metrics.json").read_text()) for p in (plain, broken)]
+    assert metrics[0]["val_probe_bpc"] == metrics[1]["val_probe_bpc"] and metrics[1]["tokens"] == 1500 * 8 * 64
+    assert (plain / "reports/tiny/train_curve.tsv").read_text() == (broken / "reports/tiny/train_curve.tsv").read_text()
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{broken / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("chargpt").experiment_id],
+                              filter_string="attributes.run_name = 'tiny'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # one MLflow run across the three sessions
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")]
+    assert steps == list(range(10, 1501, 10))  # no gap, no duplicate

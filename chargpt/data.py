@@ -69,12 +69,10 @@ def _local_path(url: str) -> Path | None:
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme == "file":
         return Path(urllib.request.url2pathname(parsed.path))
-    if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and url[1:3] == ":\\"):
-        return Path(url).expanduser()
-    return None
+    return Path(url).expanduser() if parsed.scheme == "" else None
 
 
-def _fetch_http_once(url: str, dst: IO[bytes], timeout: float, expect_zip: bool) -> int:
+def _fetch_http_once(url: str, dst: IO[bytes], timeout: float, expect_zip: bool) -> tuple[int, dict[str, str]]:
     request = urllib.request.Request(url, headers={"User-Agent": "chargpt"})
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
@@ -94,29 +92,27 @@ def _fetch_http_once(url: str, dst: IO[bytes], timeout: float, expect_zip: bool)
         dst.truncate()
         try:
             with _progress(total, "download") as bar:
-                n, _ = _copy_hashing(response, dst, bar)
+                n, digests = _copy_hashing(response, dst, bar)
         except (TimeoutError, ConnectionError, urllib.error.URLError, OSError) as e:
             raise _Retryable(f"connection lost: {e}") from None
         if total is not None and n != total:
             raise _Retryable(f"received {n} of {total} bytes")
-        return n
+        return n, digests
 
 
 def fetch(url: str, dst: IO[bytes], timeout: float = 60.0, retries: int = 3, backoff_s: float = 1.0,
-          expect_zip: bool = False) -> None:
+          expect_zip: bool = False) -> tuple[int, dict[str, str]]:
     """Copy `url` (http(s), file:// or a local path) into the open file `dst`, retrying transient failures
-    with exponential backoff."""
+    with exponential backoff; returns the size and digests of what was copied."""
     local = _local_path(url)
     if local is not None:
         if not local.is_file():
             raise DataError(f"{url}: no such file")
         with open(local, "rb") as src, _progress(local.stat().st_size, "copy") as bar:
-            _copy_hashing(src, dst, bar)
-        return
+            return _copy_hashing(src, dst, bar)
     for attempt in range(retries + 1):
         try:
-            _fetch_http_once(url, dst, timeout, expect_zip)
-            return
+            return _fetch_http_once(url, dst, timeout, expect_zip)
         except _Retryable as e:
             if attempt == retries:
                 raise DataError(f"{url}: download failed after {retries + 1} attempts: {e}") from None
@@ -171,10 +167,8 @@ def download_corpus(cfg: DataConfig, corpus_path: str | Path, info_path: str | P
     corpus_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=corpus_path.parent, prefix=".download-") as tmp:
         archive = Path(tmp) / "archive"
-        with open(archive, "w+b") as f:
-            fetch(cfg.url, f, cfg.timeout_s, cfg.retries, backoff_s, expect_zip=fmt == "zip")
-        with open(archive, "rb") as f:
-            archive_size, archive_digests = _copy_hashing(f, _NullSink())
+        with open(archive, "wb") as f:
+            archive_size, archive_digests = fetch(cfg.url, f, cfg.timeout_s, cfg.retries, backoff_s, expect_zip=fmt == "zip")
         observed_archive = {"size": archive_size, "sha256": archive_digests["sha256"]}
         verified = _verify("archive", cfg.url, observed_archive,
                            {"size": sums.archive_size, "sha256": sums.archive_sha256})
@@ -195,11 +189,6 @@ def download_corpus(cfg: DataConfig, corpus_path: str | Path, info_path: str | P
     write_json(info_path, info)
     log.info("corpus: %d bytes, sha256 %s (verified: %s)", size, digests["sha256"], ", ".join(verified) or "nothing")
     return info
-
-
-class _NullSink:
-    def write(self, _: bytes) -> None:
-        pass
 
 
 def split_sizes(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:

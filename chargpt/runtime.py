@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import random
 import sys
@@ -107,3 +108,11 @@ def resolve_lr_max(cfg: RunConfig) -> float:
         raise ConfigError(f"run {cfg.name!r}: schedule.lr_max: auto resolved to the LR range test's {suggested:.3g}, "
                           f"not above schedule.lr_min {cfg.schedule.lr_min}")
     return suggested
+
+
+def run_stage_parser(description: str | None) -> argparse.ArgumentParser:
+    """The arguments every per-run stage takes: --run NAME [--params FILE]."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--run", required=True, help="a run defined under runs: in params.yaml")
+    parser.add_argument("--params", default="params.yaml")
+    return parser

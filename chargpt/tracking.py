@@ -104,7 +104,7 @@ def log_range_test(csv_path: Path, json_path: Path, png_path: Path, run_name: st
 
     curve, summary = pd.read_csv(csv_path), read_json(json_path)
     with mlflow.start_run(run_name=f"{run_name}/lr_range_test", nested=True, tags={"chargpt.run": run_name}):
-        mlflow.log_params({k: v for k, v in summary.items() if k != "rule"} | {"rule": summary["rule"][:500]})
+        mlflow.log_params(summary)
         client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
         metrics = [mlflow.entities.Metric(key, float(row[key]), 0, int(row["step"]))
                    for row in curve.to_dict("records") for key in ("lr", "loss", "smoothed_loss")]

@@ -1,6 +1,5 @@
 """Stage evaluate@<run>: BPC of the trained model on the whole val and test splits (or a stated prefix)."""
 
-import argparse
 import logging
 
 import mlflow
@@ -11,15 +10,13 @@ from chargpt.config import load_run_config
 from chargpt.data import load_split
 from chargpt.evaluation import split_bpc
 from chargpt.io import write_json
-from chargpt.runtime import autocast_dtype, DATA_DIR, model_path, prepare, report_dir, run_stage
+from chargpt.runtime import autocast_dtype, DATA_DIR, model_path, prepare, report_dir, run_stage, run_stage_parser
 
 log = logging.getLogger("stages.evaluate")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--run", required=True)
-    parser.add_argument("--params", default="params.yaml")
+    parser = run_stage_parser(__doc__)
     args = parser.parse_args()
 
     cfg = load_run_config(args.run, args.params)

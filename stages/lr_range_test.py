@@ -1,6 +1,5 @@
 """Stage lr_range_test@<run>: Smith's LR range test on the run's own model and optimizer."""
 
-import argparse
 import logging
 
 from chargpt.config import load_run_config
@@ -9,16 +8,14 @@ from chargpt.io import write_json, write_table
 from chargpt.lr_range_test import range_test
 from chargpt.model import GPT
 from chargpt.plots import plot_range_test
-from chargpt.runtime import autocast_dtype, check_fits, DATA_DIR, prepare, report_dir, run_stage, split_meta
+from chargpt.runtime import autocast_dtype, check_fits, DATA_DIR, prepare, report_dir, run_stage, run_stage_parser, split_meta
 from chargpt.schedule import build_optimizer
 
 log = logging.getLogger("stages.lr_range_test")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--run", required=True)
-    parser.add_argument("--params", default="params.yaml")
+    parser = run_stage_parser(__doc__)
     args = parser.parse_args()
 
     cfg = load_run_config(args.run, args.params)

@@ -1,6 +1,5 @@
 """Stage train@<run>: one 1cycle training run, resumable; final checkpoint, curve and metrics, in MLflow too."""
 
-import argparse
 import logging
 import shutil
 import sys
@@ -12,7 +11,7 @@ from chargpt import tracking
 from chargpt.checkpoint import restore_training_state, save_checkpoint, save_training_state
 from chargpt.config import load_run_config
 from chargpt.runtime import (DATA_DIR, autocast_dtype, check_fits, checkpoint_dir, model_path, prepare, report_dir,
-                             resolve_lr_max, run_stage, split_meta)
+                             resolve_lr_max, run_stage, run_stage_parser, split_meta)
 from chargpt.trainer import Interrupted, LoopState, stop_on_signals, train_loop
 from chargpt.training import TrainingRun, write_outputs
 
@@ -20,9 +19,7 @@ log = logging.getLogger("stages.train")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--run", required=True)
-    parser.add_argument("--params", default="params.yaml")
+    parser = run_stage_parser(__doc__)
     parser.add_argument("--fresh", action="store_true", help="discard an interrupted run's state and start over")
     args = parser.parse_args()
 

@@ -71,6 +71,11 @@ def test_killed_and_resumed_run_ends_bitwise_identical(tmp_path, params):
     kill_after_a_checkpoint(proc, state, signal.SIGKILL, rng)
     assert proc.returncode == -signal.SIGKILL and not (broken / "models/tiny/model.pt").exists()
     killed_at = torch.load(state, weights_only=True)["loop"]["step"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{broken / 'mlflow.db'}")
+    run_id = torch.load(state, weights_only=True)["mlflow_run_id"]
+    logged = max(m.step for m in client.get_metric_history(run_id, "train_loss"))
 
     # A changed config is refused, naming the key; the saved state is kept.
     changed = yaml.safe_load((broken / "params.yaml").read_text())
@@ -86,6 +91,8 @@ def test_killed_and_resumed_run_ends_bitwise_identical(tmp_path, params):
     kill_after_a_checkpoint(proc, state, signal.SIGTERM, rng)
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr.read()
     termed_at = torch.load(state, weights_only=True)["loop"]["step"]
+    print(f"SIGKILL after step {logged} (last checkpoint: {killed_at}); SIGTERM at step {termed_at}")
+    assert logged >= killed_at
     assert termed_at > killed_at
 
     assert train(broken, env).wait(timeout=300) == 0
@@ -97,9 +104,6 @@ def test_killed_and_resumed_run_ends_bitwise_identical(tmp_path, params):
     assert metrics[0]["val_probe_bpc"] == metrics[1]["val_probe_bpc"] and metrics[1]["tokens"] == 1500 * 8 * 64
     assert (plain / "reports/tiny/train_curve.tsv").read_text() == (broken / "reports/tiny/train_curve.tsv").read_text()
 
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{broken / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("chargpt").experiment_id],
                               filter_string="attributes.run_name = 'tiny'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # one MLflow run across the three sessions

@@ -1,0 +1,22 @@
+import pytest
+
+from chargpt.io import atomic_open, write_json
+
+
+def test_a_failed_write_leaves_the_previous_file_intact_and_no_temp_file(tmp_path):
+    target = tmp_path / "last.pt"
+    write_json(target, {"step": 1})
+    before = target.read_bytes()
+    with pytest.raises(OSError, match="disk full"):
+        with atomic_open(target, "wb") as f:
+            f.write(b"half a checkpoint")
+            raise OSError(28, "disk full")
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_atomic_write_replaces_the_file(tmp_path):
+    target = tmp_path / "sub" / "metrics.json"
+    write_json(target, {"a": 1})
+    write_json(target, {"a": 2})
+    assert target.read_text() == '{\n  "a": 2\n}\n'

@@ -85,11 +85,12 @@ def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's main(); a known bad-input error ends it with one clear line and exit status 1."""
     from chargpt.checkpoint import CheckpointError
     from chargpt.data import DataError
+    from chargpt.tracking import TrackingError
 
     setup_logging()
     try:
         main()
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as e:
+    except (ConfigError, DataError, CheckpointError, TrackingError, FileNotFoundError) as e:
         logging.getLogger("chargpt").error("%s", e)
         sys.exit(1)
 

@@ -33,11 +33,31 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
+class TrackingError(RuntimeError):
+    pass
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a tracking server that does not answer (MLflow's own retries take minutes)."""
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            pass
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+        raise TrackingError(f"MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)}); "
+                            f"start it, or unset MLFLOW_TRACKING_URI to log to the local SQLite store") from None
+
+
 def setup() -> str:
     """Point MLflow at the store and select the project's experiment; returns its id."""
     import mlflow
 
     user_uri = os.environ.get("MLFLOW_TRACKING_URI")  # read first: set_tracking_uri() exports it
+    check_reachable(tracking_uri())
     mlflow.set_tracking_uri(tracking_uri())
     experiment = mlflow.get_experiment_by_name(EXPERIMENT)
     if experiment is None:

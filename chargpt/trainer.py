@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 class DivergedError(RuntimeError):
     def __init__(self, step: int, loss: float):
-        super().__init__(f"training diverged at step {step}: loss {loss} (LR too high?)")
+        super().__init__(f"training diverged at step {step}: loss {loss} (LR too high?); the last good state is kept")
         self.step, self.loss = step, loss
 
 
@@ -43,6 +43,9 @@ class LoopConfig:
     checkpoint_every: int = 0  # 0: no intermediate checkpoints
     grad_clip: float = 0.0
     autocast_dtype: torch.dtype | None = None
+    # Check the loss for NaN/inf after every step. Free on a CPU; on a GPU it is a host sync per step, so
+    # there the check waits for the log interval.
+    check_every_step: bool = True
 
 
 @dataclass
@@ -86,6 +89,9 @@ def train_loop(
     session_start, seconds_before = time.perf_counter(), state.seconds
 
     def snapshot(step: int) -> LoopState:
+        # Never save a state that cannot continue: one update can blow the weights up before any loss shows it.
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise DivergedError(step, math.nan)
         state.step, state.loss_sum = step, loss_sum.item()
         state.seconds = seconds_before + time.perf_counter() - session_start
         return state
@@ -106,12 +112,14 @@ def train_loop(
         state.tokens += y.numel()
         loss_sum += loss.detach()
         state.loss_count += 1
+        if cfg.check_every_step and not math.isfinite(value := loss.item()):
+            raise DivergedError(step + 1, value)
 
         done = step + 1
         if done % cfg.log_interval == 0 or done == cfg.total_steps:
             train_loss = loss_sum.item() / state.loss_count
             if not math.isfinite(train_loss):
-                raise DivergedError(step, train_loss)
+                raise DivergedError(done, train_loss)
             metrics = {"train_loss": train_loss, "lr": lr, "momentum": momentum}
             if done % cfg.eval_interval == 0 or done == cfg.total_steps:
                 metrics.update(evaluate())

@@ -53,7 +53,7 @@ class TrainingRun:
     def loop_config(self) -> LoopConfig:
         t = self.cfg.train
         return LoopConfig(t.iterations, t.log_interval, t.eval_interval, t.checkpoint_every,
-                          self.cfg.optimizer.grad_clip, self.autocast)
+                          self.cfg.optimizer.grad_clip, self.autocast, check_every_step=self.device.type == "cpu")
 
     def probe(self) -> dict[str, float]:
         bpc, _ = split_bpc(self.model, self.val_probe, self.cfg.model.context, self.cfg.eval.batch_size,

@@ -20,6 +20,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = load_run_config(args.run, args.params)
+    tracking.setup()  # fails fast on an unreachable tracking server
     device = prepare(cfg.train)
     model, state = load_model(model_path(args.run), expected=cfg.model)
     model.to(device)
@@ -38,7 +39,6 @@ def main() -> None:
                            "scored": "every byte after the first of each split (or prefix), exactly once"}
     write_json(report_dir(args.run) / "eval.json", metrics)
 
-    tracking.setup()
     run_id = state.get("mlflow_run_id")  # the training run; absent from a store that did not train this model
     with tracking.start_run(args.run, f"evaluate@{args.run}", device, run_id if tracking.run_exists(run_id) else None):
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k.endswith(("_bpc", "_bytes_scored"))},

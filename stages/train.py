@@ -12,7 +12,7 @@ from chargpt.checkpoint import restore_training_state, save_checkpoint, save_tra
 from chargpt.config import load_run_config
 from chargpt.runtime import (DATA_DIR, autocast_dtype, check_fits, checkpoint_dir, model_path, prepare, report_dir,
                              resolve_lr_max, run_stage, run_stage_parser, split_meta)
-from chargpt.trainer import Interrupted, LoopState, stop_on_signals, train_loop
+from chargpt.trainer import DivergedError, Interrupted, LoopState, stop_on_signals, train_loop
 from chargpt.training import TrainingRun, write_outputs
 
 log = logging.getLogger("stages.train")
@@ -25,6 +25,7 @@ def main() -> None:
 
     cfg = load_run_config(args.run, args.params)
     check_fits(cfg, split_meta())
+    tracking.setup()  # fails fast on an unreachable tracking server, before any data is read
     reports, state_path = report_dir(args.run), checkpoint_dir(args.run) / "last.pt"
     device = prepare(cfg.train)
     run = TrainingRun.build(cfg, device, autocast_dtype(cfg.train, device), resolve_lr_max(cfg), DATA_DIR)
@@ -33,7 +34,6 @@ def main() -> None:
     saved = restore_training_state(state_path, **run.state_parts) if state_path.exists() else None
     loop_state, curve = (LoopState(**saved["loop"]), saved["curve"]) if saved else (LoopState(), [])
 
-    tracking.setup()
     resume_id = saved["mlflow_run_id"] if saved and tracking.run_exists(saved["mlflow_run_id"]) else None
     with tracking.start_run(args.run, f"train@{args.run}", device, resume_id) as mlflow_run:
         if resume_id is None:
@@ -57,6 +57,11 @@ def main() -> None:
             mlflow.end_run("KILLED")
             log.warning("%s (state saved to %s)", e, state_path)
             sys.exit(128 + e.signum)
+        except DivergedError as e:
+            mlflow.set_tags({"failure": str(e), "diverged_at_step": e.step})
+            mlflow.end_run("FAILED")
+            log.error("%s", e)
+            sys.exit(1)
 
         save_checkpoint(model_path(args.run), run.model, run.state_parts["config"], step=result.step,
                         mlflow_run_id=mlflow_run.info.run_id, lr_max=run.lr_max)

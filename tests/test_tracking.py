@@ -21,3 +21,21 @@ def test_tracking_uri_default_is_an_absolute_sqlite_path(monkeypatch, tmp_path):
 
 def test_flatten_names_params_by_key_path():
     assert flatten({"model": {"n_layer": 2, "d": {"x": 1}}, "name": "q"}) == {"model.n_layer": 2, "model.d.x": 1, "name": "q"}
+
+
+def test_an_unreachable_tracking_server_fails_fast_naming_the_uri():
+    import socket
+    import time
+
+    import pytest
+
+    from chargpt.tracking import TrackingError, check_reachable
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{s.getsockname()[1]}"
+    started = time.monotonic()
+    with pytest.raises(TrackingError, match=f"MLflow tracking server {uri} is unreachable"):
+        check_reachable(uri, timeout_s=2)
+    assert time.monotonic() - started < 5
+    check_reachable("sqlite:////tmp/x.db")  # a local store needs no server

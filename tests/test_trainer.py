@@ -1,0 +1,64 @@
+import math
+
+import pytest
+import torch
+
+from chargpt.trainer import DivergedError, LoopConfig, LoopState, train_loop
+
+
+class NanAt(torch.nn.Module):
+    """A one-parameter model whose loss turns NaN on its `bad`-th call."""
+
+    def __init__(self, bad: int):
+        super().__init__()
+        self.w, self.calls, self.bad = torch.nn.Parameter(torch.ones(())), 0, bad
+
+    def forward(self, x, y):
+        self.calls += 1
+        loss = (self.w - 2.0) ** 2
+        return None, loss * math.nan if self.calls == self.bad else loss
+
+
+def run(model, total=10, checkpoint_every=2, check_every_step=True, stop=lambda: None):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    saved, logged = [], []
+    cfg = LoopConfig(total, log_interval=5, eval_interval=5, checkpoint_every=checkpoint_every,
+                     check_every_step=check_every_step)
+    batch = lambda: (torch.zeros(1, 1), torch.zeros(1, 1))  # noqa: E731
+    result = None
+    try:
+        result = train_loop(model, opt, sched, batch, cfg, lambda: {}, lambda s, m: logged.append((s, m)),
+                            on_checkpoint=lambda st: saved.append(st.step), stop_requested=stop)
+    except DivergedError as e:
+        return e, saved, logged
+    return result, saved, logged
+
+
+def test_nan_loss_stops_within_the_step_and_keeps_the_last_good_checkpoint():
+    error, saved, logged = run(NanAt(bad=3))
+    assert isinstance(error, DivergedError) and error.step == 3
+    assert saved == [2] and logged == []
+
+
+def test_without_per_step_checks_divergence_is_caught_before_the_next_save():
+    # The NaN loss of step 3 poisons the weights; the checkpoint at step 4 refuses to save them.
+    error, saved, _ = run(NanAt(bad=3), check_every_step=False)
+    assert isinstance(error, DivergedError) and error.step == 4 and saved == [2]
+    error, saved, _ = run(NanAt(bad=3), check_every_step=False, checkpoint_every=0)
+    assert isinstance(error, DivergedError) and error.step == 5  # else at the log interval
+
+
+def test_a_clean_run_logs_every_interval_and_counts_tokens():
+    result, saved, logged = run(NanAt(bad=-1), total=10)
+    assert isinstance(result, LoopState) and result.step == 10 and result.tokens == 10
+    assert [s for s, _ in logged] == [5, 10] and saved == [2, 4, 6, 8]  # no checkpoint at the end: the caller saves
+    assert logged[-1][1]["train_loss"] < logged[0][1]["train_loss"]
+
+
+def test_a_stop_request_checkpoints_then_raises():
+    from chargpt.trainer import Interrupted
+
+    calls = iter(range(100))
+    with pytest.raises(Interrupted, match="SIGTERM after step 3"):
+        run(NanAt(bad=-1), stop=lambda: 15 if next(calls) == 2 else None)

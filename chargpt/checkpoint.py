@@ -20,10 +20,18 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict[str, Any], step: int, **extra: Any) -> None:
-    state = {"format_version": FORMAT_VERSION, "model": model.state_dict(), "config": config, "step": step, **extra}
+def _save(path: str | Path, obj: dict[str, Any]) -> None:
     with atomic_open(path, "wb") as f:
-        torch.save(state, f)
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:  # torch's zip writer wraps the OSError (disk full, …): surface it
+            if isinstance(cause := e.__cause__ or e.__context__, OSError):
+                raise cause from None
+            raise
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict[str, Any], step: int, **extra: Any) -> None:
+    _save(path, {"format_version": FORMAT_VERSION, "model": model.state_dict(), "config": config, "step": step, **extra})
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -110,11 +118,9 @@ def save_training_state(path: str | Path, *, model: torch.nn.Module, optimizer: 
                         scheduler: Any, sampler_generator: torch.Generator, config: dict[str, Any],
                         loop: dict[str, Any], **extra: Any) -> None:
     """Everything a resumed run needs to continue bit for bit; written atomically."""
-    state = {"format_version": FORMAT_VERSION, "kind": "training_state", "model": model.state_dict(),
-             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "config": config,
-             "loop": loop, "rng": rng_states(sampler_generator), **extra}
-    with atomic_open(path, "wb") as f:
-        torch.save(state, f)
+    _save(path, {"format_version": FORMAT_VERSION, "kind": "training_state", "model": model.state_dict(),
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "config": config,
+                 "loop": loop, "rng": rng_states(sampler_generator), **extra})
 
 
 def restore_training_state(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

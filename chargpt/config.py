@@ -142,6 +142,9 @@ class TrainConfig(_Section):
     # Save the whole training state (checkpoints/<run>/last.pt) this often, and on SIGTERM/SIGINT; 0: never.
     checkpoint_every: Annotated[int, Field(ge=0)] = 1000
     threads: Annotated[int, Field(ge=0)] = 0  # torch intra-op threads on CPU; 0: torch's default
+    # An MLflow tracking server (MLFLOW_TRACKING_URI) that does not answer: fail before any work, or log
+    # to the local SQLite store instead (the run is tagged with the URI it could not reach).
+    on_tracking_unreachable: Literal["fail", "local"] = "fail"
 
 
 class EvalConfig(_Section):

@@ -27,6 +27,11 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        # Name the file the write was for (the temporary name means nothing to a user); keep the errno.
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -90,7 +90,7 @@ def run_stage(main: Callable[[], None]) -> None:
     setup_logging()
     try:
         main()
-    except (ConfigError, DataError, CheckpointError, TrackingError, FileNotFoundError) as e:
+    except (ConfigError, DataError, CheckpointError, TrackingError, OSError) as e:  # OSError: disk full, …
         logging.getLogger("chargpt").error("%s", e)
         sys.exit(1)
 

@@ -7,12 +7,14 @@ launched from DVC's temporary experiment copies (.dvc/tmp/exps/...) land in the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,7 @@ def project_root(cwd: Path | None = None) -> Path:
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or local_uri()
 
 
 class TrackingError(RuntimeError):
@@ -52,23 +54,36 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
                             f"start it, or unset MLFLOW_TRACKING_URI to log to the local SQLite store") from None
 
 
-def setup() -> str:
+def local_uri() -> str:
+    return f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def setup(on_unreachable: str = "fail") -> str:
     """Point MLflow at the store and select the project's experiment; returns its id."""
     import mlflow
 
     user_uri = os.environ.get("MLFLOW_TRACKING_URI")  # read first: set_tracking_uri() exports it
-    check_reachable(tracking_uri())
-    mlflow.set_tracking_uri(tracking_uri())
-    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
-    if experiment is None:
-        # An absolute artifact location: otherwise a SQLite store puts artifacts under the current
-        # directory, which for a DVC temporary copy is deleted after the run.
-        artifacts = None if user_uri else (project_root() / "mlartifacts").as_uri()
-        try:
+    uri = tracking_uri()
+    try:
+        check_reachable(uri)
+    except TrackingError as e:
+        if on_unreachable != "local":
+            raise
+        log.warning("%s; logging to the local store %s instead (train.on_tracking_unreachable: local)", e, local_uri())
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        os.environ["CHARGPT_TRACKING_FALLBACK_FROM"] = uri  # run_tags() records it on the run
+        user_uri, uri = None, local_uri()
+    mlflow.set_tracking_uri(uri)
+    # Stages running at once (dvc queue, -j 2) would both create and migrate a new SQLite store; one would fail.
+    lock = FileLock(f"{uri.removeprefix('sqlite:///')}.lock") if uri.startswith("sqlite:///") else contextlib.nullcontext()
+    with lock:
+        experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+        if experiment is None:
+            # An absolute artifact location: otherwise a SQLite store puts artifacts under the current
+            # directory, which for a DVC temporary copy is deleted after the run.
+            artifacts = None if user_uri else (project_root() / "mlartifacts").as_uri()
             mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
-        except mlflow.exceptions.MlflowException:  # created by a concurrent stage in the meantime
-            pass
-    return mlflow.set_experiment(EXPERIMENT).experiment_id
+        return mlflow.set_experiment(EXPERIMENT).experiment_id
 
 
 def git_tags() -> dict[str, str]:
@@ -88,8 +103,10 @@ def git_tags() -> dict[str, str]:
 
 def run_tags(run_name: str, stage: str, device: torch.device) -> dict[str, str]:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    fallback = {"tracking_fallback_from": os.environ["CHARGPT_TRACKING_FALLBACK_FROM"]} \
+        if "CHARGPT_TRACKING_FALLBACK_FROM" in os.environ else {}
     return {"chargpt.run": run_name, "dvc_stage": stage, "device": device_name, "torch_version": torch.__version__,
-            **git_tags()}
+            **git_tags(), **fallback}
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, object]:

@@ -20,7 +20,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = load_run_config(args.run, args.params)
-    tracking.setup()  # fails fast on an unreachable tracking server
+    tracking.setup(cfg.train.on_tracking_unreachable)  # fails fast on an unreachable tracking server
     device = prepare(cfg.train)
     model, state = load_model(model_path(args.run), expected=cfg.model)
     model.to(device)

@@ -25,7 +25,7 @@ def main() -> None:
 
     cfg = load_run_config(args.run, args.params)
     check_fits(cfg, split_meta())
-    tracking.setup()  # fails fast on an unreachable tracking server, before any data is read
+    tracking.setup(cfg.train.on_tracking_unreachable)  # fails fast on an unreachable tracking server, before any data is read
     reports, state_path = report_dir(args.run), checkpoint_dir(args.run) / "last.pt"
     device = prepare(cfg.train)
     run = TrainingRun.build(cfg, device, autocast_dtype(cfg.train, device), resolve_lr_max(cfg), DATA_DIR)

@@ -1,5 +1,9 @@
 import copy
 import http.server
+import os
+import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -54,3 +58,33 @@ def http_dir(tmp_path):
     yield root, f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
+
+
+def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def make_dvc_project(root: Path, runs: dict, data: dict | None = None) -> tuple[Path, dict]:
+    """A committed git + DVC copy of the repo at `root` whose params define `runs`; returns (root, env)."""
+    root.mkdir(exist_ok=True)
+    for item in ("dvc.yaml", "params.yaml", "stages", "chargpt", ".dvcignore", ".gitignore"):
+        src = REPO / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / item)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["runs"] = runs
+    params["data"].update(data or {})
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # `python` in dvc.yaml: this venv
+    env["DVC_NO_ANALYTICS"] = "1"
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@example.com"], ["git", "config", "user.name", "t"],
+                ["dvc", "init", "-q"]):
+        run(cmd, root, env)
+    shutil.copy(REPO / ".dvc/config", root / ".dvc/config")  # the shipped default remote
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "init"], root, env)
+    return root, env

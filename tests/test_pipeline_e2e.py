@@ -1,50 +1,22 @@
 """End to end: real `dvc repro` of a tiny run on a generated corpus, in a temporary copy of the repo."""
 
 import json
-import os
-import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import REPO, TINY_RUN, tiny_text
+from conftest import TINY_RUN, make_dvc_project, run, tiny_text
 
 pytestmark = pytest.mark.slow
-
-
-def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A git + DVC copy of the repo with one tiny run; data.url stays enwik8's (a local corpus is given with -S)."""
     root = tmp_path_factory.mktemp("project")
-    for item in ("dvc.yaml", "params.yaml", "stages", "chargpt", ".dvcignore", ".gitignore"):
-        src = REPO / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / item)
     corpus = root.parent / "corpus.txt"
     corpus.write_bytes(tiny_text(60_000))
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["runs"] = {"tiny": TINY_RUN}
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # `python` in dvc.yaml: this venv
-    env["DVC_NO_ANALYTICS"] = "1"
-    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@example.com"], ["git", "config", "user.name", "t"],
-                ["dvc", "init", "-q"]):
-        run(cmd, root, env)
-    shutil.copy(REPO / ".dvc/config", root / ".dvc/config")  # the shipped default remote
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "init"], root, env)
-    return root, env, corpus
+    return (*make_dvc_project(root, {"tiny": TINY_RUN}), corpus)
 
 
 def test_local_corpus_through_all_five_stages(project):

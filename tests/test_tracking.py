@@ -39,3 +39,28 @@ def test_an_unreachable_tracking_server_fails_fast_naming_the_uri():
         check_reachable(uri, timeout_s=2)
     assert time.monotonic() - started < 5
     check_reachable("sqlite:////tmp/x.db")  # a local store needs no server
+
+
+def test_an_unreachable_server_can_fall_back_to_the_local_store(monkeypatch, tmp_path):
+    import socket
+
+    import mlflow
+    import torch
+
+    from chargpt import tracking
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("CHARGPT_TRACKING_FALLBACK_FROM", raising=False)
+    try:
+        tracking.setup(on_unreachable="local")
+        assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+        assert tracking.run_tags("r", "train@r", torch.device("cpu"))["tracking_fallback_from"] == uri
+    finally:
+        import os
+
+        os.environ.pop("CHARGPT_TRACKING_FALLBACK_FROM", None)
+        mlflow.set_tracking_uri(None)

@@ -1,0 +1,33 @@
+"""Two DVC experiments at once (dvc queue, 2 workers) against the default SQLite MLflow store."""
+
+import time
+
+import pytest
+
+from conftest import TINY_RUN, make_dvc_project, run, tiny_text
+
+pytestmark = pytest.mark.slow
+
+
+def test_two_queued_experiments_are_both_recorded_completely(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(tiny_text(60_000))
+    root, env = make_dvc_project(tmp_path / "project", {"tiny": TINY_RUN}, {"url": corpus.as_uri(), "checksums": None})
+    for seed in (1, 2):
+        run(["dvc", "exp", "run", "--queue", "-S", f"+runs.tiny.train.seed={seed}", "evaluate@tiny"], root, env)
+    run(["dvc", "queue", "start", "-j", "2"], root, env)
+    deadline = time.time() + 300
+    while (status := run(["dvc", "queue", "status"], root, env).stdout) and ("Running" in status or "Queued" in status):
+        assert time.time() < deadline, status
+        time.sleep(3)
+    assert status.count("Success") == 2, status + run(["dvc", "queue", "logs", status.split()[0]], root, env, False).stdout[-3000:]
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")  # the store at the repo root, not the temp copies
+    runs = client.search_runs([client.get_experiment_by_name("chargpt").experiment_id],
+                              filter_string="attributes.run_name = 'tiny'")
+    assert sorted(r.data.params["train.seed"] for r in runs) == ["1", "2"]
+    for r in runs:
+        assert r.info.status == "FINISHED" and "test_bpc" in r.data.metrics
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")] == [5, 10, 15, 20, 25, 30]

@@ -1,0 +1,56 @@
+import json
+import time
+
+import pytest
+
+from chargpt import compare
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A SQLite MLflow store with three named runs, an older attempt of one, and a nested LR range test."""
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from chargpt import tracking
+
+    tracking.setup()
+
+    def log(name, test_bpc, wd, lr_max, nested=False):
+        with mlflow.start_run(run_name=name, tags={"chargpt.run": name}):
+            mlflow.log_params({"optimizer.name": "sgd", "schedule.lr_min": 1e-4, "resolved.lr_max": lr_max,
+                               "schedule.momentum_max": 0.9, "schedule.momentum_min": 0.8,
+                               "optimizer.weight_decay": wd})
+            mlflow.log_metrics({"iterations": 100, "train_seconds": 12.5}
+                               | ({"test_bpc": test_bpc, "val_bpc": test_bpc - 0.01} if test_bpc else {}))
+            if nested:
+                with mlflow.start_run(run_name=f"{name}/lr_range_test", nested=True, tags={"chargpt.run": name}):
+                    mlflow.log_metric("loss", 3.0)
+        time.sleep(0.01)  # distinct start times
+
+    log("wd_1e-4", 1.50, 1e-4, 0.1)  # an older attempt, superseded below
+    log("final", 1.20, 1e-5, 0.1, nested=True)
+    log("wd_1e-4", 1.30, 1e-4, 0.1)
+    log("broken", None, 1e-6, 0.05)  # never evaluated
+    yield
+    mlflow.set_tracking_uri(None)
+
+
+def test_one_row_per_run_latest_attempt_sorted_by_test_bpc(store):
+    table = compare.comparison_table(compare.load_runs())
+    assert list(table["run"]) == ["final", "wd_1e-4", "broken"]
+    assert list(table["test_bpc"][:2]) == [1.20, 1.30]  # the latest wd_1e-4 attempt, not the better older one
+    assert table.loc[0, "momentum"] == "0.9 -> 0.8" and table.loc[0, "weight_decay"] == 1e-5
+
+
+def test_formats(store, tmp_path, capsys):
+    compare.main(["--format", "markdown"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("| run | optimizer | lr_min | lr_max | momentum |") and len(out) == 2 + 3
+    assert out[2] == "| final | sgd | 0.0001 | 0.1 | 0.9 -> 0.8 | 1e-05 | 100 | 1.19 | 1.2 | 12.5 | FINISHED |"
+    compare.main(["--format", "json", "--output", str(tmp_path / "t.json")])
+    rows = json.loads((tmp_path / "t.json").read_text())
+    assert [r["run"] for r in rows] == ["final", "wd_1e-4", "broken"] and rows[2]["test_bpc"] is None
+    compare.main(["--format", "csv"])
+    assert capsys.readouterr().out.splitlines()[0].split(",")[:3] == ["run", "optimizer", "lr_min"]

@@ -91,8 +91,8 @@ def test_killed_and_resumed_run_ends_bitwise_identical(tmp_path, params):
     kill_after_a_checkpoint(proc, state, signal.SIGTERM, rng)
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr.read()
     termed_at = torch.load(state, weights_only=True)["loop"]["step"]
-    print(f"SIGKILL after step {logged} (last checkpoint: {killed_at}); SIGTERM at step {termed_at}")
-    assert logged >= killed_at
+    print(f"SIGKILL after step {max(logged, killed_at)} (last checkpoint: {killed_at}); SIGTERM at step {termed_at}")
+    assert logged >= killed_at // 10 * 10  # every log step up to the checkpoint was logged before the kill
     assert termed_at > killed_at
 
     assert train(broken, env).wait(timeout=300) == 0

@@ -12,6 +12,7 @@ import torch
 from chargpt.config import ModelConfig
 from chargpt.io import atomic_open
 from chargpt.model import GPT
+from chargpt.tracking import flatten
 
 FORMAT_VERSION = 1
 
@@ -69,18 +70,8 @@ def load_model(path: str | Path, expected: ModelConfig | None = None) -> tuple[G
 RESUMABLE_CHANGES = ("train.checkpoint_every", "train.threads", "train.device", "eval.")
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out |= _flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def config_differences(saved: dict, current: dict) -> list[str]:
-    a, b = _flat(saved), _flat(current)
+    a, b = flatten(saved), flatten(current)
     return [f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
             if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_CHANGES)]
 

@@ -10,7 +10,6 @@ import gzip
 import hashlib
 import logging
 import math
-import shutil
 import tempfile
 import time
 import urllib.error

@@ -4,7 +4,6 @@ import errno
 import subprocess
 
 import pytest
-import torch
 
 from chargpt.checkpoint import load_model, save_checkpoint
 from chargpt.config import ModelConfig, RunConfig

@@ -1,6 +1,6 @@
 """Throughput of a run's config on this machine, as ratios measured in one process.
 
-    python bench/throughput.py [--run quickstart] [--steps 10]
+    python bench/throughput.py [--run quickstart] [--steps 10] [--set train.compile=true ...]
 
 Prints: the peak GEMM throughput measured here (fp32, bf16), training tokens/s and model FLOPs utilisation
 (6N + 12 L d T FLOPs per token, as nanoGPT estimates it) against that peak, the same training step in plain
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from chargpt.config import load_run_config
+from chargpt.config import load_run_config, with_overrides
 from chargpt.data import split_corpus
 from chargpt.evaluation import split_bpc
 from chargpt.model import GPT
@@ -49,16 +49,18 @@ def flops_per_token(model: GPT) -> float:
     return 6 * n + 12 * cfg.n_layer * cfg.d_model * cfg.context
 
 
-def train_tokens_per_s(cfg, device, autocast, steps: int) -> float:
+def train_tokens_per_s(cfg, device, autocast, steps: int, compile_model: bool) -> float:
     torch.manual_seed(0)
     model = GPT(cfg.model).to(device)
     opt = build_optimizer(model, cfg.optimizer, lr=1e-4, momentum=cfg.schedule.momentum_max)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     x = torch.randint(0, 256, (cfg.train.batch_size, cfg.model.context), device=device)
     batch = lambda: (x, x)  # noqa: E731
-    loop = lambda n: train_loop(model, opt, sched, batch, LoopConfig(n, n, n, 0, cfg.optimizer.grad_clip, autocast),  # noqa: E731
-                                dict, lambda *_: None)
-    loop(2)  # warm-up
+    forward = torch.compile(model) if compile_model else model
+    loop_cfg = lambda n: LoopConfig(n, n, n, 0, cfg.optimizer.grad_clip, autocast,  # noqa: E731
+                                    check_every_step=device.type == "cpu")
+    loop = lambda n: train_loop(forward, opt, sched, batch, loop_cfg(n), dict, lambda *_: None)  # noqa: E731
+    loop(3)  # warm-up (and compilation)
     sync(device)
     t = time.perf_counter()
     loop(steps)
@@ -68,6 +70,7 @@ def train_tokens_per_s(cfg, device, autocast, steps: int) -> float:
 
 def eval_tokens_per_s(cfg, device, autocast, n_bytes: int) -> float:
     model = GPT(cfg.model).to(device)
+    model = torch.compile(model) if cfg.train.compile else model
     data = torch.randint(0, 256, (n_bytes,), dtype=torch.uint8)
     split_bpc(model, data[: cfg.model.context * 4 + 1], cfg.model.context, cfg.eval.batch_size, device=device,
               autocast_dtype=autocast)  # warm-up
@@ -92,21 +95,26 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--eval-bytes", type=int, default=200_000)
     parser.add_argument("--preprocess-mb", type=int, default=100)
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override the run's config, e.g. train.compile=true (repeatable)")
     parser.add_argument("--gemm-size", type=int, help="square GEMM size for the peak (default 8192 on CUDA, 1024 on CPU)")
     args = parser.parse_args()
 
-    cfg = load_run_config(args.run, args.params)
+    cfg = with_overrides(load_run_config(args.run, args.params), args.set)
     device = select_device(cfg.train)
     autocast = autocast_dtype(cfg.train, device)
     n = args.gemm_size or (8192 if device.type == "cuda" else 1024)
     peaks = {dt: peak_gemm_tflops(device, dt, n) for dt in (torch.float32, torch.bfloat16)}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"device: {name}; torch {torch.__version__}; run {args.run!r}; precision {autocast or 'fp32'}")
+    mode = "torch.compile" if cfg.train.compile else "eager"
+    print(f"device: {name}; torch {torch.__version__}; run {args.run!r} {args.set or ''}; "
+          f"precision {autocast or 'fp32'}, {mode}; batch {cfg.train.batch_size} x {cfg.model.context}")
     print(f"peak GEMM ({n}^2, best of 5): fp32 {peaks[torch.float32]:.3f} TFLOP/s, bf16 {peaks[torch.bfloat16]:.3f} TFLOP/s")
 
     fpt = flops_per_token(GPT(cfg.model))
-    configured = train_tokens_per_s(cfg, device, autocast, args.steps)
-    eager_fp32 = configured if autocast is None else train_tokens_per_s(cfg, device, None, args.steps)
+    configured = train_tokens_per_s(cfg, device, autocast, args.steps, cfg.train.compile)
+    plain = autocast is None and not cfg.train.compile
+    eager_fp32 = configured if plain else train_tokens_per_s(cfg, device, None, args.steps, False)
     peak = peaks[autocast or torch.float32]
     print(f"train (configured): {configured:,.0f} tokens/s, {fpt * configured / 1e12:.3f} TFLOP/s, "
           f"MFU {fpt * configured / 1e12 / peak:.1%} of the measured {autocast or 'fp32'} peak")

@@ -1,6 +1,11 @@
 """Compare the named runs: one row per run (its latest MLflow attempt), sorted by test BPC.
 
-    chargpt compare [--format markdown|csv|json] [--output FILE]
+    chargpt compare [--format markdown|csv|json] [--output FILE] [--runs NAME ...] [--details] [--diff-from RUN]
+
+Columns: the recipe (optimizer, schedule, LR range, momentum range, weight decay), the iterations, val and test
+BPC, the iterations to each BPC target any run logged (iters_to_bpc_<t>), and the training wall time.
+--details adds the hardware (the run's device tag) and the command that reproduces the row; --diff-from RUN
+adds each run's config as its difference from RUN's (the params that differ, as section.key=value).
 """
 
 from __future__ import annotations
@@ -14,12 +19,12 @@ import pandas as pd
 from chargpt import tracking
 from chargpt.io import atomic_open
 
-COLUMNS = {  # output column -> MLflow field
+COLUMNS = {  # output column -> MLflow field; None: derived from several fields
     "run": "tags.chargpt.run",
     "optimizer": "params.optimizer.name",
-    "lr_min": "params.schedule.lr_min",
-    "lr_max": "params.resolved.lr_max",
-    "momentum": None,  # max -> min, from two params
+    "schedule": "params.schedule.name",
+    "lr": None,  # lr_min -> resolved lr_max
+    "momentum": None,  # max -> min
     "weight_decay": "params.optimizer.weight_decay",
     "iterations": "metrics.iterations",
     "val_bpc": "metrics.val_bpc",
@@ -27,6 +32,9 @@ COLUMNS = {  # output column -> MLflow field
     "train_seconds": "metrics.train_seconds",
     "status": "status",
 }
+TARGET_PREFIX = "metrics.iters_to_bpc_"
+# Params that describe the run's outcome or bookkeeping, not its recipe: left out of config diffs.
+NOT_RECIPE = ("params.resolved.", "params.model.n_params", "params.train.val_probe_bytes", "params.eval.resolved_stride")
 
 
 def load_runs() -> pd.DataFrame:
@@ -42,18 +50,72 @@ def load_runs() -> pd.DataFrame:
     return runs
 
 
-def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
+def _field(runs: pd.DataFrame, field: str) -> pd.Series:
+    return runs[field] if field in runs else pd.Series([None] * len(runs), index=runs.index, dtype=object)
+
+
+def comparison_table(runs: pd.DataFrame, names: list[str] | None = None) -> pd.DataFrame:
     """One row per named run (its latest attempt), sorted by test BPC (runs without one last)."""
+    if not runs.empty and names:
+        runs = runs[runs["tags.chargpt.run"].isin(names)]
     if runs.empty:
         return pd.DataFrame(columns=list(COLUMNS))
     latest = runs.sort_values("start_time", ascending=False).drop_duplicates("tags.chargpt.run")
-    table = pd.DataFrame({name: latest.get(field) for name, field in COLUMNS.items() if field})
-    table["momentum"] = latest.get("params.schedule.momentum_max").astype(str) + " -> " + \
-        latest.get("params.schedule.momentum_min").astype(str)
-    for column in ("lr_max", "lr_min", "weight_decay"):
-        table[column] = pd.to_numeric(table[column], errors="coerce")
+    table = pd.DataFrame({name: _field(latest, field) for name, field in COLUMNS.items() if field})
+    schedule = _field(latest, "params.schedule.name").fillna("onecycle")  # runs from before the cosine option
+    table["schedule"] = schedule
+    lr_min = pd.to_numeric(_field(latest, "params.schedule.lr_min"), errors="coerce")
+    lr_max = pd.to_numeric(_field(latest, "params.resolved.lr_max"), errors="coerce")
+    table["lr"] = [f"{_cell(lo)} -> {_cell(hi)}" for lo, hi in zip(lr_min, lr_max)]
+    mom_max, mom_min = _field(latest, "params.schedule.momentum_max"), _field(latest, "params.schedule.momentum_min")
+    # cosine holds momentum (beta1) at momentum_max
+    table["momentum"] = [f"{hi}" if s == "cosine" else f"{hi} -> {lo}" for hi, lo, s in zip(mom_max, mom_min, schedule)]
+    table["weight_decay"] = pd.to_numeric(table["weight_decay"], errors="coerce")
     table["iterations"] = table["iterations"].astype("Int64")
-    return table[list(COLUMNS)].sort_values(["test_bpc", "run"], na_position="last").reset_index(drop=True)
+    targets = sorted((c for c in latest.columns if c.startswith(TARGET_PREFIX)),
+                     key=lambda c: -float(c.removeprefix(TARGET_PREFIX)))
+    for column in targets:
+        table[column.removeprefix("metrics.")] = latest[column].astype("Int64")
+    order = [*list(COLUMNS)[:-2], *(c.removeprefix("metrics.") for c in targets), "train_seconds", "status"]
+    return table[order].sort_values(["test_bpc", "run"], na_position="last").reset_index(drop=True)
+
+
+def reproduce_command(row: pd.Series) -> str:
+    """The `dvc exp run` that reproduces a run: its corpus when it is not the default enwik8, and its stage."""
+    from chargpt.config import ENWIK8_URL
+
+    url = row.get("params.data.url")
+    data = f"-S data.url={url} -S data.checksums=null " if isinstance(url, str) and url != ENWIK8_URL else ""
+    return f"dvc exp run {data}evaluate@{row['tags.chargpt.run']}"
+
+
+def config_diff(latest: pd.DataFrame, base_run: str) -> list[str]:
+    """Per run, its recipe params that differ from `base_run`'s, as `section.key=value; ...`."""
+    recipe = [c for c in latest.columns if c.startswith("params.") and not c.startswith(NOT_RECIPE)
+              and not c.startswith("params.data.")]
+    base = latest[latest["tags.chargpt.run"] == base_run]
+    if base.empty:
+        raise SystemExit(f"--diff-from {base_run}: no such run among {sorted(latest['tags.chargpt.run'])}")
+    base = base.iloc[0]
+    diffs = []
+    for _, row in latest.iterrows():
+        changed = sorted(f"{c.removeprefix('params.')}={row[c]}" for c in recipe if str(row[c]) != str(base[c]))
+        diffs.append("; ".join(changed) if row["tags.chargpt.run"] != base_run else f"(the base: {base_run})")
+    return diffs
+
+
+def detailed_table(runs: pd.DataFrame, names: list[str] | None, diff_from: str | None) -> pd.DataFrame:
+    """comparison_table plus the hardware, the command that reproduces each row and, with diff_from, its config diff."""
+    table = comparison_table(runs, names)
+    if table.empty:
+        return table
+    latest = runs.sort_values("start_time", ascending=False).drop_duplicates("tags.chargpt.run")
+    latest = latest.set_index("tags.chargpt.run", drop=False).loc[table["run"]]
+    if diff_from:
+        table.insert(1, "config_diff", config_diff(latest, diff_from))
+    table["hardware"] = list(_field(latest, "tags.device"))
+    table["command"] = [reproduce_command(row) for _, row in latest.iterrows()]
+    return table
 
 
 def render(table: pd.DataFrame, fmt: str) -> str:
@@ -79,8 +141,14 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--format", choices=["markdown", "csv", "json"], default="markdown")
     parser.add_argument("--output", help="write to this file instead of standard output")
+    parser.add_argument("--runs", nargs="+", metavar="NAME", help="only these named runs (default: all)")
+    parser.add_argument("--details", action="store_true", help="add the hardware and the command of each row")
+    parser.add_argument("--diff-from", metavar="RUN", help="add each run's config as its difference from RUN's")
     args = parser.parse_args(argv)
-    text = render(comparison_table(load_runs()), args.format)
+    runs = load_runs()
+    table = detailed_table(runs, args.runs, args.diff_from) if args.details or args.diff_from \
+        else comparison_table(runs, args.runs)
+    text = render(table, args.format)
     if args.output:
         with atomic_open(args.output, "w") as f:
             f.write(text)

@@ -84,21 +84,30 @@ class OptimizerConfig(_Section):
 
 
 class ScheduleConfig(_Section):
-    """Smith & Topin's 1cycle: LR lr_min -> lr_max -> lr_min while momentum goes max -> min -> max,
-    then a short annihilation phase to lr_min / final_div_factor (torch's three-phase OneCycleLR)."""
+    """onecycle: Smith & Topin's 1cycle: LR lr_min -> lr_max -> lr_min while momentum goes max -> min -> max,
+    then a short annihilation phase to lr_min / final_div_factor (torch's three-phase OneCycleLR).
+    cosine: the control, the usual GPT recipe: linear warmup to lr_max over warmup_steps, then cosine
+    decay to the floor lr_min; momentum (AdamW's beta1) held at momentum_max."""
 
+    name: Literal["onecycle", "cosine"] = "onecycle"
     lr_min: PositiveFloat = 1e-4
     lr_max: PositiveFloat | Literal["auto"] = 0.1  # auto: the LR range test's suggestion
     momentum_max: Annotated[float, Field(gt=0, lt=1)] = 0.9
     momentum_min: Annotated[float, Field(gt=0, lt=1)] = 0.8
-    pct_start: Annotated[float, Field(gt=0, lt=0.5)] = 0.45  # fraction of steps in each of the two ramps
+    # onecycle: three_phase (Smith & Topin): up for pct_start of the steps, down as long, then anneal to
+    # lr_min / final_div_factor; false: torch's two-phase form, up for pct_start, then down to lr_min / final_div_factor.
+    three_phase: bool = True
+    pct_start: Annotated[float, Field(gt=0, lt=1)] = 0.45  # fraction of steps in the ramp up (three-phase: and down)
     final_div_factor: Annotated[float, Field(ge=1)] = 1.0
-    anneal: Literal["linear", "cos"] = "linear"  # Smith uses linear ramps
+    anneal: Literal["linear", "cos"] = "linear"  # onecycle only; Smith uses linear ramps
+    warmup_steps: Annotated[int, Field(ge=1)] = 100  # cosine only
 
     @model_validator(mode="after")
     def _ranges_ordered(self) -> ScheduleConfig:
         if self.lr_max != "auto" and self.lr_min >= self.lr_max:
             raise ValueError(f"lr_min ({self.lr_min}) must be below lr_max ({self.lr_max})")
+        if self.three_phase and self.pct_start >= 0.5:
+            raise ValueError(f"pct_start ({self.pct_start}) must be below 0.5 with three_phase (two ramps of pct_start each)")
         if self.momentum_min > self.momentum_max:
             raise ValueError(f"momentum_min ({self.momentum_min}) must not exceed momentum_max ({self.momentum_max})")
         return self
@@ -130,7 +139,12 @@ class LRRangeTestConfig(_Section):
 
 class TrainConfig(_Section):
     iterations: PositiveInt = 24000
-    batch_size: PositiveInt = 32
+    batch_size: PositiveInt = 32  # the global batch: sequences per optimizer step, over all processes
+    # Processes the train stage runs (torchrun, DistributedDataParallel: one per GPU, or CPU workers with gloo).
+    nproc: PositiveInt = 1
+    # Sequences per forward pass and process; batch_size / (processes x micro_batch_size) steps of gradient
+    # accumulation make up one optimizer step. null: batch_size / processes (no accumulation).
+    micro_batch_size: PositiveInt | None = None
     seed: int = 1337
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # bf16: autocast (weights and optimizer stay fp32). auto: bf16 on CUDA, and on a CPU only where it has
@@ -145,6 +159,12 @@ class TrainConfig(_Section):
     # An MLflow tracking server (MLFLOW_TRACKING_URI) that does not answer: fail before any work, or log
     # to the local SQLite store instead (the run is tagged with the URI it could not reach).
     on_tracking_unreachable: Literal["fail", "local"] = "fail"
+    # Iterations to target: the first step at which the val probe BPC reached each of these (metrics
+    # iters_to_bpc_<target>; null where it never did). The super-convergence claim is about iterations.
+    target_bpc: list[PositiveFloat] = [2.0, 1.5, 1.3, 1.2]
+    # torch.compile the model for training and evaluation (minutes of compiling first; pays on a GPU,
+    # measured as no gain on a 2-core CPU); false: eager.
+    compile: bool = False
 
 
 class EvalConfig(_Section):
@@ -172,6 +192,13 @@ class RunConfig(_Section):
     def _cross_section(self) -> RunConfig:
         if self.eval.stride is not None and self.eval.stride > self.model.context:
             raise ValueError(f"eval.stride ({self.eval.stride}) must not exceed model.context ({self.model.context})")
+        if self.schedule.name == "cosine" and self.schedule.warmup_steps >= self.train.iterations:
+            raise ValueError(f"schedule.warmup_steps ({self.schedule.warmup_steps}) must be below train.iterations "
+                             f"({self.train.iterations})")
+        t = self.train
+        if t.batch_size % (t.nproc * (t.micro_batch_size or 1)):
+            raise ValueError(f"train.batch_size ({t.batch_size}) must be a multiple of train.nproc ({t.nproc}) x "
+                             f"train.micro_batch_size ({t.micro_batch_size})")
         if self.lr_range_test.lr_end <= self.schedule.lr_min:
             raise ValueError(
                 f"lr_range_test.lr_end ({self.lr_range_test.lr_end}) must exceed schedule.lr_min ({self.schedule.lr_min})"
@@ -256,3 +283,22 @@ def load_run_config(run: str, path: str | Path = "params.yaml") -> RunConfig:
 
 def load_data_config(path: str | Path = "params.yaml") -> DataConfig:
     return next(iter(load_all_runs(path).values())).data
+
+
+def with_overrides(cfg: RunConfig, assignments: list[str]) -> RunConfig:
+    """`section.key=value` assignments (the value parsed as YAML) applied on top of a run, re-validated:
+    how the benchmark and the recipe sweep vary one run without editing params.yaml."""
+    merged = cfg.model_dump(mode="json")
+    for assignment in assignments:
+        path, sep, text = assignment.partition("=")
+        keys = path.strip().split(".")
+        if not sep or len(keys) != 2 or keys[0] not in RUN_SECTIONS:
+            raise ConfigError(f"override {assignment!r}: expected section.key=value with a section in {list(RUN_SECTIONS)}")
+        section, key = keys
+        if key not in merged[section]:
+            raise ConfigError(f"override {assignment!r}: {section}.{key}: unknown key; known: {sorted(merged[section])}")
+        merged[section][key] = yaml.safe_load(text)
+    try:
+        return RunConfig(**merged)
+    except ValidationError as e:
+        raise ConfigError(f"run {cfg.name!r} with overrides {assignments}:\n  {_format_validation_error(e, '')}") from None

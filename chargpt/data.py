@@ -16,6 +16,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
@@ -204,13 +205,19 @@ def split_corpus(corpus_path: str | Path, out_dir: str | Path, fractions: tuple[
     if min(sizes) < 2:
         raise DataError(f"{corpus_path}: {len(data)} bytes split {list(fractions)} gives {dict(zip(SPLITS, sizes))}; "
                         f"each split needs at least 2 bytes")
-    view, offset, meta = memoryview(data), 0, {"source_sha256": hashlib.sha256(data).hexdigest(), "splits": {}}
-    for name, size in zip(SPLITS, sizes):
-        part = view[offset:offset + size]
-        with atomic_open(Path(out_dir) / f"{name}.bin") as f:
-            f.write(part)
-        meta["splits"][name] = {"offset": offset, "bytes": size, "sha256": hashlib.sha256(part).hexdigest()}
-        offset += size
+    view, offsets = memoryview(data), [0, sizes[0], sizes[0] + sizes[1]]
+    parts = [view[offset:offset + size] for offset, size in zip(offsets, sizes)]
+    sha256 = lambda buffer: hashlib.sha256(buffer).hexdigest()  # noqa: E731
+    # hashlib and file writes release the GIL: hash the source, hash the splits and write, on separate cores.
+    with ThreadPoolExecutor(2) as pool:
+        source_digest = pool.submit(sha256, view)
+        split_digests = pool.submit(lambda: [sha256(part) for part in parts])
+        for name, part in zip(SPLITS, parts):
+            with atomic_open(Path(out_dir) / f"{name}.bin") as f:
+                f.write(part)
+        meta = {"source_sha256": source_digest.result(), "splits": {
+            name: {"offset": offset, "bytes": size, "sha256": digest}
+            for name, offset, size, digest in zip(SPLITS, offsets, sizes, split_digests.result())}}
     return meta
 
 
@@ -223,17 +230,33 @@ def load_split(path: str | Path) -> torch.Tensor:
 
 
 class BatchSampler:
-    """Random (B, T) windows of a split; the generator's state is the sampler's whole position."""
+    """Random (B, T) windows of a split; the generator's state is the sampler's whole position.
 
-    def __init__(self, data: torch.Tensor, context: int, batch_size: int, seed: int, device: torch.device):
+    Data parallel: every rank draws the same global batch of `batch_size` windows (same seed) and takes its
+    own slice, cut into `micro_batches` pieces for gradient accumulation; so any number of processes and
+    accumulation steps trains on exactly the batches of one process, and a checkpoint taken between steps
+    holds the position of every rank."""
+
+    def __init__(self, data: torch.Tensor, context: int, batch_size: int, seed: int, device: torch.device,
+                 rank: int = 0, world_size: int = 1, micro_batches: int = 1):
         if len(data) < context + 1:
             raise DataError(f"a split of {len(data)} bytes is too short for windows of context {context} + 1")
+        if batch_size % (world_size * micro_batches):
+            raise DataError(f"batch size {batch_size} does not split into {world_size} processes x {micro_batches} "
+                            f"micro-batches")
         self.data, self.context, self.batch_size, self.device = data, context, batch_size, device
         self.generator = torch.Generator().manual_seed(seed)
         self._offsets = torch.arange(context + 1)
+        self.micro_size = batch_size // (world_size * micro_batches)
+        self._first_piece, self._micro_batches, self._next_piece = rank * micro_batches, micro_batches, 0
+        self._starts = torch.empty(0, dtype=torch.long)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = torch.randint(len(self.data) - self.context, (self.batch_size, 1), generator=self.generator)
+        if self._next_piece == 0:  # a new global batch, identical on every rank
+            self._starts = torch.randint(len(self.data) - self.context, (self.batch_size, 1), generator=self.generator)
+        piece = self._first_piece + self._next_piece
+        self._next_piece = (self._next_piece + 1) % self._micro_batches
+        starts = self._starts[piece * self.micro_size:(piece + 1) * self.micro_size]
         chunk = self.data[starts + self._offsets].long()  # (B, T+1)
         if self.device.type == "cuda":
             chunk = chunk.pin_memory().to(self.device, non_blocking=True)

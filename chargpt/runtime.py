@@ -23,12 +23,15 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def select_device(cfg: TrainConfig) -> torch.device:
+def select_device(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
+    """The run's device; under torchrun each process on a machine takes the GPU of its local rank."""
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device: 'cuda' requested but torch sees no CUDA device; use 'auto' or 'cpu'")
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
+    kind = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    if kind == "cuda":
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -47,14 +50,14 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
     return torch.bfloat16 if cfg.precision == "bf16" else None
 
 
-def prepare(cfg: TrainConfig) -> torch.device:
+def prepare(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
     """Device, thread count and every RNG seeded from the run's seed."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    device = select_device(cfg)
+    device = select_device(cfg, local_rank)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -1,4 +1,5 @@
-"""Optimizer and the 1cycle policy, built on torch's own OneCycleLR (three-phase).
+"""Optimizer and LR schedules: the 1cycle policy on torch's own OneCycleLR (three-phase), and the cosine
+control on torch's LinearLR + CosineAnnealingLR.
 
 Phases over `total_steps` (torch's three_phase=True):
   1. LR lr_min -> lr_max, momentum momentum_max -> momentum_min   (pct_start of the steps)
@@ -10,7 +11,7 @@ For AdamW, OneCycleLR cycles beta1 as the momentum.
 from __future__ import annotations
 
 import torch
-from torch.optim.lr_scheduler import OneCycleLR
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, OneCycleLR, SequentialLR
 
 from chargpt.config import OptimizerConfig, ScheduleConfig
 
@@ -24,9 +25,35 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig, lr: float, momentum: float) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg.weight_decay)
+    # One fused kernel per step on a GPU; on a CPU the foreach (multi-tensor) path.
+    fused = next(model.parameters()).device.type == "cuda"
+    kernel = {"fused": True} if fused else {"foreach": True}
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=cfg.nesterov, foreach=True)
-    return torch.optim.AdamW(groups, lr=lr, betas=(momentum, cfg.beta2), foreach=True)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=cfg.nesterov, **kernel)
+    return torch.optim.AdamW(groups, lr=lr, betas=(momentum, cfg.beta2), **kernel)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, lr_max: float, total_steps: int
+                    ) -> LRScheduler:
+    """The run's schedule over `total_steps` optimizer steps (the caller steps it after every step but the last)."""
+    if cfg.name == "onecycle":
+        return build_onecycle(optimizer, cfg, lr_max, total_steps)
+    return build_cosine(optimizer, cfg, lr_max, total_steps)
+
+
+def build_cosine(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, lr_max: float, total_steps: int
+                 ) -> SequentialLR:
+    """Step s < warmup: lr_max * (s + 1) / warmup, reaching lr_max at s = warmup - 1; from there a cosine
+    down to lr_min at the last step."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr_max
+        group.pop("initial_lr", None)
+    peak = cfg.warmup_steps - 1
+    decay = CosineAnnealingLR(optimizer, T_max=total_steps - 1 - peak, eta_min=cfg.lr_min)
+    if peak == 0:
+        return decay
+    warmup = LinearLR(optimizer, start_factor=1 / cfg.warmup_steps, end_factor=1.0, total_iters=peak)
+    return SequentialLR(optimizer, [warmup, decay], milestones=[peak])
 
 
 def build_onecycle(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, lr_max: float, total_steps: int) -> OneCycleLR:
@@ -41,7 +68,7 @@ def build_onecycle(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, lr_max
         max_momentum=cfg.momentum_max,
         div_factor=lr_max / cfg.lr_min,
         final_div_factor=cfg.final_div_factor,
-        three_phase=True,
+        three_phase=cfg.three_phase,
     )
 
 

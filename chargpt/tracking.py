@@ -101,12 +101,19 @@ def git_tags() -> dict[str, str]:
     return {"mlflow.source.git.commit": commit, "git_commit": commit, "git_dirty": str(dirty).lower()}
 
 
-def run_tags(run_name: str, stage: str, device: torch.device) -> dict[str, str]:
+def data_tags(meta: dict | None) -> dict[str, str]:
+    """The sha256 of each split the run trained and was scored on (data/processed/meta.json)."""
+    if not meta:
+        return {}
+    return {f"data.{name}_sha256": split["sha256"] for name, split in meta.get("splits", {}).items()}
+
+
+def run_tags(run_name: str, stage: str, device: torch.device, data_meta: dict | None = None) -> dict[str, str]:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     fallback = {"tracking_fallback_from": os.environ["CHARGPT_TRACKING_FALLBACK_FROM"]} \
         if "CHARGPT_TRACKING_FALLBACK_FROM" in os.environ else {}
     return {"chargpt.run": run_name, "dvc_stage": stage, "device": device_name, "torch_version": torch.__version__,
-            **git_tags(), **fallback}
+            **git_tags(), **data_tags(data_meta), **fallback}
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, object]:
@@ -151,6 +158,15 @@ def log_range_test(csv_path: Path, json_path: Path, png_path: Path, run_name: st
             mlflow.log_artifact(str(path), artifact_path="lr_range_test")
 
 
+def log_training_outputs(metrics: dict, reports: Path, step: int) -> None:
+    """A finished training run's final metrics (targets never reached left out) and its curve and plots."""
+    import mlflow
+
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k != "val_probe_bpc" and v is not None}, step=step)
+    for name in ("train_curve.tsv", "train_curve.png", "lr_range_test.png"):
+        mlflow.log_artifact(str(reports / name), artifact_path="plots" if name.endswith(".png") else None)
+
+
 class StepLogger:
     """Logs step metrics to the active run, skipping steps it already holds (a resumed run recomputes the
     steps between its last checkpoint and the kill; they are identical, and must not appear twice)."""
@@ -168,10 +184,10 @@ class StepLogger:
             mlflow.log_metrics(metrics, step=step)
 
 
-def start_run(run_name: str, stage: str, device: torch.device, run_id: str | None = None):
+def start_run(run_name: str, stage: str, device: torch.device, run_id: str | None = None, data_meta: dict | None = None):
     """Continue MLflow run `run_id`, or start a new one named after the named run."""
     import mlflow
 
     if run_id is not None:
         return mlflow.start_run(run_id=run_id)
-    return mlflow.start_run(run_name=run_name, tags=run_tags(run_name, stage, device))
+    return mlflow.start_run(run_name=run_name, tags=run_tags(run_name, stage, device, data_meta))

@@ -1,7 +1,9 @@
 """A short, model-agnostic training loop (after minGPT's trainer).
 
 It knows nothing of GPTs: it asks `next_batch` for (x, y), calls `model(x, y) -> (_, loss)`, steps the
-optimizer and scheduler, and hands metrics to `on_metrics`. Evaluation, logging and checkpointing are
+optimizer and scheduler, and hands metrics to `on_metrics`. With gradient accumulation, one optimizer step
+is `accumulation_steps` micro-batches; under DistributedDataParallel (world_size > 1) gradients are
+all-reduced on the last micro-batch only, and the logged loss is the mean over all processes. Evaluation, logging and checkpointing are
 small callables the caller passes in. `LoopState` is everything of the loop's own that a resumed run needs.
 """
 
@@ -28,11 +30,17 @@ class DivergedError(RuntimeError):
         super().__init__(f"training diverged at step {step}: loss {loss} (LR too high?); the last good state is kept")
         self.step, self.loss = step, loss
 
+    def __reduce__(self):  # picklable (raised in worker processes, e.g. bench/recipe_sweep.py)
+        return type(self), (self.step, self.loss)
+
 
 class Interrupted(Exception):
     def __init__(self, signum: int, step: int):
         super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; rerun to resume")
         self.signum, self.step = signum, step
+
+    def __reduce__(self):
+        return type(self), (self.signum, self.step)
 
 
 @dataclass
@@ -46,6 +54,8 @@ class LoopConfig:
     # Check the loss for NaN/inf after every step. Free on a CPU; on a GPU it is a host sync per step, so
     # there the check waits for the log interval.
     check_every_step: bool = True
+    accumulation_steps: int = 1  # micro-batches per optimizer step
+    world_size: int = 1  # data-parallel processes (the loss is averaged over them at each log interval)
 
 
 @dataclass
@@ -99,24 +109,34 @@ def train_loop(
     bar = tqdm(range(state.step, cfg.total_steps), desc="train", mininterval=2.0, initial=state.step, total=cfg.total_steps)
     for step in bar:
         lr, momentum = optimizer.param_groups[0]["lr"], current_momentum(optimizer)
-        x, y = next_batch()
-        with torch.autocast(device.type, dtype=cfg.autocast_dtype or torch.bfloat16, enabled=cfg.autocast_dtype is not None):
-            _, loss = model(x, y)
-        loss.backward()
+        loss = torch.zeros((), device=device)
+        for micro in range(cfg.accumulation_steps):
+            x, y = next_batch()
+            last = micro == cfg.accumulation_steps - 1
+            # DDP: all-reduce the gradients once per step, on the last micro-batch
+            sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+            with sync, torch.autocast(device.type, dtype=cfg.autocast_dtype or torch.bfloat16,
+                                      enabled=cfg.autocast_dtype is not None):
+                _, micro_loss = model(x, y)
+                (micro_loss / cfg.accumulation_steps).backward()
+            loss += micro_loss.detach() / cfg.accumulation_steps
+            state.tokens += y.numel() * cfg.world_size
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if step + 1 < cfg.total_steps:  # OneCycleLR refuses a step past total_steps
             scheduler.step()
-        state.tokens += y.numel()
-        loss_sum += loss.detach()
+        loss_sum += loss
         state.loss_count += 1
         if cfg.check_every_step and not math.isfinite(value := loss.item()):
             raise DivergedError(step + 1, value)
 
         done = step + 1
         if done % cfg.log_interval == 0 or done == cfg.total_steps:
+            if cfg.world_size > 1:
+                torch.distributed.all_reduce(loss_sum)
+                loss_sum /= cfg.world_size
             train_loss = loss_sum.item() / state.loss_count
             if not math.isfinite(train_loss):
                 raise DivergedError(done, train_loss)

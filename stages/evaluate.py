@@ -10,7 +10,8 @@ from chargpt.config import load_run_config
 from chargpt.data import load_split
 from chargpt.evaluation import split_bpc
 from chargpt.io import write_json
-from chargpt.runtime import autocast_dtype, DATA_DIR, model_path, prepare, report_dir, run_stage, run_stage_parser
+from chargpt.runtime import (DATA_DIR, autocast_dtype, model_path, prepare, report_dir, run_stage, run_stage_parser,
+                             split_meta)
 
 log = logging.getLogger("stages.evaluate")
 
@@ -40,7 +41,8 @@ def main() -> None:
     write_json(report_dir(args.run) / "eval.json", metrics)
 
     run_id = state.get("mlflow_run_id")  # the training run; absent from a store that did not train this model
-    with tracking.start_run(args.run, f"evaluate@{args.run}", device, run_id if tracking.run_exists(run_id) else None):
+    with tracking.start_run(args.run, f"evaluate@{args.run}", device, run_id if tracking.run_exists(run_id) else None,
+                            split_meta()):
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k.endswith(("_bpc", "_bytes_scored"))},
                            step=state["step"])
         mlflow.log_param("eval.resolved_stride", stride)

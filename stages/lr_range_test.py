@@ -27,8 +27,10 @@ def main() -> None:
     result = range_test(model, optimizer, sampler.next, cfg.lr_range_test, autocast_dtype(cfg.train, device))
 
     out = report_dir(args.run)
-    write_table(out / "lr_range_test.csv", ["step", "lr", "loss", "smoothed_loss"],
-                [(i, lr, loss, s) for i, (lr, loss, s) in enumerate(zip(result.lrs, result.losses, result.smoothed))])
+    # suggested_lr on every row: the dvc plots template (.dvc/plots/lr_range_log.json) draws it as a rule.
+    write_table(out / "lr_range_test.csv", ["step", "lr", "loss", "smoothed_loss", "suggested_lr"],
+                [(i, lr, loss, s, result.suggested_lr)
+                 for i, (lr, loss, s) in enumerate(zip(result.lrs, result.losses, result.smoothed))])
     plot_range_test(result, out / "lr_range_test.png", f"LR range test: {args.run}")
     write_json(out / "lr_range_test.json", {
         "suggested_lr": result.suggested_lr, "rule": result.rule, "lr_at_min_loss": result.lr_at_min_loss,

@@ -1,4 +1,7 @@
-"""Stage train@<run>: one 1cycle training run, resumable; final checkpoint, curve and metrics, in MLflow too."""
+"""Stage train@<run>: one training run, resumable; final checkpoint, curve and metrics, in MLflow too.
+
+With train.nproc > 1 it relaunches itself under torchrun (DistributedDataParallel); rank 0 alone writes.
+"""
 
 import logging
 import shutil
@@ -7,7 +10,7 @@ from dataclasses import asdict
 
 import mlflow
 
-from chargpt import tracking
+from chargpt import distributed, tracking
 from chargpt.checkpoint import restore_training_state, save_checkpoint, save_training_state
 from chargpt.config import load_run_config
 from chargpt.runtime import (DATA_DIR, autocast_dtype, check_fits, checkpoint_dir, model_path, prepare, report_dir,
@@ -24,18 +27,31 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = load_run_config(args.run, args.params)
-    check_fits(cfg, split_meta())
-    tracking.setup(cfg.train.on_tracking_unreachable)  # fails fast on an unreachable tracking server, before any data is read
-    reports, state_path = report_dir(args.run), checkpoint_dir(args.run) / "last.pt"
-    device = prepare(cfg.train)
-    run = TrainingRun.build(cfg, device, autocast_dtype(cfg.train, device), resolve_lr_max(cfg), DATA_DIR)
-    if args.fresh:
+    meta = split_meta()
+    check_fits(cfg, meta)
+    ranks, state_path = distributed.from_env(), checkpoint_dir(args.run) / "last.pt"
+    if cfg.train.nproc > 1 and not ranks.enabled:
+        distributed.relaunch_under_torchrun(cfg.train.nproc)
+    if ranks.is_main:
+        tracking.setup(cfg.train.on_tracking_unreachable)  # fails fast on an unreachable server, before any data is read
+    device = prepare(cfg.train, ranks.local_rank)
+    distributed.init(ranks, device)
+    if args.fresh and ranks.is_main:
         shutil.rmtree(state_path.parent, ignore_errors=True)
+    distributed.barrier()  # every rank sees the same saved state, or none
+    run = TrainingRun.build(cfg, device, autocast_dtype(cfg.train, device), resolve_lr_max(cfg), DATA_DIR, ranks)
     saved = restore_training_state(state_path, **run.state_parts) if state_path.exists() else None
     loop_state, curve = (LoopState(**saved["loop"]), saved["curve"]) if saved else (LoopState(), [])
+    if not ranks.is_main:  # the other ranks train their slices; rank 0 evaluates, checkpoints and records
+        with stop_on_signals() as stop:
+            train_loop(run.forward_model, run.optimizer, run.scheduler, run.sampler.next, run.loop_config(),
+                       dict, lambda *_: None, loop_state, lambda _: None, stop)
+        distributed.shutdown()
+        return
 
+    reports = report_dir(args.run)
     resume_id = saved["mlflow_run_id"] if saved and tracking.run_exists(saved["mlflow_run_id"]) else None
-    with tracking.start_run(args.run, f"train@{args.run}", device, resume_id) as mlflow_run:
+    with tracking.start_run(args.run, f"train@{args.run}", device, resume_id, meta) as mlflow_run:
         if resume_id is None:
             mlflow.log_params(run.params())
             tracking.log_range_test(*(reports / f"lr_range_test.{x}" for x in ("csv", "json", "png")), run_name=args.run)
@@ -51,7 +67,7 @@ def main() -> None:
 
         try:
             with stop_on_signals() as stop:
-                result = train_loop(run.model, run.optimizer, run.scheduler, run.sampler.next, run.loop_config(),
+                result = train_loop(run.forward_model, run.optimizer, run.scheduler, run.sampler.next, run.loop_config(),
                                     run.probe, record, loop_state, checkpoint, stop)
         except Interrupted as e:
             mlflow.end_run("KILLED")
@@ -66,9 +82,8 @@ def main() -> None:
         save_checkpoint(model_path(args.run), run.model, run.state_parts["config"], step=result.step,
                         mlflow_run_id=mlflow_run.info.run_id, lr_max=run.lr_max)
         metrics = write_outputs(run, curve, result, reports)
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k != "val_probe_bpc"}, step=result.step)
-        for name in ("train_curve.tsv", "train_curve.png", "lr_range_test.png"):
-            mlflow.log_artifact(str(reports / name), artifact_path="plots" if name.endswith(".png") else None)
+        tracking.log_training_outputs(metrics, reports, result.step)
+    distributed.shutdown()
     shutil.rmtree(state_path.parent, ignore_errors=True)  # complete: models/<run>/model.pt holds the run now
     log.info("trained %d steps in %.0fs; val probe BPC %.4f", result.step, result.seconds, metrics["val_probe_bpc"])
 

@@ -21,6 +21,9 @@ TINY_RUN = {
     "train": {"iterations": 30, "batch_size": 4, "eval_interval": 10, "eval_batches": 2, "log_interval": 5},
     "eval": {"batch_size": 16},
 }
+# An ablation of TINY_RUN: the cosine control, same model and steps.
+TINY_COSINE_RUN = {**TINY_RUN, "schedule": {"name": "cosine", "lr_min": 1.0e-4, "lr_max": 3.0e-3, "warmup_steps": 5},
+                   "train": {**TINY_RUN["train"], "target_bpc": [7.0, 6.0, 0.5]}}
 
 
 @pytest.fixture
@@ -77,6 +80,9 @@ def make_dvc_project(root: Path, runs: dict, data: dict | None = None) -> tuple[
     params["runs"] = runs
     params["data"].update(data or {})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    from chargpt.dvc_plots import render  # the overlay plots list this project's runs, as `chargpt sync-plots` does
+
+    (root / "dvc.yaml").write_text(render((root / "dvc.yaml").read_text(), list(runs)))
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # `python` in dvc.yaml: this venv
@@ -85,6 +91,7 @@ def make_dvc_project(root: Path, runs: dict, data: dict | None = None) -> tuple[
                 ["dvc", "init", "-q"]):
         run(cmd, root, env)
     shutil.copy(REPO / ".dvc/config", root / ".dvc/config")  # the shipped default remote
+    shutil.copytree(REPO / ".dvc/plots", root / ".dvc/plots", dirs_exist_ok=True)  # the shipped plot templates
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "init"], root, env)
     return root, env

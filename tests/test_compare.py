@@ -1,6 +1,7 @@
 import json
 import time
 
+import pandas as pd
 import pytest
 
 from chargpt import compare
@@ -17,12 +18,12 @@ def store(tmp_path, monkeypatch):
 
     tracking.setup()
 
-    def log(name, test_bpc, wd, lr_max, nested=False):
+    def log(name, test_bpc, wd, lr_max, nested=False, schedule="onecycle", targets=None):
         with mlflow.start_run(run_name=name, tags={"chargpt.run": name}):
-            mlflow.log_params({"optimizer.name": "sgd", "schedule.lr_min": 1e-4, "resolved.lr_max": lr_max,
-                               "schedule.momentum_max": 0.9, "schedule.momentum_min": 0.8,
+            mlflow.log_params({"optimizer.name": "sgd", "schedule.name": schedule, "schedule.lr_min": 1e-4,
+                               "resolved.lr_max": lr_max, "schedule.momentum_max": 0.9, "schedule.momentum_min": 0.8,
                                "optimizer.weight_decay": wd})
-            mlflow.log_metrics({"iterations": 100, "train_seconds": 12.5}
+            mlflow.log_metrics({"iterations": 100, "train_seconds": 12.5} | (targets or {})
                                | ({"test_bpc": test_bpc, "val_bpc": test_bpc - 0.01} if test_bpc else {}))
             if nested:
                 with mlflow.start_run(run_name=f"{name}/lr_range_test", nested=True, tags={"chargpt.run": name}):
@@ -30,8 +31,8 @@ def store(tmp_path, monkeypatch):
         time.sleep(0.01)  # distinct start times
 
     log("wd_1e-4", 1.50, 1e-4, 0.1)  # an older attempt, superseded below
-    log("final", 1.20, 1e-5, 0.1, nested=True)
-    log("wd_1e-4", 1.30, 1e-4, 0.1)
+    log("final", 1.20, 1e-5, 0.1, nested=True, targets={"iters_to_bpc_2": 40, "iters_to_bpc_1.5": 90})
+    log("wd_1e-4", 1.30, 1e-4, 0.1, schedule="cosine", targets={"iters_to_bpc_2": 60})
     log("broken", None, 1e-6, 0.05)  # never evaluated
     yield
     mlflow.set_tracking_uri(None)
@@ -42,15 +43,33 @@ def test_one_row_per_run_latest_attempt_sorted_by_test_bpc(store):
     assert list(table["run"]) == ["final", "wd_1e-4", "broken"]
     assert list(table["test_bpc"][:2]) == [1.20, 1.30]  # the latest wd_1e-4 attempt, not the better older one
     assert table.loc[0, "momentum"] == "0.9 -> 0.8" and table.loc[0, "weight_decay"] == 1e-5
+    assert table.loc[1, "momentum"] == "0.9" and table.loc[1, "schedule"] == "cosine"  # cosine holds beta1
+    # iterations to target: one column per target any run logged, highest BPC first; blank where not reached
+    assert table["iters_to_bpc_2"].tolist() == [40, 60, pd.NA] and table["iters_to_bpc_1.5"].tolist()[:2] == [90, pd.NA]
+
+
+def test_only_the_named_runs(store):
+    assert list(compare.comparison_table(compare.load_runs(), ["broken", "final"])["run"]) == ["final", "broken"]
 
 
 def test_formats(store, tmp_path, capsys):
     compare.main(["--format", "markdown"])
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("| run | optimizer | lr_min | lr_max | momentum |") and len(out) == 2 + 3
-    assert out[2] == "| final | sgd | 0.0001 | 0.1 | 0.9 -> 0.8 | 1e-05 | 100 | 1.19 | 1.2 | 12.5 | FINISHED |"
+    assert out[0] == ("| run | optimizer | schedule | lr | momentum | weight_decay | iterations | val_bpc | test_bpc "
+                      "| iters_to_bpc_2 | iters_to_bpc_1.5 | train_seconds | status |") and len(out) == 2 + 3
+    assert out[2] == "| final | sgd | onecycle | 0.0001 -> 0.1 | 0.9 -> 0.8 | 1e-05 | 100 | 1.19 | 1.2 | 40 | 90 | 12.5 | FINISHED |"
     compare.main(["--format", "json", "--output", str(tmp_path / "t.json")])
     rows = json.loads((tmp_path / "t.json").read_text())
     assert [r["run"] for r in rows] == ["final", "wd_1e-4", "broken"] and rows[2]["test_bpc"] is None
     compare.main(["--format", "csv"])
-    assert capsys.readouterr().out.splitlines()[0].split(",")[:3] == ["run", "optimizer", "lr_min"]
+    assert capsys.readouterr().out.splitlines()[0].split(",")[:4] == ["run", "optimizer", "schedule", "lr"]
+
+
+def test_details_add_hardware_command_and_config_diff(store, capsys):
+    table = compare.detailed_table(compare.load_runs(), ["final", "wd_1e-4"], diff_from="final")
+    assert list(table.columns[:2]) == ["run", "config_diff"]
+    assert table.loc[0, "config_diff"] == "(the base: final)"
+    assert table.loc[1, "config_diff"] == "optimizer.weight_decay=0.0001; schedule.name=cosine"
+    assert list(table["command"]) == ["dvc exp run evaluate@final", "dvc exp run evaluate@wd_1e-4"]
+    with pytest.raises(SystemExit, match="--diff-from nope: no such run"):
+        compare.detailed_table(compare.load_runs(), None, diff_from="nope")

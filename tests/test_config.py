@@ -1,8 +1,10 @@
+import re
+
 import pytest
 
 from chargpt.config import ConfigError, RunConfig, load_params, resolve_run
 
-ALL_RUNS = ["final", "wd_1e-4", "wd_1e-6", "quickstart"] + [
+ALL_RUNS = ["final", "wd_1e-4", "wd_1e-6", "quickstart", "quickstart_cosine", "quickstart_half"] + [
     f"grid_min{lr}_mom{m}_wd{wd}" for lr in ("1e-3", "1e-4") for m in ("090", "095") for wd in ("1e-4", "1e-6")]
 
 
@@ -87,3 +89,18 @@ def test_lr_range_test_smoothing_must_be_short_against_the_sweep(params):
     params["lr_range_test"].update(iterations=60, smoothing=0.98)
     with pytest.raises(ConfigError, match=r"lr_range_test: .*smoothing 0.98 averages over ~50 steps, more than half of iterations \(60\)"):
         resolve_run(params, "final")
+
+
+def test_overrides_apply_and_validate(params):
+    from chargpt.config import with_overrides
+
+    base = resolve_run(params, "quickstart")
+    cfg = with_overrides(base, ["model.d_model=64", "model.d_ff=128", "schedule.name=cosine", "schedule.lr_max=2e-3",
+                                "train.target_bpc=[3.0, 2.5]"])
+    assert (cfg.model.d_model, cfg.schedule.name, cfg.schedule.lr_max, cfg.train.target_bpc) == (64, "cosine", 2e-3, [3.0, 2.5])
+    assert cfg.model.n_layer == base.model.n_layer  # untouched keys stay
+    for bad, message in [(["model.n_layr=3"], "model.n_layr: unknown key"), (["modelx.d=1"], "expected section.key=value"),
+                         (["model.n_head=7"], "n_head (7) must divide d_model"), (["data.url=x"], "expected section.key"),
+                         (["schedule.name=cosine", "schedule.warmup_steps=5000"], "warmup_steps (5000) must be below")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            with_overrides(base, bad)

@@ -5,26 +5,27 @@ import sys
 
 import pytest
 
-from conftest import TINY_RUN, make_dvc_project, run, tiny_text
+from conftest import TINY_COSINE_RUN, TINY_RUN, make_dvc_project, run, tiny_text
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    """A git + DVC copy of the repo with one tiny run; data.url stays enwik8's (a local corpus is given with -S)."""
+    """A git + DVC copy of the repo with a tiny run and its cosine ablation; data.url stays enwik8's (a local
+    corpus is given with -S)."""
     root = tmp_path_factory.mktemp("project")
     corpus = root.parent / "corpus.txt"
     corpus.write_bytes(tiny_text(60_000))
-    return (*make_dvc_project(root, {"tiny": TINY_RUN}), corpus)
+    return (*make_dvc_project(root, {"tiny": TINY_RUN, "tiny_cosine": TINY_COSINE_RUN}), corpus)
 
 
 def test_local_corpus_through_all_five_stages(project):
     """The README's offline recipe: a local corpus without editing tracked files, checksums off."""
     root, env, corpus = project
     out = run(["dvc", "exp", "run", "-S", f"data.url={corpus.as_uri()}", "-S", "data.checksums=null",
-               "evaluate@tiny"], root, env).stdout
-    for stage in ("download", "preprocess", "lr_range_test@tiny", "train@tiny", "evaluate@tiny"):
+               "evaluate@tiny", "evaluate@tiny_cosine"], root, env).stdout
+    for stage in ("download", "preprocess", "lr_range_test@tiny", "train@tiny", "evaluate@tiny", "train@tiny_cosine"):
         assert f"Running stage '{stage}'" in out
 
     meta = json.loads((root / "data/processed/meta.json").read_text())
@@ -48,12 +49,47 @@ def test_local_corpus_through_all_five_stages(project):
     assert source["url"] == corpus.as_uri() and source["verified"] == []  # observed sha256 recorded instead
     assert source["corpus"]["size"] == 60_000
 
-    plots = json.loads(run(["dvc", "plots", "show", "--json"], root, env).stdout)
-    assert not plots.get("errors") and set(plots["data"]) == {"reports/tiny/train_curve.tsv", "reports/tiny/lr_range_test.csv"}
-
     # Nothing changed: a second repro runs no stage.
-    again = run(["dvc", "repro", "evaluate@tiny"], root, env).stdout
+    again = run(["dvc", "repro", "evaluate@tiny", "evaluate@tiny_cosine"], root, env).stdout
     assert "Running stage" not in again
+
+
+def test_dvc_plots_overlay_every_run(project):
+    root, env, _ = project
+    if not (root / "reports/tiny_cosine/train_curve.tsv").exists():
+        pytest.skip("needs test_local_corpus_through_all_five_stages")
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], root, env).stdout)
+    assert not shown.get("errors"), shown.get("errors")
+    assert set(shown["data"]) == {"val_bpc", "train_loss", "lr_range_test"}
+    for plot_id, filename, field in (("val_bpc", "train_curve.tsv", "val_probe_bpc"),
+                                     ("train_loss", "train_curve.tsv", "train_loss"),
+                                     ("lr_range_test", "lr_range_test.csv", "smoothed_loss")):
+        (plot,) = shown["data"][plot_id]
+        points = plot["content"]["data"]["values"]
+        assert {p["filename"] for p in points} == {f"tiny/{filename}", f"tiny_cosine/{filename}"}  # both runs
+        assert all(field in p for p in points)
+        assert plot["content"]["encoding"]["color"]["field"] == "run"  # the shipped templates: a colour per run
+    lr_spec = shown["data"]["lr_range_test"][0]["content"]
+    assert lr_spec["layer"][0]["encoding"]["x"]["scale"]["type"] == "log"  # the shipped template: log x
+    assert lr_spec["layer"][1]["mark"]["type"] == "rule"  # and the suggested LR marked
+    suggested = json.loads((root / "reports/tiny/lr_range_test.json").read_text())["suggested_lr"]
+    assert {float(p["suggested_lr"]) for p in lr_spec["data"]["values"] if p["filename"].startswith("tiny/")} == {suggested}
+
+
+def test_compare_prints_one_row_per_run_with_iterations_to_target(project):
+    root, env, _ = project
+    if not (root / "reports/tiny_cosine/eval.json").exists():
+        pytest.skip("needs test_local_corpus_through_all_five_stages")
+    out = run(["chargpt", "compare", "--format", "json"], root, env).stdout
+    rows = {r["run"]: r for r in json.loads(out)}
+    assert set(rows) == {"tiny", "tiny_cosine"}
+    assert rows["tiny_cosine"]["schedule"] == "cosine" and rows["tiny"]["schedule"] == "onecycle"
+    metrics = json.loads((root / "reports/tiny_cosine/train_metrics.json").read_text())
+    curve = [line.split("\t") for line in (root / "reports/tiny_cosine/train_curve.tsv").read_text().splitlines()[1:]]
+    first_below_7 = next(int(s) for s, *_, probe in curve if probe and float(probe) <= 7.0)
+    assert metrics["iters_to_bpc_7"] == first_below_7 == rows["tiny_cosine"]["iters_to_bpc_7"]
+    assert metrics["iters_to_bpc_0.5"] is None  # never reached: null in the JSON, not logged to MLflow,
+    assert "iters_to_bpc_0.5" not in rows["tiny_cosine"]  # so no run has that column
 
 
 def test_mlflow_records_the_run(project):
@@ -75,6 +111,9 @@ def test_mlflow_records_the_run(project):
     assert run_.data.metrics["iterations"] == 30
     assert run_.data.params["model.n_layer"] == "2" and run_.data.params["optimizer.name"] == "adamw"
     assert run_.data.tags["chargpt.run"] == "tiny" and run_.data.tags["git_commit"]
+    meta = json.loads((root / "data/processed/meta.json").read_text())
+    assert run_.data.tags["data.test_sha256"] == meta["splits"]["test"]["sha256"]
+    assert run_.data.tags["device"] == "cpu" and run_.data.tags["dvc_stage"] == "train@tiny"
     steps = [m.step for m in client.get_metric_history(run_.info.run_id, "train_loss")]
     assert steps == [5, 10, 15, 20, 25, 30]
     artifacts = {a.path for a in client.list_artifacts(run_.info.run_id)}
@@ -89,7 +128,7 @@ def test_mlflow_records_the_run(project):
 def test_a_config_error_stops_the_stage_before_any_work(project):
     root, env, _ = project
     proc = run([sys.executable, "stages/train.py", "--run", "nope"], root, env, check=False)
-    assert proc.returncode != 0 and "run 'nope' is not defined under runs; defined: ['tiny']" in proc.stderr
+    assert proc.returncode != 0 and "run 'nope' is not defined under runs; defined: ['tiny', 'tiny_cosine']" in proc.stderr
 
 
 def test_push_then_a_fresh_clone_pulls_and_trains_nothing(project, tmp_path):
@@ -108,9 +147,9 @@ def test_push_then_a_fresh_clone_pulls_and_trains_nothing(project, tmp_path):
     run(["dvc", "remote", "modify", "--local", "local", "url", str(remote)], clone, env)
     run(["dvc", "pull", "--with-deps", "evaluate@tiny"], clone, env)
     assert (clone / "models/tiny/model.pt").read_bytes() == (root / "models/tiny/model.pt").read_bytes()
-    status = run(["dvc", "status"], clone, env).stdout
+    status = run(["dvc", "status", "--with-deps", "evaluate@tiny"], clone, env).stdout
     assert "Data and pipelines are up to date" in status, status
-    assert "Running stage" not in run(["dvc", "repro"], clone, env).stdout
+    assert "Running stage" not in run(["dvc", "repro", "evaluate@tiny"], clone, env).stdout
 
     # Evaluating the pulled checkpoint again gives the same BPC.
     before = json.loads((clone / "reports/tiny/eval.json").read_text())

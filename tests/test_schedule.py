@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from chargpt.config import OptimizerConfig, ScheduleConfig
-from chargpt.schedule import build_onecycle, build_optimizer, current_momentum
+from chargpt.schedule import build_onecycle, build_optimizer, build_scheduler, current_momentum
 
 # 100 steps, lr 1e-4 -> 0.1 -> 1e-4 -> 1e-5, momentum 0.9 -> 0.8 -> 0.9, linear ramps, pct_start 0.45:
 # phase 1 ends at step 44 (0.45 * 100 - 1), phase 2 at step 88, phase 3 at step 99.
@@ -56,3 +56,70 @@ def test_weight_decay_skips_biases_and_norms():
     assert decayed["weight_decay"] == 1e-5 and [p.shape for p in decayed["params"]] == [(4, 4)]
     assert plain["weight_decay"] == 0.0 and len(plain["params"]) == 3
     assert opt.defaults["nesterov"] is True
+
+
+# The cosine control, 50 steps: warmup 10 steps to 1e-3 (reached at step 9), cosine to the floor 1e-4 at step 49
+# (halfway, step 29: (1e-3 + 1e-4) / 2), beta1 held at 0.9.
+COSINE = [(0, 1e-4), (1, 2e-4), (8, 9e-4), (9, 1e-3), (19, 1e-4 + 9e-4 * (1 + 2 ** -0.5) / 2), (29, 5.5e-4),
+          (39, 1e-4 + 9e-4 * (1 - 2 ** -0.5) / 2), (49, 1e-4)]
+
+
+def trace_scheduler(schedule: ScheduleConfig, total: int, optimizer_name: str = "adamw"):
+    model = torch.nn.Linear(4, 4)
+    opt = build_optimizer(model, OptimizerConfig(name=optimizer_name), lr=schedule.lr_min, momentum=schedule.momentum_max)
+    sched = build_scheduler(opt, schedule, lr_max=schedule.lr_max, total_steps=total)
+    seen = []
+    for step in range(total):
+        seen.append((opt.param_groups[0]["lr"], current_momentum(opt)))
+        opt.step()
+        if step + 1 < total:
+            sched.step()
+    return seen, opt, sched
+
+
+def test_cosine_control_table():
+    cfg = ScheduleConfig(name="cosine", lr_min=1e-4, lr_max=1e-3, warmup_steps=10, momentum_max=0.9)
+    seen, _, _ = trace_scheduler(cfg, 50)
+    for step, lr in COSINE:
+        assert seen[step][0] == pytest.approx(lr, rel=1e-9), f"lr at step {step}"
+    assert {m for _, m in seen} == {0.9}
+
+
+def test_cosine_without_warmup_starts_at_the_peak():
+    seen, _, _ = trace_scheduler(ScheduleConfig(name="cosine", lr_min=1e-4, lr_max=1e-3, warmup_steps=1), 50)
+    assert seen[0][0] == pytest.approx(1e-3) and seen[-1][0] == pytest.approx(1e-4)
+
+
+def test_two_phase_onecycle_anneals_to_lr_min_over_final_div_factor():
+    cfg = ScheduleConfig(lr_min=1e-4, lr_max=1e-2, three_phase=False, pct_start=0.3, final_div_factor=10, anneal="linear")
+    seen, _, _ = trace_scheduler(cfg, 100)
+    assert seen[0][0] == pytest.approx(1e-4) and seen[29][0] == pytest.approx(1e-2)  # peak at 0.3 * 100 - 1
+    assert seen[29][1] == pytest.approx(0.8)
+    assert seen[99][0] == pytest.approx(1e-5) and seen[99][1] == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("name", ["onecycle", "cosine"])
+def test_a_restored_scheduler_continues_the_same_table(name):
+    """What a resumed run relies on: optimizer + scheduler state after 24 steps, loaded into a fresh pair."""
+    cfg = ScheduleConfig(name=name, lr_min=1e-4, lr_max=1e-3, warmup_steps=10)
+    full, _, _ = trace_scheduler(cfg, 60)
+    opt = build_optimizer(torch.nn.Linear(4, 4), OptimizerConfig(name="adamw"), lr=1e-4, momentum=0.9)
+    sched = build_scheduler(opt, cfg, lr_max=cfg.lr_max, total_steps=60)
+    for _ in range(24):
+        opt.step()
+        sched.step()
+    opt2 = build_optimizer(torch.nn.Linear(4, 4), OptimizerConfig(name="adamw"), lr=1e-4, momentum=0.9)
+    sched2 = build_scheduler(opt2, cfg, lr_max=cfg.lr_max, total_steps=60)
+    opt2.load_state_dict(opt.state_dict())
+    sched2.load_state_dict(sched.state_dict())
+    for step in range(24, 60):
+        assert opt2.param_groups[0]["lr"] == pytest.approx(full[step][0], rel=1e-12), f"step {step}"
+        opt2.step()
+        if step + 1 < 60:
+            sched2.step()
+
+
+def test_three_phase_needs_pct_start_below_half():
+    with pytest.raises(ValueError, match="pct_start .0.6. must be below 0.5 with three_phase"):
+        ScheduleConfig(pct_start=0.6)
+    assert ScheduleConfig(pct_start=0.6, three_phase=False).pct_start == 0.6

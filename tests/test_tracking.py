@@ -1,5 +1,8 @@
 from pathlib import Path
 
+import torch
+
+from chargpt import tracking
 from chargpt.tracking import flatten, project_root, tracking_uri
 
 
@@ -45,9 +48,7 @@ def test_an_unreachable_server_can_fall_back_to_the_local_store(monkeypatch, tmp
     import socket
 
     import mlflow
-    import torch
 
-    from chargpt import tracking
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -64,3 +65,10 @@ def test_an_unreachable_server_can_fall_back_to_the_local_store(monkeypatch, tmp
 
         os.environ.pop("CHARGPT_TRACKING_FALLBACK_FROM", None)
         mlflow.set_tracking_uri(None)
+
+
+def test_runs_are_tagged_with_the_sha256_of_each_split():
+    meta = {"splits": {name: {"sha256": c * 64, "bytes": 9} for name, c in (("train", "a"), ("val", "b"), ("test", "c"))}}
+    tags = tracking.run_tags("r", "train@r", torch.device("cpu"), meta)
+    assert (tags["data.train_sha256"], tags["data.val_sha256"], tags["data.test_sha256"]) == ("a" * 64, "b" * 64, "c" * 64)
+    assert tags["device"] == "cpu" and tags["torch_version"] == torch.__version__ and tags["dvc_stage"] == "train@r"

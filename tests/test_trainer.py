@@ -62,3 +62,13 @@ def test_a_stop_request_checkpoints_then_raises():
     calls = iter(range(100))
     with pytest.raises(Interrupted, match="SIGTERM after step 3"):
         run(NanAt(bad=-1), stop=lambda: 15 if next(calls) == 2 else None)
+
+
+def test_iterations_to_target_reads_the_val_probe_curve():
+    from chargpt.training import iterations_to_targets
+
+    curve = [{"step": 10, "train_loss": 3.0}, {"step": 20, "train_loss": 2.0, "val_probe_bpc": 3.1},
+             {"step": 30, "train_loss": 1.9}, {"step": 40, "train_loss": 1.8, "val_probe_bpc": 2.45},
+             {"step": 60, "train_loss": 1.7, "val_probe_bpc": 2.5}]
+    assert iterations_to_targets(curve, [3.0, 2.5, 2.45, 2.0]) == {
+        "iters_to_bpc_3": 40, "iters_to_bpc_2.5": 40, "iters_to_bpc_2.45": 40, "iters_to_bpc_2": None}

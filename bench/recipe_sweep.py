@@ -1,0 +1,156 @@
+"""Many variants of one run, trained and scored in parallel worker processes: a recipe search, not a pipeline.
+
+    python bench/recipe_sweep.py --run quickstart --grid bench/grids/quickstart_gpu.yaml --out sweep.jsonl
+    python bench/recipe_sweep.py --summarize sweep.jsonl [more.jsonl ...]   # a markdown table, best first
+
+The grid file is a list of {name, set: [section.key=value, ...]} variants of --run (params.yaml). Each
+variant trains from scratch on <data-dir>/train.bin exactly as the train stage would (same model, sampler,
+optimizer, schedule and loop), then scores the whole val and test splits as the evaluate stage does.
+One JSON line per variant goes to --out as soon as it ends, with its val-probe curve, so iterations to a
+target can be read from it. Nothing is tracked in MLflow or DVC: the recipes found here go into params.yaml
+and are then run by `dvc exp run`, which is what docs/results.md reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+import yaml
+
+from chargpt.config import ConfigError, load_run_config, with_overrides
+from chargpt.data import load_split
+from chargpt.evaluation import split_bpc
+from chargpt.runtime import autocast_dtype, prepare
+from chargpt.trainer import train_loop
+from chargpt.training import TrainingRun
+
+
+def run_variant(params: str, run: str, name: str, assignments: list[str], data_dir: str, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    cfg = with_overrides(load_run_config(run, params), assignments)
+    if cfg.schedule.lr_max == "auto":
+        raise ConfigError(f"variant {name!r}: schedule.lr_max must be a number here (the sweep runs no LR range test)")
+    device = prepare(cfg.train)
+    data = Path(data_dir)
+    tr = TrainingRun.build(cfg, device, autocast_dtype(cfg.train, device), cfg.schedule.lr_max, data)
+    curve: list[dict] = []
+    state = train_loop(tr.forward_model, tr.optimizer, tr.scheduler, tr.sampler.next, tr.loop_config(), tr.probe,
+                       lambda step, m: curve.append({"step": step, **m}))
+    scores = {}
+    for split in ("val", "test"):
+        scores[f"{split}_bpc"], _ = split_bpc(tr.forward_model, load_split(data / f"{split}.bin"), cfg.model.context,
+                                              cfg.eval.batch_size, device=device, autocast_dtype=tr.autocast)
+    return {"name": name, "set": assignments, "iterations": state.step, "tokens": state.tokens,
+            "train_seconds": round(state.seconds, 2), **scores, "n_params": tr.model.num_params(),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "curve": curve}
+
+
+def summarize(paths: list[str], top: int | None = None, match: str | None = None) -> str:
+    """Markdown: one row per variant (the last result of each name; names matching `match`), by test BPC."""
+    results = {n: r for n, r in load_results(paths).items() if match is None or re.search(match, n)}
+    rows = sorted(results.values(), key=lambda r: r.get("test_bpc", float("inf")))[:top]
+    lines = ["| variant | iterations | tokens | val BPC | test BPC | device |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['name']} | | | | {r['error'][:80]} | |")
+        else:
+            lines.append(f"| {r['name']} | {r['iterations']} | {r['tokens']:,} | {r['val_bpc']:.3f} | {r['test_bpc']:.3f} "
+                         f"| {r['device']} |")
+    return "\n".join(lines) + "\n"
+
+
+def load_results(paths: list[str]) -> dict[str, dict]:
+    results = {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            result = json.loads(line)
+            results[result["name"]] = result
+    return results
+
+
+def versus_control(paths: list[str]) -> str:
+    """Markdown: per shape (variants named <shape>_1cycle_lr<x> / <shape>_cosine_lr<x>), the best 1cycle variant
+    against the best cosine control, and the step at which 1cycle's val probe first reached the control's final
+    val probe BPC."""
+    best: dict[str, dict[str, dict]] = {}
+    for name, r in load_results(paths).items():
+        m = re.fullmatch(r"(.+?)_(1cycle|cosine)_lr[0-9.e-]+", name)
+        if m and "error" not in r:
+            kept = best.setdefault(m[1], {}).get(m[2])
+            if kept is None or r["val_bpc"] < kept["val_bpc"]:
+                best[m[1]][m[2]] = r
+    lines = ["| shape | steps | 1cycle (best LR) val / test | cosine (best LR) val / test | 1cycle reaches cosine's final val probe at |",
+             "|---|---|---|---|---|"]
+    for shape, pair in sorted(best.items(), key=lambda kv: kv[1].get("1cycle", {}).get("test_bpc", 9)):
+        if {"1cycle", "cosine"} - set(pair):
+            continue
+        one, cos = pair["1cycle"], pair["cosine"]
+        probe = lambda r: [(p["step"], p["val_probe_bpc"]) for p in r["curve"] if "val_probe_bpc" in p]  # noqa: E731
+        target = probe(cos)[-1][1]
+        hit = next((step for step, bpc in probe(one) if bpc <= target), None)
+        lr = lambda r: r["name"].rsplit("_lr", 1)[1]  # noqa: E731
+        reached = f"step {hit} ({hit / one['iterations']:.0%})" if hit else "never"
+        lines.append(f"| {shape} | {one['iterations']} | {one['val_bpc']:.3f} / {one['test_bpc']:.3f} (lr {lr(one)}) "
+                     f"| {cos['val_bpc']:.3f} / {cos['test_bpc']:.3f} (lr {lr(cos)}) | {reached} (target {target:.3f}) |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", default="quickstart")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--grid", help="YAML list of {name, set: [section.key=value, ...]}")
+    parser.add_argument("--set", action="append", default=[], help="section.key=value applied to every variant")
+    parser.add_argument("--data-dir", default="data/processed")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: cores / workers)")
+    parser.add_argument("--out")
+    parser.add_argument("--summarize", nargs="+", metavar="JSONL", help="print a table of these results and exit")
+    parser.add_argument("--top", type=int, help="with --summarize: only the best N")
+    parser.add_argument("--match", help="with --summarize: only variants whose name matches this regex")
+    parser.add_argument("--versus-control", action="store_true",
+                        help="with --summarize: per shape, the best 1cycle variant against the best cosine control")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if args.summarize:
+        sys.stdout.write(versus_control(args.summarize) if args.versus_control
+                         else summarize(args.summarize, args.top, args.match))
+        return
+    if not (args.grid and args.out):
+        parser.error("--grid and --out are required (or --summarize)")
+
+    grid = yaml.safe_load(Path(args.grid).read_text())
+    if not isinstance(grid, list) or not all(isinstance(v, dict) and {"name", "set"} >= set(v) and "name" in v for v in grid):
+        sys.exit(f"{args.grid}: expected a list of {{name, set: [section.key=value, ...]}}")
+    variants = [(v["name"], [*args.set, *(v.get("set") or [])]) for v in grid]
+    base = load_run_config(args.run, args.params)
+    for name, assignments in variants:  # every variant valid before any work starts
+        with_overrides(base, assignments)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    start = time.perf_counter()
+    with open(args.out, "a") as out, ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(run_variant, args.params, args.run, name, a, args.data_dir, threads): name
+                   for name, a in variants}
+        for future in as_completed(futures):
+            try:
+                result = future.result()
+            except Exception as e:  # one diverged or broken variant must not lose the others
+                result = {"name": futures[future], "error": f"{type(e).__name__}: {e}"}
+            out.write(json.dumps(result) + "\n")
+            out.flush()
+            summary = {k: result.get(k) for k in ("name", "iterations", "val_bpc", "test_bpc", "train_seconds", "error")}
+            print(f"[{time.perf_counter() - start:6.0f}s] {json.dumps(summary)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

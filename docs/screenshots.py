@@ -1,0 +1,149 @@
+"""Render what users will see, in a real headless browser, and keep screenshots of it in docs/.
+Run it from the project (the repo, or a copy with trained runs):
+
+    python docs/screenshots.py plots  [--out docs/dvc_plots.png]
+    python docs/screenshots.py mlflow --runs quickstart quickstart_cosine [--out docs/mlflow_compare.png]
+
+plots: `dvc plots show` into a temporary folder, then Debian's chromium (headless) loads the HTML, runs its
+Vega-Lite, and the check passes only if every plot on the page drew a chart (a canvas) and none shows a
+Vega error. The page loads vega from jsdelivr; with --offline (no internet, as on our CI machines) the
+same versions are fetched from the npm registry once (into ~/.cache/chargpt/npm) and the page points at them.
+
+mlflow: starts `mlflow server` on 127.0.0.1 (a free port) over the project's store, opens its compare-runs
+page for the latest MLflow run of each named run, and screenshots it.
+
+Needs: chromium (`apt-get install chromium`), and npm for --offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent  # the repo: its chargpt package; the project is the current directory
+CDN = re.compile(r'https://cdn\.jsdelivr\.net/npm/(vega(?:-lite|-embed)?)@([0-9.]+)')
+NPM_CACHE = Path.home() / ".cache" / "chargpt" / "npm"
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    sys.exit("no chromium on PATH: apt-get install chromium")
+
+
+def browser(*args: str, timeout: float = 120) -> str:
+    cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+           "--virtual-time-budget=20000", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        sys.exit(f"chromium failed ({out.returncode}): {out.stderr[-2000:]}")
+    return out.stdout
+
+
+def local_vega(html: str) -> str:
+    """The page with its jsdelivr scripts replaced by the same versions from the npm registry."""
+    def local(match: re.Match) -> str:
+        package, version = match.group(1), match.group(2)
+        folder = NPM_CACHE / f"{package}@{version}"
+        bundle = folder / "node_modules" / package / "build" / f"{package}.min.js"
+        if not bundle.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            # --legacy-peer-deps: only the package's own bundle is used, its peers are the other two scripts
+            subprocess.run(["npm", "install", "--no-save", "--no-audit", "--no-fund", "--legacy-peer-deps", "--prefix", str(folder),
+                            f"{package}@{version}"], check=True, capture_output=True, timeout=300)
+        if not bundle.exists():
+            sys.exit(f"npm installed {package}@{version} but {bundle} is missing")
+        return bundle.as_uri()
+
+    return CDN.sub(local, html)
+
+
+def plots(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        shown = subprocess.run([sys.executable, "-m", "dvc", "plots", "show", "--out", tmp],
+                               capture_output=True, text=True)
+        if shown.returncode != 0:
+            sys.exit(f"dvc plots show failed: {shown.stderr}")
+        page = Path(tmp) / "index.html"
+        html = page.read_text()
+        if args.offline:
+            page.write_text(html := local_vega(html))
+        expected = html.count("vegaEmbed(")
+        dom = browser("--dump-dom", page.as_uri())
+        drawn = len(re.findall(r"<canvas", dom)) + len(re.findall(r'<svg class="marks"', dom))
+        errors = re.findall(r"(?:Error|error):[^<]{0,200}", dom)
+        print(f"{page}: {expected} plots on the page, {drawn} drawn by Vega in chromium")
+        if expected == 0 or drawn < expected or errors:
+            sys.exit(f"the plots did not all render: expected {expected}, drawn {drawn}; errors: {errors[:3]}")
+        height = 520 * expected + 200
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        browser(f"--screenshot={args.out.resolve()}", f"--window-size=1100,{height}", page.as_uri())
+    print(f"screenshot: {args.out}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mlflow(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(ROOT))
+    from chargpt import compare, tracking
+
+    runs = compare.load_runs()
+    if runs.empty:
+        sys.exit(f"no runs in {tracking.tracking_uri()}")
+    latest = runs.sort_values("start_time", ascending=False).drop_duplicates("tags.chargpt.run")
+    latest = latest[latest["tags.chargpt.run"].isin(args.runs)] if args.runs else latest
+    if latest.empty:
+        sys.exit(f"none of {args.runs} in {tracking.tracking_uri()}")
+    ids, experiment = list(latest["run_id"]), latest["experiment_id"].iloc[0]
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", tracking.tracking_uri(), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            sys.exit("mlflow server did not answer within 60 s")
+        url = f"{base}/#/compare-runs?runs={json.dumps(ids)}&experiments={json.dumps([experiment])}"
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        browser(f"--screenshot={args.out.resolve()}", "--window-size=1500,1600", url)
+        print(f"compare page of {len(ids)} runs ({', '.join(latest['tags.chargpt.run'])}): {url}\nscreenshot: {args.out}")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("plots", help="check that `dvc plots show` renders, and screenshot it")
+    p.add_argument("--out", type=Path, default=Path("docs") / "dvc_plots.png")
+    p.add_argument("--offline", action="store_true", help="load vega from the npm registry instead of jsdelivr")
+    m = sub.add_parser("mlflow", help="screenshot MLflow's compare-runs page for the named runs")
+    m.add_argument("--runs", nargs="*", help="named runs (default: all)")
+    m.add_argument("--out", type=Path, default=Path("docs") / "mlflow_compare.png")
+    args = parser.parse_args()
+    plots(args) if args.what == "plots" else mlflow(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Data parallel: the train stage under torchrun with 2 CPU processes (gloo) against 1 process with the same global
+batch, and gradient accumulation against one big batch: the same losses and weights, to float rounding."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import make_dvc_project, run, tiny_text
+
+pytestmark = pytest.mark.slow
+
+BASE = {
+    "model": {"n_layer": 2, "d_model": 32, "n_head": 2, "d_ff": 64, "context": 32, "dropout": 0.0},
+    "optimizer": {"name": "adamw", "weight_decay": 1.0e-4},
+    "schedule": {"lr_min": 1.0e-4, "lr_max": 3.0e-3},
+    "lr_range_test": {"lr_start": 1.0e-5, "lr_end": 1.0, "iterations": 12, "skip_start": 2, "smoothing": 0.5},
+    "train": {"iterations": 24, "batch_size": 8, "eval_interval": 8, "eval_batches": 2, "log_interval": 4},
+}
+
+
+def with_train(**train) -> dict:
+    return {**BASE, "train": {**BASE["train"], **train}}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    corpus = root / "corpus.txt"
+    corpus.write_bytes(tiny_text(40_000))
+    runs = {"one": with_train(), "two_procs": with_train(nproc=2), "accumulate": with_train(micro_batch_size=2),
+            "two_procs_accumulate": with_train(nproc=2, micro_batch_size=2)}
+    project, env = make_dvc_project(root / "project", runs, {"url": corpus.as_uri(), "checksums": None})
+    out = run(["dvc", "repro", *(f"train@{name}" for name in runs)], project, env).stdout
+    assert "Running stage 'train@two_procs'" in out  # dvc runs `python stages/train.py`; it relaunches under torchrun
+    return project
+
+
+def curve(project, name):
+    lines = (project / f"reports/{name}/train_curve.tsv").read_text().splitlines()
+    header = lines[0].split("\t")
+    return [dict(zip(header, line.split("\t"))) for line in lines[1:]]
+
+
+@pytest.mark.parametrize("name", ["two_procs", "accumulate", "two_procs_accumulate"])
+def test_same_global_batch_same_training(trained, name):
+    ref, other = curve(trained, "one"), curve(trained, name)
+    assert [r["step"] for r in other] == [r["step"] for r in ref] == [str(s) for s in range(4, 25, 4)]
+    for a, b in zip(ref, other):
+        assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), rel=1e-5, abs=1e-6), a["step"]
+        assert float(b["lr"]) == float(a["lr"])  # the schedule counts global optimizer steps
+    probes = [(float(a["val_probe_bpc"]), float(b["val_probe_bpc"])) for a, b in zip(ref, other) if a["val_probe_bpc"]]
+    assert len(probes) == 3 and all(b == pytest.approx(a, rel=1e-5) for a, b in probes)
+    ref_w = torch.load(trained / "models/one/model.pt", weights_only=True)["model"]
+    other_w = torch.load(trained / f"models/{name}/model.pt", weights_only=True)["model"]
+    for key in ref_w:
+        torch.testing.assert_close(other_w[key], ref_w[key], rtol=1e-4, atol=1e-5, msg=key)
+    metrics = json.loads((trained / f"reports/{name}/train_metrics.json").read_text())
+    assert metrics["iterations"] == 24 and metrics["tokens"] == 24 * 8 * 32  # global tokens
+
+
+def test_only_rank_0_records(trained):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{trained / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("chargpt").experiment_id],
+                              filter_string="tags.`chargpt.run` = 'two_procs'")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1  # one MLflow run, not one per rank
+    assert parents[0].data.params["resolved.processes"] == "2"
+    steps = [m.step for m in client.get_metric_history(parents[0].info.run_id, "train_loss")]
+    assert steps == list(range(4, 25, 4))  # no step logged twice

@@ -113,7 +113,7 @@ def detailed_table(runs: pd.DataFrame, names: list[str] | None, diff_from: str |
     latest = latest.set_index("tags.chargpt.run", drop=False).loc[table["run"]]
     if diff_from:
         table.insert(1, "config_diff", config_diff(latest, diff_from))
-    table["hardware"] = list(_field(latest, "tags.device"))
+    table["hardware"] = list(_field(latest, "tags.hardware").fillna(_field(latest, "tags.device")))
     table["command"] = [reproduce_command(row) for _, row in latest.iterrows()]
     return table
 

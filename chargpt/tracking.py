@@ -108,11 +108,27 @@ def data_tags(meta: dict | None) -> dict[str, str]:
     return {f"data.{name}_sha256": split["sha256"] for name, split in meta.get("splits", {}).items()}
 
 
+def hardware(device: torch.device) -> str:
+    """What a run's speed depends on: the GPU's name, or the CPU's model and torch's thread count."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} x {max(1, int(os.environ.get('WORLD_SIZE', 1)))}"
+    model = "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
 def run_tags(run_name: str, stage: str, device: torch.device, data_meta: dict | None = None) -> dict[str, str]:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     fallback = {"tracking_fallback_from": os.environ["CHARGPT_TRACKING_FALLBACK_FROM"]} \
         if "CHARGPT_TRACKING_FALLBACK_FROM" in os.environ else {}
-    return {"chargpt.run": run_name, "dvc_stage": stage, "device": device_name, "torch_version": torch.__version__,
+    return {"chargpt.run": run_name, "dvc_stage": stage, "device": device_name, "hardware": hardware(device),
+            "torch_version": torch.__version__,
             **git_tags(), **data_tags(data_meta), **fallback}
 
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 RUN = {**TINY_RUN,
        "model": {"n_layer": 2, "d_model": 64, "n_head": 2, "d_ff": 128, "context": 64, "dropout": 0.1},
        "schedule": {"lr_min": 1.0e-4, "lr_max": 3.0e-3},
-       "train": {"iterations": 1500, "batch_size": 8, "eval_interval": 500, "eval_batches": 2, "log_interval": 10,
+       "train": {"iterations": 900, "batch_size": 8, "eval_interval": 500, "eval_batches": 2, "log_interval": 10,
                  "checkpoint_every": 37, "threads": 1}}
 
 
@@ -79,11 +79,11 @@ def test_killed_and_resumed_run_ends_bitwise_identical(tmp_path, params):
 
     # A changed config is refused, naming the key; the saved state is kept.
     changed = yaml.safe_load((broken / "params.yaml").read_text())
-    changed["runs"]["tiny"]["train"]["iterations"] = 1600
+    changed["runs"]["tiny"]["train"]["iterations"] = 1000
     (broken / "params.yaml").write_text(yaml.safe_dump(changed))
     proc = train(broken, env)
     assert proc.wait(timeout=120) == 1
-    assert "train.iterations: checkpoint 1500, now 1600" in proc.stderr.read() and state.exists()
+    assert "train.iterations: checkpoint 900, now 1000" in proc.stderr.read() and state.exists()
     (broken / "params.yaml").write_text(yaml.safe_dump(params))
 
     # SIGTERM: the run saves its state and exits 143.
@@ -101,11 +101,11 @@ def test_killed_and_resumed_run_ends_bitwise_identical(tmp_path, params):
     a, b = weights(plain / "models/tiny/model.pt"), weights(broken / "models/tiny/model.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"killed at {killed_at}, {termed_at}"
     metrics = [json.loads((p / "reports/tiny/train_metrics.json").read_text()) for p in (plain, broken)]
-    assert metrics[0]["val_probe_bpc"] == metrics[1]["val_probe_bpc"] and metrics[1]["tokens"] == 1500 * 8 * 64
+    assert metrics[0]["val_probe_bpc"] == metrics[1]["val_probe_bpc"] and metrics[1]["tokens"] == 900 * 8 * 64
     assert (plain / "reports/tiny/train_curve.tsv").read_text() == (broken / "reports/tiny/train_curve.tsv").read_text()
 
     runs = client.search_runs([client.get_experiment_by_name("chargpt").experiment_id],
                               filter_string="attributes.run_name = 'tiny'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # one MLflow run across the three sessions
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")]
-    assert steps == list(range(10, 1501, 10))  # no gap, no duplicate
+    assert steps == list(range(10, 901, 10))  # no gap, no duplicate

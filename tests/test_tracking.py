@@ -72,3 +72,4 @@ def test_runs_are_tagged_with_the_sha256_of_each_split():
     tags = tracking.run_tags("r", "train@r", torch.device("cpu"), meta)
     assert (tags["data.train_sha256"], tags["data.val_sha256"], tags["data.test_sha256"]) == ("a" * 64, "b" * 64, "c" * 64)
     assert tags["device"] == "cpu" and tags["torch_version"] == torch.__version__ and tags["dvc_stage"] == "train@r"
+    assert tags["hardware"].endswith(f", {torch.get_num_threads()} threads")

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from chargpt.config import OptimizerConfig, ScheduleConfig
-from chargpt.schedule import build_onecycle, build_optimizer, build_scheduler, current_momentum
+from chargpt.schedule import build_optimizer, build_scheduler, current_momentum
 
 # 100 steps, lr 1e-4 -> 0.1 -> 1e-4 -> 1e-5, momentum 0.9 -> 0.8 -> 0.9, linear ramps, pct_start 0.45:
 # phase 1 ends at step 44 (0.45 * 100 - 1), phase 2 at step 88, phase 3 at step 99.
@@ -18,16 +18,8 @@ EXPECTED = [  # step, lr, momentum
 
 
 def trace(optimizer_name: str, schedule: ScheduleConfig, total: int) -> list[tuple[float, float]]:
-    model = torch.nn.Linear(4, 4)
-    opt = build_optimizer(model, OptimizerConfig(name=optimizer_name), lr=schedule.lr_min, momentum=schedule.momentum_max)
-    sched = build_onecycle(opt, schedule, lr_max=schedule.lr_max, total_steps=total)
-    seen = []
-    for step in range(total):
-        seen.append((opt.param_groups[0]["lr"], current_momentum(opt)))
-        opt.step()
-        if step + 1 < total:
-            sched.step()
-    return seen
+    """(lr, momentum) at each step of the run's schedule (build_scheduler: 1cycle for these configs)."""
+    return trace_scheduler(schedule, total, optimizer_name)[0]
 
 
 @pytest.mark.parametrize("optimizer_name", ["sgd", "adamw"])

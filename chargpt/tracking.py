@@ -55,7 +55,9 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
 
 
 def local_uri() -> str:
-    return f"sqlite:///{project_root() / 'mlflow.db'}"
+    # timeout: how long a writer waits for SQLite's lock (default 5 s). Queued experiments (`dvc queue start -j 2`)
+    # write to the one store at once, and on a loaded machine 5 s is not always enough.
+    return f"sqlite:///{project_root() / 'mlflow.db'}?timeout=60"
 
 
 def setup(on_unreachable: str = "fail") -> str:
@@ -75,7 +77,8 @@ def setup(on_unreachable: str = "fail") -> str:
         user_uri, uri = None, local_uri()
     mlflow.set_tracking_uri(uri)
     # Stages running at once (dvc queue, -j 2) would both create and migrate a new SQLite store; one would fail.
-    lock = FileLock(f"{uri.removeprefix('sqlite:///')}.lock") if uri.startswith("sqlite:///") else contextlib.nullcontext()
+    lock = FileLock(f"{uri.removeprefix('sqlite:///').split('?')[0]}.lock") if uri.startswith("sqlite:///") \
+        else contextlib.nullcontext()
     with lock:
         experiment = mlflow.get_experiment_by_name(EXPERIMENT)
         if experiment is None:

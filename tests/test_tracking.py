@@ -17,7 +17,8 @@ def test_tracking_uri_default_is_an_absolute_sqlite_path(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     uri = tracking_uri()
-    assert uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}" and Path(uri[len("sqlite:///"):]).is_absolute()
+    assert uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}?timeout=60"  # writers wait up to 60 s for the lock
+    assert Path(uri[len("sqlite:///"):]).is_absolute()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking_uri() == "http://127.0.0.1:5000"
 
@@ -58,7 +59,7 @@ def test_an_unreachable_server_can_fall_back_to_the_local_store(monkeypatch, tmp
     monkeypatch.delenv("CHARGPT_TRACKING_FALLBACK_FROM", raising=False)
     try:
         tracking.setup(on_unreachable="local")
-        assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+        assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}?timeout=60"
         assert tracking.run_tags("r", "train@r", torch.device("cpu"))["tracking_fallback_from"] == uri
     finally:
         import os

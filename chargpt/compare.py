@@ -54,13 +54,18 @@ def _field(runs: pd.DataFrame, field: str) -> pd.Series:
     return runs[field] if field in runs else pd.Series([None] * len(runs), index=runs.index, dtype=object)
 
 
-def comparison_table(runs: pd.DataFrame, names: list[str] | None = None) -> pd.DataFrame:
-    """One row per named run (its latest attempt), sorted by test BPC (runs without one last)."""
+def latest_attempts(runs: pd.DataFrame, names: list[str] | None = None) -> pd.DataFrame:
+    """The latest MLflow run of each named run (of `names` only, if given)."""
     if not runs.empty and names:
         runs = runs[runs["tags.chargpt.run"].isin(names)]
-    if runs.empty:
+    return runs if runs.empty else runs.sort_values("start_time", ascending=False).drop_duplicates("tags.chargpt.run")
+
+
+def comparison_table(runs: pd.DataFrame, names: list[str] | None = None) -> pd.DataFrame:
+    """One row per named run (its latest attempt), sorted by test BPC (runs without one last)."""
+    latest = latest_attempts(runs, names)
+    if latest.empty:
         return pd.DataFrame(columns=list(COLUMNS))
-    latest = runs.sort_values("start_time", ascending=False).drop_duplicates("tags.chargpt.run")
     table = pd.DataFrame({name: _field(latest, field) for name, field in COLUMNS.items() if field})
     schedule = _field(latest, "params.schedule.name").fillna("onecycle")  # runs from before the cosine option
     table["schedule"] = schedule
@@ -109,8 +114,7 @@ def detailed_table(runs: pd.DataFrame, names: list[str] | None, diff_from: str |
     table = comparison_table(runs, names)
     if table.empty:
         return table
-    latest = runs.sort_values("start_time", ascending=False).drop_duplicates("tags.chargpt.run")
-    latest = latest.set_index("tags.chargpt.run", drop=False).loc[table["run"]]
+    latest = latest_attempts(runs, names).set_index("tags.chargpt.run", drop=False).loc[table["run"]]
     if diff_from:
         table.insert(1, "config_diff", config_diff(latest, diff_from))
     table["hardware"] = list(_field(latest, "tags.hardware").fillna(_field(latest, "tags.device")))

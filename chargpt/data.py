@@ -241,9 +241,6 @@ class BatchSampler:
                  rank: int = 0, world_size: int = 1, micro_batches: int = 1):
         if len(data) < context + 1:
             raise DataError(f"a split of {len(data)} bytes is too short for windows of context {context} + 1")
-        if batch_size % (world_size * micro_batches):
-            raise DataError(f"batch size {batch_size} does not split into {world_size} processes x {micro_batches} "
-                            f"micro-batches")
         self.data, self.context, self.batch_size, self.device = data, context, batch_size, device
         self.generator = torch.Generator().manual_seed(seed)
         self._offsets = torch.arange(context + 1)

@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--check", action="store_true", help="exit 1 if dvc.yaml is not in sync (changes nothing)")
     args = parser.parse_args(argv)
     path = Path(args.dvc_yaml)
-    current = path.read_text()
-    wanted = render(current, list(load_params(args.params)["runs"]))
+    current, runs = path.read_text(), list(load_params(args.params)["runs"])
+    wanted = render(current, runs)
     if args.check:
         if current != wanted:
             sys.exit(f"{path}: its plots do not list exactly the runs of {args.params}; run `chargpt sync-plots`")
@@ -64,4 +64,4 @@ def main(argv: list[str] | None = None) -> None:
     if current != wanted:
         with atomic_open(path, "w") as f:
             f.write(wanted)
-        print(f"{path}: plots rewritten for {len(load_params(args.params)['runs'])} runs")
+        print(f"{path}: plots rewritten for {len(runs)} runs")

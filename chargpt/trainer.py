@@ -109,7 +109,7 @@ def train_loop(
     bar = tqdm(range(state.step, cfg.total_steps), desc="train", mininterval=2.0, initial=state.step, total=cfg.total_steps)
     for step in bar:
         lr, momentum = optimizer.param_groups[0]["lr"], current_momentum(optimizer)
-        loss = torch.zeros((), device=device)
+        loss = None
         for micro in range(cfg.accumulation_steps):
             x, y = next_batch()
             last = micro == cfg.accumulation_steps - 1
@@ -119,8 +119,10 @@ def train_loop(
                                       enabled=cfg.autocast_dtype is not None):
                 _, micro_loss = model(x, y)
                 (micro_loss / cfg.accumulation_steps).backward()
-            loss += micro_loss.detach() / cfg.accumulation_steps
+            loss = micro_loss.detach() if loss is None else loss + micro_loss.detach()
             state.tokens += y.numel() * cfg.world_size
+        if cfg.accumulation_steps > 1:
+            loss = loss / cfg.accumulation_steps  # the mean over the step's micro-batches
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()

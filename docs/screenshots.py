@@ -104,8 +104,7 @@ def mlflow(args: argparse.Namespace) -> None:
     runs = compare.load_runs()
     if runs.empty:
         sys.exit(f"no runs in {tracking.tracking_uri()}")
-    latest = runs.sort_values("start_time", ascending=False).drop_duplicates("tags.chargpt.run")
-    latest = latest[latest["tags.chargpt.run"].isin(args.runs)] if args.runs else latest
+    latest = compare.latest_attempts(runs, args.runs)
     if latest.empty:
         sys.exit(f"none of {args.runs} in {tracking.tracking_uri()}")
     ids, experiment = list(latest["run_id"]), latest["experiment_id"].iloc[0]

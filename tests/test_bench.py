@@ -16,3 +16,37 @@ def test_throughput_benchmark_prints_its_figures(tmp_path, params):
     lines = proc.stdout.splitlines()
     for start in ("device:", "peak GEMM", "train (configured):", "train (plain fp32 eager):", "eval:", "preprocess:"):
         assert any(line.startswith(start) for line in lines), (start, proc.stdout)
+
+
+def test_recipe_sweep_trains_variants_and_its_tables_read_them(tmp_path, params):
+    from chargpt.data import split_corpus
+    from conftest import tiny_text
+
+    params["runs"] = {"tiny": {**TINY_RUN, "schedule": {"lr_min": 1.0e-4, "lr_max": 3.0e-3}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "corpus.bin").write_bytes(tiny_text(40_000))
+    split_corpus(tmp_path / "corpus.bin", tmp_path / "data", (0.9, 0.05, 0.05))
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump([
+        {"name": "s_1cycle_lr3e-3", "set": []},
+        {"name": "s_cosine_lr3e-3", "set": ["schedule.name=cosine", "schedule.warmup_steps=5"]},
+        {"name": "broken", "set": ["schedule.lr_max=1e9"]}]))  # diverges: recorded, the others still run
+    sweep = [sys.executable, str(REPO / "bench/recipe_sweep.py")]
+    proc = subprocess.run([*sweep, "--params", str(tmp_path / "params.yaml"), "--run", "tiny", "--grid",
+                           str(tmp_path / "grid.yaml"), "--data-dir", str(tmp_path / "data"), "--out",
+                           str(tmp_path / "out.jsonl"), "--set", "train.checkpoint_every=0"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+
+    results = {r["name"]: r for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
+    assert "DivergedError" in results["broken"]["error"]
+    for name in ("s_1cycle_lr3e-3", "s_cosine_lr3e-3"):
+        assert results[name]["iterations"] == 30 and 0 < results[name]["test_bpc"] < 8
+        assert [p["step"] for p in results[name]["curve"] if "val_probe_bpc" in p] == [10, 20, 30]
+
+    table = subprocess.run([*sweep, "--summarize", str(tmp_path / "out.jsonl")], capture_output=True, text=True).stdout
+    best = min(("s_1cycle_lr3e-3", "s_cosine_lr3e-3"), key=lambda n: results[n]["test_bpc"])
+    assert table.splitlines()[2].startswith(f"| {best} | 30 |") and "broken" in table.splitlines()[-1]
+    versus = subprocess.run([*sweep, "--summarize", str(tmp_path / "out.jsonl"), "--versus-control"],
+                            capture_output=True, text=True).stdout.splitlines()
+    assert len(versus) == 3 and versus[2].startswith("| s | 30 | ")

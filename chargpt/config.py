@@ -76,10 +76,12 @@ class ModelConfig(_Section):
 
 
 class OptimizerConfig(_Section):
-    name: Literal["sgd", "adamw"] = "sgd"
+    # sgd (Nesterov) | adamw (beta1 is the cycled momentum) | muon: torch.optim.Muon (Nesterov, its momentum
+    # cycled like beta1) for the transformer blocks' weight matrices and AdamW for the rest, at one LR.
+    name: Literal["sgd", "adamw", "muon"] = "sgd"
     weight_decay: Annotated[float, Field(ge=0)] = 1e-5
     nesterov: bool = True  # SGD only
-    beta2: Annotated[float, Field(gt=0, lt=1)] = 0.99  # AdamW only; beta1 is the cycled momentum
+    beta2: Annotated[float, Field(gt=0, lt=1)] = 0.99  # AdamW (and muon's AdamW part); beta1 is the cycled momentum
     grad_clip: Annotated[float, Field(ge=0)] = 1.0  # max global grad norm; 0 disables
 
 

@@ -5,7 +5,7 @@ Phases over `total_steps` (torch's three_phase=True):
   1. LR lr_min -> lr_max, momentum momentum_max -> momentum_min   (pct_start of the steps)
   2. LR lr_max -> lr_min, momentum momentum_min -> momentum_max   (pct_start of the steps)
   3. LR lr_min -> lr_min / final_div_factor, momentum held         (the rest: annihilation)
-For AdamW, OneCycleLR cycles beta1 as the momentum.
+For AdamW, OneCycleLR cycles beta1 as the momentum; with Muon, Muon's momentum follows the same beta1.
 """
 
 from __future__ import annotations
@@ -16,18 +16,70 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, O
 from chargpt.config import OptimizerConfig, ScheduleConfig
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
     # Decay matrices and embeddings only: biases and LayerNorm gains have no scale to regularise.
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    decay = [p for p in params if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in params if p.requires_grad and p.dim() < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+class MuonWithAdamW(torch.optim.Optimizer):
+    """torch.optim.Muon for the hidden layers' weight matrices, AdamW for the rest (embeddings, output head,
+    biases, LayerNorm gains), stepped as one optimizer so that one LR scheduler drives both.
+
+    The parent and the two children share the same param-group dicts, so a scheduler's LR reaches both.
+    Muon runs with Moonshot's RMS matching (`adjust_lr_fn="match_rms_adamw"`): its update has AdamW's RMS, so
+    one LR (and one LR range test) serves both. OneCycleLR cycles every group's beta1; Muon's (Nesterov)
+    momentum is set from it before each step.
+    """
+
+    def __init__(self, hidden_matrices: list[torch.nn.Parameter], rest: list[torch.nn.Parameter], lr: float,
+                 momentum: float, beta2: float, weight_decay: float, kernel: dict):
+        self.muon = torch.optim.Muon([{"params": hidden_matrices, "weight_decay": weight_decay}], lr=lr,
+                                     momentum=momentum, nesterov=True, adjust_lr_fn="match_rms_adamw")
+        self.adamw = torch.optim.AdamW(param_groups(rest, weight_decay), lr=lr, betas=(momentum, beta2), **kernel)
+        # The shared defaults: every group gets "betas" (Muon's too), so OneCycleLR cycles beta1 everywhere.
+        super().__init__(self.muon.param_groups + self.adamw.param_groups, {"lr": lr, "betas": (momentum, beta2)})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None:
+            raise ValueError("MuonWithAdamW.step takes no closure")
+        for group in self.muon.param_groups:
+            group["momentum"] = group["betas"][0]
+        self.muon.step()
+        self.adamw.step()
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if set(state_dict) != {"muon", "adamw"}:
+            raise ValueError(f"not a MuonWithAdamW state (keys {sorted(state_dict)}); was the run trained with "
+                             f"another optimizer.name?")
+        self.muon.load_state_dict(state_dict["muon"])
+        self.adamw.load_state_dict(state_dict["adamw"])
+        self.param_groups = self.muon.param_groups + self.adamw.param_groups  # loading made new group dicts
+
+
+def hidden_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The weights Muon orthogonalises: 2-D weights of the Linear layers inside the transformer blocks
+    (not the embeddings, nor the output head, which Muon's authors leave to AdamW)."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise TypeError(f"optimizer muon needs a model with transformer blocks (GPT), got {type(model).__name__}")
+    return [m.weight for m in blocks.modules() if isinstance(m, torch.nn.Linear)]
+
+
 def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig, lr: float, momentum: float) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
     # One fused kernel per step on a GPU; on a CPU the foreach (multi-tensor) path.
     fused = next(model.parameters()).device.type == "cuda"
     kernel = {"fused": True} if fused else {"foreach": True}
+    if cfg.name == "muon":
+        hidden = hidden_matrices(model)
+        rest = [p for p in model.parameters() if all(p is not h for h in hidden)]
+        return MuonWithAdamW(hidden, rest, lr, momentum, cfg.beta2, cfg.weight_decay, kernel)
+    groups = param_groups(list(model.parameters()), cfg.weight_decay)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=cfg.nesterov, **kernel)
     return torch.optim.AdamW(groups, lr=lr, betas=(momentum, cfg.beta2), **kernel)

@@ -1,3 +1,5 @@
+import copy as copy_module
+
 import pytest
 import torch
 
@@ -115,3 +117,80 @@ def test_three_phase_needs_pct_start_below_half():
     with pytest.raises(ValueError, match="pct_start .0.6. must be below 0.5 with three_phase"):
         ScheduleConfig(pct_start=0.6)
     assert ScheduleConfig(pct_start=0.6, three_phase=False).pct_start == 0.6
+
+
+def tiny_gpt(seed: int = 0):
+    from chargpt.config import ModelConfig
+    from chargpt.model import GPT
+
+    torch.manual_seed(seed)
+    return GPT(ModelConfig(n_layer=2, d_model=32, n_head=2, d_ff=64, context=16, dropout=0.0))
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
+    model = tiny_gpt()
+    opt = build_optimizer(model, OptimizerConfig(name="muon", weight_decay=1e-4), lr=1e-4, momentum=0.9)
+    muon_params = {id(p) for g in opt.muon.param_groups for p in g["params"]}
+    expected = {id(m.weight) for b in model.blocks for m in (b.attn.qkv, b.attn.proj, b.ff.up, b.ff.down)}
+    assert muon_params == expected
+    decayed, plain = opt.adamw.param_groups
+    assert {id(p) for p in decayed["params"]} == {id(model.tok_emb.weight), id(model.head.weight),
+                                                  *(id(b.pos_emb.weight) for b in model.blocks)}
+    assert decayed["weight_decay"] == 1e-4 and plain["weight_decay"] == 0.0 and all(p.dim() == 1 for p in plain["params"])
+    assert opt.muon.param_groups[0]["weight_decay"] == 1e-4
+    assert len(muon_params) + sum(len(g["params"]) for g in opt.adamw.param_groups) == len(list(model.parameters()))
+
+
+def test_one_onecycle_drives_muon_and_adamw():
+    """The 1cycle table reaches both halves: every group's LR, AdamW's beta1 and Muon's momentum."""
+    model = tiny_gpt()
+    cfg = ScheduleConfig(lr_min=1e-4, lr_max=0.1, momentum_max=0.9, momentum_min=0.8, pct_start=0.45,
+                         final_div_factor=10, anneal="linear")
+    opt = build_optimizer(model, OptimizerConfig(name="muon"), lr=cfg.lr_min, momentum=cfg.momentum_max)
+    sched = build_scheduler(opt, cfg, lr_max=cfg.lr_max, total_steps=100)
+    expected = {step: (lr, m) for step, lr, m in EXPECTED}
+    x = torch.randint(0, 256, (2, 16))
+    for step in range(100):
+        if step in expected:
+            lr, momentum = expected[step]
+            assert all(g["lr"] == pytest.approx(lr) for g in opt.muon.param_groups + opt.adamw.param_groups)
+            assert opt.adamw.param_groups[0]["betas"][0] == pytest.approx(momentum)
+        if step < 3:  # a few real steps: Muon's momentum is read from the cycled beta1 at each one
+            model(x, x)[1].backward()
+        opt.step()
+        if step in expected:
+            assert opt.muon.param_groups[0]["momentum"] == pytest.approx(expected[step][1]), f"step {step}"
+        opt.zero_grad()
+        if step + 1 < 100:
+            sched.step()
+
+
+def test_a_restored_muon_run_continues_bit_for_bit():
+    def steps(model, opt, n, seed):
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(n):
+            x = torch.randint(0, 256, (2, 16), generator=gen)
+            model(x, x)[1].backward()
+            opt.step()
+            opt.zero_grad()
+
+    cfg = OptimizerConfig(name="muon", weight_decay=1e-2)
+    model = tiny_gpt()
+    opt = build_optimizer(model, cfg, lr=1e-2, momentum=0.9)
+    steps(model, opt, 4, seed=1)
+    copy = tiny_gpt(seed=5)
+    copy.load_state_dict(model.state_dict())
+    opt2 = build_optimizer(copy, cfg, lr=1e-3, momentum=0.5)
+    opt2.load_state_dict(copy_module.deepcopy(opt.state_dict()))  # as through a checkpoint file: no shared tensors
+    assert opt2.param_groups[0]["lr"] == 1e-2 and opt2.param_groups[-1]["betas"][0] == 0.9
+    steps(model, opt, 3, seed=2)
+    steps(copy, opt2, 3, seed=2)
+    for a, b in zip(model.parameters(), copy.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_muon_optimizer_refuses_another_optimizers_state():
+    adamw = build_optimizer(tiny_gpt(), OptimizerConfig(name="adamw"), lr=1e-3, momentum=0.9)
+    muon = build_optimizer(tiny_gpt(), OptimizerConfig(name="muon"), lr=1e-3, momentum=0.9)
+    with pytest.raises(ValueError, match="not a MuonWithAdamW state .keys \\['param_groups', 'state'\\].*optimizer.name"):
+        muon.load_state_dict(adamw.state_dict())

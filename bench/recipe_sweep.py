@@ -45,7 +45,7 @@ def run_variant(params: str, run: str, name: str, assignments: list[str], data_d
     tr = TrainingRun.build(cfg, device, autocast_dtype(cfg.train, device), cfg.schedule.lr_max, data)
     curve: list[dict] = []
     state = train_loop(tr.forward_model, tr.optimizer, tr.scheduler, tr.sampler.next, tr.loop_config(), tr.probe,
-                       lambda step, m: curve.append({"step": step, **m}))
+                       lambda step, m: curve.append({"step": step, **m}), before_step=tr.before_step)
     scores = {}
     for split in ("val", "test"):
         scores[f"{split}_bpc"], _ = split_bpc(tr.forward_model, load_split(data / f"{split}.bin"), cfg.model.context,

@@ -164,6 +164,10 @@ class TrainConfig(_Section):
     # Iterations to target: the first step at which the val probe BPC reached each of these (metrics
     # iters_to_bpc_<target>; null where it never did). The super-convergence claim is about iterations.
     target_bpc: list[PositiveFloat] = [2.0, 1.5, 1.3, 1.2]
+    # Al-Rfou et al.'s auxiliary losses at intermediate layers: every block but the last also predicts the
+    # next byte, layer l of n weighted 1 -> 0 over the first l/2n of training (the objective is the weighted
+    # mean, so train_loss includes them until half-way; the val probe and evaluate never do).
+    aux_losses: bool = False
     # torch.compile the model for training and evaluation (minutes of compiling first; pays on a GPU,
     # measured as no gain on a 2-core CPU); false: eager.
     compile: bool = False

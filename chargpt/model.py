@@ -4,7 +4,9 @@
 - a learned positional embedding of its own added to the residual stream at the input of every layer
   (Al-Rfou et al.: timing information at every layer, since a deep stack otherwise forgets it);
 - ReLU feed-forward and dropout, as in the paper;
-- causal attention through F.scaled_dot_product_attention (flash / memory-efficient kernels where present).
+- causal attention through F.scaled_dot_product_attention (flash / memory-efficient kernels where present);
+- optionally Al-Rfou et al.'s intermediate-layer losses (`set_aux_loss_progress`): while training, every block
+  but the last also predicts the next byte, through the shared final LayerNorm and head.
 """
 
 from __future__ import annotations
@@ -73,6 +75,10 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model)  # pre-LN leaves the residual stream unnormalised: close it here
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        # Weights of the intermediate layers' losses (blocks 1..n-1); all zero (off) unless the trainer sets
+        # them. A buffer, so that changing them never recompiles a torch.compile'd model; not saved.
+        self.register_buffer("aux_weights", torch.zeros(cfg.n_layer - 1), persistent=False)
+        self.aux_active = False
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -87,6 +93,15 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    def set_aux_loss_progress(self, progress: float) -> None:
+        """Weights of the intermediate losses at `progress` (0..1) of training, after Al-Rfou et al.: with n
+        layers, layer l's loss fades linearly from weight 1 to 0 over the first l / 2n of training (so the
+        lowest stops first and all are off by the half-way point)."""
+        n = self.cfg.n_layer
+        weights = [max(0.0, 1.0 - progress / (layer / (2 * n))) for layer in range(1, n)]
+        self.aux_weights.copy_(torch.tensor(weights))
+        self.aux_active = any(w > 0 for w in weights)
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -95,12 +110,23 @@ class GPT(nn.Module):
         T = idx.size(1)
         if T > self.cfg.context:
             raise ValueError(f"sequence length {T} exceeds the model's context {self.cfg.context}")
+        aux = targets is not None and self.training and self.aux_active
+        aux_losses = []
         x = self.drop(self.tok_emb(idx))  # (B, T, C)
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             x = block(x)
+            if aux and i < len(self.blocks) - 1:
+                aux_losses.append(self._loss(self.head(self.ln_f(x)), targets))
         logits = self.head(self.ln_f(x))  # (B, T, vocab)
         loss = None
         if targets is not None:
-            # fp32 for the softmax: bf16 logits lose the last bits of BPC.
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+            loss = self._loss(logits, targets)
+            if aux_losses:
+                # The weighted mean over layers: the objective keeps the scale of one byte's loss.
+                loss = (loss + (self.aux_weights * torch.stack(aux_losses)).sum()) / (1 + self.aux_weights.sum())
         return logits, loss
+
+    @staticmethod
+    def _loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # fp32 for the softmax: bf16 logits lose the last bits of BPC.
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))

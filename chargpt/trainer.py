@@ -3,8 +3,8 @@
 It knows nothing of GPTs: it asks `next_batch` for (x, y), calls `model(x, y) -> (_, loss)`, steps the
 optimizer and scheduler, and hands metrics to `on_metrics`. With gradient accumulation, one optimizer step
 is `accumulation_steps` micro-batches; under DistributedDataParallel (world_size > 1) gradients are
-all-reduced on the last micro-batch only, and the logged loss is the mean over all processes. Evaluation, logging and checkpointing are
-small callables the caller passes in. `LoopState` is everything of the loop's own that a resumed run needs.
+all-reduced on the last micro-batch only, and the logged loss is the mean over all processes. Evaluation, logging, checkpointing and
+anything step-dependent outside the optimizer (`before_step`) are small callables the caller passes in. `LoopState` is everything of the loop's own that a resumed run needs.
 """
 
 from __future__ import annotations
@@ -90,6 +90,7 @@ def train_loop(
     state: LoopState | None = None,
     on_checkpoint: Callable[[LoopState], None] = lambda state: None,
     stop_requested: Callable[[], int | None] = lambda: None,
+    before_step: Callable[[int], None] = lambda step: None,
 ) -> LoopState:
     state = state or LoopState()
     device = next(model.parameters()).device
@@ -108,6 +109,7 @@ def train_loop(
 
     bar = tqdm(range(state.step, cfg.total_steps), desc="train", mininterval=2.0, initial=state.step, total=cfg.total_steps)
     for step in bar:
+        before_step(step)  # e.g. step-dependent loss weights; called on resume too, so a resumed run matches
         lr, momentum = optimizer.param_groups[0]["lr"], current_momentum(optimizer)
         loss = None
         for micro in range(cfg.accumulation_steps):

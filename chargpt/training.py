@@ -72,6 +72,10 @@ class TrainingRun:
                           self.cfg.optimizer.grad_clip, self.autocast, check_every_step=self.device.type == "cpu",
                           accumulation_steps=self.accumulation_steps, world_size=self.ranks.world_size)
 
+    def before_step(self, step: int) -> None:
+        if self.cfg.train.aux_losses:
+            self.model.set_aux_loss_progress(step / self.cfg.train.iterations)
+
     def probe(self) -> dict[str, float]:
         # Rank 0 alone probes (the others wait at the next all-reduce): through the plain model, not DDP's wrapper.
         model = self.model if self.ranks.enabled else self.forward_model

@@ -22,6 +22,8 @@ def main() -> None:
     check_fits(cfg, split_meta())
     device = prepare(cfg.train)
     model = GPT(cfg.model).to(device)
+    if cfg.train.aux_losses:
+        model.set_aux_loss_progress(0.0)  # the objective of the run's first steps, which the range test stands for
     optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.lr_range_test.lr_start, momentum=cfg.schedule.momentum_max)
     sampler = BatchSampler(load_split(DATA_DIR / "train.bin"), cfg.model.context, cfg.train.batch_size, cfg.train.seed, device)
     result = range_test(model, optimizer, sampler.next, cfg.lr_range_test, autocast_dtype(cfg.train, device))

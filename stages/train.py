@@ -45,7 +45,7 @@ def main() -> None:
     if not ranks.is_main:  # the other ranks train their slices; rank 0 evaluates, checkpoints and records
         with stop_on_signals() as stop:
             train_loop(run.forward_model, run.optimizer, run.scheduler, run.sampler.next, run.loop_config(),
-                       dict, lambda *_: None, loop_state, lambda _: None, stop)
+                       dict, lambda *_: None, loop_state, lambda _: None, stop, run.before_step)
         distributed.shutdown()
         return
 
@@ -68,7 +68,7 @@ def main() -> None:
         try:
             with stop_on_signals() as stop:
                 result = train_loop(run.forward_model, run.optimizer, run.scheduler, run.sampler.next, run.loop_config(),
-                                    run.probe, record, loop_state, checkpoint, stop)
+                                    run.probe, record, loop_state, checkpoint, stop, run.before_step)
         except Interrupted as e:
             mlflow.end_run("KILLED")
             log.warning("%s (state saved to %s)", e, state_path)

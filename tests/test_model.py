@@ -53,3 +53,50 @@ def test_gpt2_init_and_per_layer_positional_embeddings():
     assert model.blocks[0].attn.qkv.bias.abs().sum() == 0
     positional = [b.pos_emb.weight for b in model.blocks]
     assert len(positional) == 8 and not torch.equal(positional[0], positional[1])
+
+
+# Al-Rfou et al.'s schedule for 4 layers: intermediate layer l (1..3) fades 1 -> 0 over the first l/8 of training.
+AUX_WEIGHTS = [  # progress, weights of layers 1, 2, 3
+    (0.0, [1.0, 1.0, 1.0]),
+    (1 / 16, [0.5, 0.75, 5 / 6]),
+    (1 / 8, [0.0, 0.5, 2 / 3]),
+    (1 / 4, [0.0, 0.0, 1 / 3]),
+    (3 / 8, [0.0, 0.0, 0.0]),
+    (0.9, [0.0, 0.0, 0.0]),
+]
+
+
+def test_aux_loss_weights_follow_al_rfou_schedule():
+    model = GPT(ModelConfig(n_layer=4, d_model=32, n_head=4, d_ff=64, context=16, dropout=0.0))
+    assert model.aux_weights.tolist() == [0.0] * 3 and not model.aux_active  # off unless the trainer sets them
+    for progress, weights in AUX_WEIGHTS:
+        model.set_aux_loss_progress(progress)
+        assert model.aux_weights.tolist() == pytest.approx(weights), f"progress {progress}"
+        assert model.aux_active == any(w > 0 for w in weights)
+    assert "aux_weights" not in model.state_dict()  # set from the step, never saved
+
+
+def test_aux_loss_is_the_weighted_mean_of_every_layers_prediction_and_only_in_training():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=3, d_model=32, n_head=4, d_ff=64, context=16, dropout=0.0))
+    idx, targets = torch.randint(0, 256, (2, 16)), torch.randint(0, 256, (2, 16))
+    _, main = model(idx, targets)
+
+    # By hand: each block's output through the shared final LayerNorm and head.
+    x, per_layer = model.tok_emb(idx), []
+    for block in model.blocks:
+        x = block(x)
+        per_layer.append(torch.nn.functional.cross_entropy(model.head(model.ln_f(x)).view(-1, 256), targets.view(-1)))
+    assert per_layer[-1].item() == pytest.approx(main.item(), rel=1e-6)
+
+    model.set_aux_loss_progress(1 / 12)  # layer 1 of 3 at weight 0.5, layer 2 at 0.75
+    _, loss = model(idx, targets)
+    expected = (main + 0.5 * per_layer[0] + 0.75 * per_layer[1]) / 2.25
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6) and loss.item() != pytest.approx(main.item())
+    loss.backward()
+    assert model.blocks[0].ff.down.weight.grad.abs().sum() > 0
+    model.eval()
+    assert model(idx, targets)[1].item() == pytest.approx(main.item(), rel=1e-6)  # evaluation: the final layer only
+    model.train()
+    model.set_aux_loss_progress(0.5)
+    assert model(idx, targets)[1].item() == pytest.approx(main.item(), rel=1e-6)  # all faded out

@@ -22,7 +22,8 @@ RUN = {**TINY_RUN,
        "model": {"n_layer": 2, "d_model": 64, "n_head": 2, "d_ff": 128, "context": 64, "dropout": 0.1},
        "schedule": {"lr_min": 1.0e-4, "lr_max": 3.0e-3},
        "train": {"iterations": 900, "batch_size": 8, "eval_interval": 500, "eval_batches": 2, "log_interval": 10,
-                 "checkpoint_every": 37, "threads": 1}}
+                 "checkpoint_every": 37, "threads": 1,
+                 "aux_losses": True}}  # step-dependent loss weights (layer 1 fades out by step 225) must resume too
 
 
 def make_project(root: Path, params: dict) -> dict:

@@ -72,3 +72,37 @@ def test_iterations_to_target_reads_the_val_probe_curve():
              {"step": 60, "train_loss": 1.7, "val_probe_bpc": 2.5}]
     assert iterations_to_targets(curve, [3.0, 2.5, 2.45, 2.0]) == {
         "iters_to_bpc_3": 40, "iters_to_bpc_2.5": 40, "iters_to_bpc_2.45": 40, "iters_to_bpc_2": None}
+
+
+def test_before_step_sees_every_step_index_also_after_a_resume():
+    seen = []
+    model = NanAt(bad=-1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    batch = lambda: (torch.zeros(1, 1), torch.zeros(1, 1))  # noqa: E731
+    train_loop(model, opt, sched, batch, LoopConfig(8, 4, 4), dict, lambda *_: None, LoopState(step=5),
+               before_step=seen.append)
+    assert seen == [5, 6, 7]
+
+
+def test_a_training_run_with_aux_losses_sets_the_weights_from_the_global_step(tmp_path):
+    from chargpt.config import RunConfig
+    from chargpt.data import split_corpus
+    from chargpt.training import TrainingRun
+    from conftest import tiny_text
+
+    (tmp_path / "corpus").write_bytes(tiny_text(20_000))
+    split_corpus(tmp_path / "corpus", tmp_path, (0.9, 0.05, 0.05))
+    cfg = RunConfig(name="t", model={"n_layer": 2, "d_model": 16, "n_head": 2, "d_ff": 32, "context": 16},
+                    train={"iterations": 100, "batch_size": 2, "eval_batches": 1, "aux_losses": True})
+    run = TrainingRun.build(cfg, torch.device("cpu"), None, 1e-3, tmp_path)
+    run.before_step(0)
+    assert run.model.aux_weights.tolist() == [1.0]
+    run.before_step(10)  # layer 1 of 2 fades out over the first quarter
+    assert run.model.aux_weights.tolist() == pytest.approx([0.6])
+    run.before_step(25)
+    assert run.model.aux_weights.tolist() == [0.0] and not run.model.aux_active
+    plain = TrainingRun.build(cfg.model_copy(update={"train": cfg.train.model_copy(update={"aux_losses": False})}),
+                              torch.device("cpu"), None, 1e-3, tmp_path)
+    plain.before_step(0)
+    assert not plain.model.aux_active

@@ -75,9 +75,12 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model)  # pre-LN leaves the residual stream unnormalised: close it here
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        # Weights of the intermediate layers' losses (blocks 1..n-1); all zero (off) unless the trainer sets
-        # them. A buffer, so that changing them never recompiles a torch.compile'd model; not saved.
-        self.register_buffer("aux_weights", torch.zeros(cfg.n_layer - 1), persistent=False)
+        # Intermediate losses (off unless the trainer sets a progress): layer l of n fades out at progress
+        # l / 2n. Buffers, not saved: the trainer sets the progress from the step. Updating a device buffer
+        # in place needs no host sync and never recompiles a torch.compile'd model.
+        n = cfg.n_layer
+        self.register_buffer("aux_ends", torch.tensor([layer / (2 * n) for layer in range(1, n)]), persistent=False)
+        self.register_buffer("aux_progress", torch.zeros(()), persistent=False)
         self.aux_active = False
         self.apply(self._init_weights)
 
@@ -94,13 +97,17 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def set_aux_loss_progress(self, progress: float) -> None:
-        """Weights of the intermediate losses at `progress` (0..1) of training, after Al-Rfou et al.: with n
+        """Weight the intermediate losses for `progress` (0..1) of training, after Al-Rfou et al.: with n
         layers, layer l's loss fades linearly from weight 1 to 0 over the first l / 2n of training (so the
         lowest stops first and all are off by the half-way point)."""
-        n = self.cfg.n_layer
-        weights = [max(0.0, 1.0 - progress / (layer / (2 * n))) for layer in range(1, n)]
-        self.aux_weights.copy_(torch.tensor(weights))
-        self.aux_active = any(w > 0 for w in weights)
+        self.aux_progress.fill_(progress)
+        self.aux_active = progress < (self.cfg.n_layer - 1) / (2 * self.cfg.n_layer)
+
+    def aux_weights(self) -> torch.Tensor:
+        """(n_layer - 1,) the weights of the intermediate losses now; zeros while they are off."""
+        if not self.aux_active:
+            return torch.zeros_like(self.aux_ends)
+        return (1 - self.aux_progress / self.aux_ends).clamp(min=0)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -123,7 +130,8 @@ class GPT(nn.Module):
             loss = self._loss(logits, targets)
             if aux_losses:
                 # The weighted mean over layers: the objective keeps the scale of one byte's loss.
-                loss = (loss + (self.aux_weights * torch.stack(aux_losses)).sum()) / (1 + self.aux_weights.sum())
+                weights = self.aux_weights()
+                loss = (loss + (weights * torch.stack(aux_losses)).sum()) / (1 + weights.sum())
         return logits, loss
 
     @staticmethod

@@ -77,7 +77,8 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig, lr: float, mom
     kernel = {"fused": True} if fused else {"foreach": True}
     if cfg.name == "muon":
         hidden = hidden_matrices(model)
-        rest = [p for p in model.parameters() if all(p is not h for h in hidden)]
+        hidden_ids = {id(p) for p in hidden}
+        rest = [p for p in model.parameters() if id(p) not in hidden_ids]
         return MuonWithAdamW(hidden, rest, lr, momentum, cfg.beta2, cfg.weight_decay, kernel)
     groups = param_groups(list(model.parameters()), cfg.weight_decay)
     if cfg.name == "sgd":

@@ -3,8 +3,9 @@
 It knows nothing of GPTs: it asks `next_batch` for (x, y), calls `model(x, y) -> (_, loss)`, steps the
 optimizer and scheduler, and hands metrics to `on_metrics`. With gradient accumulation, one optimizer step
 is `accumulation_steps` micro-batches; under DistributedDataParallel (world_size > 1) gradients are
-all-reduced on the last micro-batch only, and the logged loss is the mean over all processes. Evaluation, logging, checkpointing and
-anything step-dependent outside the optimizer (`before_step`) are small callables the caller passes in. `LoopState` is everything of the loop's own that a resumed run needs.
+all-reduced on the last micro-batch only, and the logged loss is the mean over all processes. Evaluation,
+logging, checkpointing and anything step-dependent outside the optimizer (`before_step`) are small callables
+the caller passes in. `LoopState` is everything of the loop's own that a resumed run needs.
 """
 
 from __future__ import annotations

@@ -97,11 +97,11 @@ def test_a_training_run_with_aux_losses_sets_the_weights_from_the_global_step(tm
                     train={"iterations": 100, "batch_size": 2, "eval_batches": 1, "aux_losses": True})
     run = TrainingRun.build(cfg, torch.device("cpu"), None, 1e-3, tmp_path)
     run.before_step(0)
-    assert run.model.aux_weights.tolist() == [1.0]
+    assert run.model.aux_weights().tolist() == [1.0]
     run.before_step(10)  # layer 1 of 2 fades out over the first quarter
-    assert run.model.aux_weights.tolist() == pytest.approx([0.6])
+    assert run.model.aux_weights().tolist() == pytest.approx([0.6])
     run.before_step(25)
-    assert run.model.aux_weights.tolist() == [0.0] and not run.model.aux_active
+    assert run.model.aux_weights().tolist() == [0.0] and not run.model.aux_active
     plain = TrainingRun.build(cfg.model_copy(update={"train": cfg.train.model_copy(update={"aux_losses": False})}),
                               torch.device("cpu"), None, 1e-3, tmp_path)
     plain.before_step(0)

@@ -29,6 +29,7 @@ def test_recipe_sweep_trains_variants_and_its_tables_read_them(tmp_path, params)
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump([
         {"name": "s_1cycle_lr3e-3", "set": []},
         {"name": "s_cosine_lr3e-3", "set": ["schedule.name=cosine", "schedule.warmup_steps=5"]},
+        {"name": "s_1cycle_muon_aux_lr3e-3", "set": ["optimizer.name=muon", "train.aux_losses=true"]},
         {"name": "broken", "set": ["schedule.lr_max=1e9"]}]))  # diverges: recorded, the others still run
     sweep = [sys.executable, str(REPO / "bench/recipe_sweep.py")]
     proc = subprocess.run([*sweep, "--params", str(tmp_path / "params.yaml"), "--run", "tiny", "--grid",
@@ -40,7 +41,7 @@ def test_recipe_sweep_trains_variants_and_its_tables_read_them(tmp_path, params)
 
     results = {r["name"]: r for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
     assert "DivergedError" in results["broken"]["error"]
-    for name in ("s_1cycle_lr3e-3", "s_cosine_lr3e-3"):
+    for name in ("s_1cycle_lr3e-3", "s_cosine_lr3e-3", "s_1cycle_muon_aux_lr3e-3"):
         assert results[name]["iterations"] == 30 and 0 < results[name]["test_bpc"] < 8
         assert [p["step"] for p in results[name]["curve"] if "val_probe_bpc" in p] == [10, 20, 30]
 
@@ -50,3 +51,14 @@ def test_recipe_sweep_trains_variants_and_its_tables_read_them(tmp_path, params)
     versus = subprocess.run([*sweep, "--summarize", str(tmp_path / "out.jsonl"), "--versus-control"],
                             capture_output=True, text=True).stdout.splitlines()
     assert len(versus) == 3 and versus[2].startswith("| s | 30 | ")
+
+
+def test_every_shipped_sweep_grid_is_valid_for_its_run():
+    """A config change must not leave a grid that fails on the GPU, after minutes of set-up."""
+    from chargpt.config import load_run_config, with_overrides
+
+    grids = sorted((REPO / "bench/grids").glob("*.yaml"))
+    assert grids
+    for grid in grids:
+        for variant in yaml.safe_load(grid.read_text()):
+            with_overrides(load_run_config("quickstart", REPO / "params.yaml"), variant["set"])

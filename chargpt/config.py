@@ -202,6 +202,8 @@ class RunConfig(_Section):
             raise ValueError(f"schedule.warmup_steps ({self.schedule.warmup_steps}) must be below train.iterations "
                              f"({self.train.iterations})")
         t = self.train
+        if t.aux_losses and self.model.n_layer < 2:
+            raise ValueError(f"train.aux_losses needs intermediate layers: model.n_layer is {self.model.n_layer}")
         if t.batch_size % (t.nproc * (t.micro_batch_size or 1)):
             raise ValueError(f"train.batch_size ({t.batch_size}) must be a multiple of train.nproc ({t.nproc}) x "
                              f"train.micro_batch_size ({t.micro_batch_size})")

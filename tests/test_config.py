@@ -47,6 +47,8 @@ def test_ablations_override_only_what_they_name(params):
     (lambda p: p["runs"]["final"].update(modle={}), "unknown section(s) ['modle']"),
     (lambda p: p["runs"]["final"].update(data={"url": "x"}), "runs.final.data: the corpus and its split are shared"),
     (lambda p: p["eval"].update(stride=10_000), "eval.stride (10000) must not exceed model.context (512)"),
+    (lambda p: p["runs"]["final"].update(model={"n_layer": 1}, train={"aux_losses": True}),
+     "train.aux_losses needs intermediate layers: model.n_layer is 1"),
 ])
 def test_invalid_params_name_the_key(params, mutate, expected):
     mutate(params)

@@ -152,6 +152,9 @@ class TrainConfig(_Section):
     # bf16: autocast (weights and optimizer stay fp32). auto: bf16 on CUDA, and on a CPU only where it has
     # native bf16 matmul (avx512_bf16 / amx_bf16); elsewhere bf16 is emulated and far slower than fp32.
     precision: Literal["auto", "bf16", "fp32"] = "auto"
+    # CUDA: fp32 matmuls (fp32 precision, and what bf16 autocast leaves in fp32) on TF32 tensor cores (10-bit
+    # mantissa, several times faster); false: IEEE fp32. No effect on a CPU.
+    tf32: bool = True
     eval_interval: PositiveInt = 500
     eval_batches: PositiveInt = 20  # batches of val windows per interval estimate (the full split is `evaluate`)
     log_interval: PositiveInt = 50

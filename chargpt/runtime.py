@@ -59,8 +59,8 @@ def prepare(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
     torch.manual_seed(cfg.seed)
     device = select_device(cfg, local_rank)
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.tf32
     return device
 
 

@@ -14,6 +14,8 @@ import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, OneCycleLR, SequentialLR
 
 from chargpt.config import OptimizerConfig, ScheduleConfig
+from chargpt.muon import MuonWithAdamW
+from chargpt.runtime import cpu_has_native_bf16
 
 
 def param_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
@@ -21,45 +23,6 @@ def param_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[
     decay = [p for p in params if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in params if p.requires_grad and p.dim() < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-class MuonWithAdamW(torch.optim.Optimizer):
-    """torch.optim.Muon for the hidden layers' weight matrices, AdamW for the rest (embeddings, output head,
-    biases, LayerNorm gains), stepped as one optimizer so that one LR scheduler drives both.
-
-    The parent and the two children share the same param-group dicts, so a scheduler's LR reaches both.
-    Muon runs with Moonshot's RMS matching (`adjust_lr_fn="match_rms_adamw"`): its update has AdamW's RMS, so
-    one LR (and one LR range test) serves both. OneCycleLR cycles every group's beta1; Muon's (Nesterov)
-    momentum is set from it before each step.
-    """
-
-    def __init__(self, hidden_matrices: list[torch.nn.Parameter], rest: list[torch.nn.Parameter], lr: float,
-                 momentum: float, beta2: float, weight_decay: float, kernel: dict):
-        self.muon = torch.optim.Muon([{"params": hidden_matrices, "weight_decay": weight_decay}], lr=lr,
-                                     momentum=momentum, nesterov=True, adjust_lr_fn="match_rms_adamw")
-        self.adamw = torch.optim.AdamW(param_groups(rest, weight_decay), lr=lr, betas=(momentum, beta2), **kernel)
-        # The shared defaults: every group gets "betas" (Muon's too), so OneCycleLR cycles beta1 everywhere.
-        super().__init__(self.muon.param_groups + self.adamw.param_groups, {"lr": lr, "betas": (momentum, beta2)})
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        if closure is not None:
-            raise ValueError("MuonWithAdamW.step takes no closure")
-        for group in self.muon.param_groups:
-            group["momentum"] = group["betas"][0]
-        self.muon.step()
-        self.adamw.step()
-
-    def state_dict(self) -> dict:
-        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        if set(state_dict) != {"muon", "adamw"}:
-            raise ValueError(f"not a MuonWithAdamW state (keys {sorted(state_dict)}); was the run trained with "
-                             f"another optimizer.name?")
-        self.muon.load_state_dict(state_dict["muon"])
-        self.adamw.load_state_dict(state_dict["adamw"])
-        self.param_groups = self.muon.param_groups + self.adamw.param_groups  # loading made new group dicts
 
 
 def hidden_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -71,6 +34,13 @@ def hidden_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [m.weight for m in blocks.modules() if isinstance(m, torch.nn.Linear)]
 
 
+def muon_ns_dtype(cfg: OptimizerConfig, model: torch.nn.Module) -> torch.dtype:
+    if cfg.muon_ns_dtype != "auto":
+        return torch.bfloat16 if cfg.muon_ns_dtype == "bf16" else torch.float32
+    native = next(model.parameters()).device.type == "cuda" or cpu_has_native_bf16()
+    return torch.bfloat16 if native else torch.float32
+
+
 def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig, lr: float, momentum: float) -> torch.optim.Optimizer:
     # One fused kernel per step on a GPU; on a CPU the foreach (multi-tensor) path.
     fused = next(model.parameters()).device.type == "cuda"
@@ -78,8 +48,8 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig, lr: float, mom
     if cfg.name == "muon":
         hidden = hidden_matrices(model)
         hidden_ids = {id(p) for p in hidden}
-        rest = [p for p in model.parameters() if id(p) not in hidden_ids]
-        return MuonWithAdamW(hidden, rest, lr, momentum, cfg.beta2, cfg.weight_decay, kernel)
+        rest = param_groups([p for p in model.parameters() if id(p) not in hidden_ids], cfg.weight_decay)
+        return MuonWithAdamW(hidden, rest, lr, momentum, cfg.beta2, cfg.weight_decay, muon_ns_dtype(cfg, model), kernel)
     groups = param_groups(list(model.parameters()), cfg.weight_decay)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=cfg.nesterov, **kernel)

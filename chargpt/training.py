@@ -86,10 +86,12 @@ class TrainingRun:
     def params(self) -> dict[str, Any]:
         from chargpt.tracking import flatten
 
+        muon = getattr(self.optimizer, "muon", None)
         return flatten(self.cfg.model_dump(mode="json", exclude={"name"})) | {
             "resolved.lr_max": self.lr_max, "resolved.precision": str(self.autocast or "fp32"),
             "model.n_params": self.model.num_params(), "train.val_probe_bytes": len(self.val_probe),
-            "resolved.processes": self.ranks.world_size, "resolved.accumulation_steps": self.accumulation_steps}
+            "resolved.processes": self.ranks.world_size, "resolved.accumulation_steps": self.accumulation_steps,
+            **({"resolved.muon_ns_dtype": str(muon.ns_dtype)} if muon else {})}
 
 
 def iterations_to_targets(curve: list[dict], targets: list[float]) -> dict[str, int | None]:

@@ -85,24 +85,39 @@ def test_before_step_sees_every_step_index_also_after_a_resume():
     assert seen == [5, 6, 7]
 
 
-def test_a_training_run_with_aux_losses_sets_the_weights_from_the_global_step(tmp_path):
+def tiny_training_run(tmp_path, **sections):
     from chargpt.config import RunConfig
     from chargpt.data import split_corpus
     from chargpt.training import TrainingRun
     from conftest import tiny_text
 
-    (tmp_path / "corpus").write_bytes(tiny_text(20_000))
-    split_corpus(tmp_path / "corpus", tmp_path, (0.9, 0.05, 0.05))
-    cfg = RunConfig(name="t", model={"n_layer": 2, "d_model": 16, "n_head": 2, "d_ff": 32, "context": 16},
-                    train={"iterations": 100, "batch_size": 2, "eval_batches": 1, "aux_losses": True})
-    run = TrainingRun.build(cfg, torch.device("cpu"), None, 1e-3, tmp_path)
+    if not (tmp_path / "train.bin").exists():
+        (tmp_path / "corpus").write_bytes(tiny_text(20_000))
+        split_corpus(tmp_path / "corpus", tmp_path, (0.9, 0.05, 0.05))
+    sections = {"model": {"n_layer": 2, "d_model": 16, "n_head": 2, "d_ff": 32, "context": 16}, **sections}
+    sections["train"] = {"iterations": 100, "batch_size": 2, "eval_batches": 1, **sections.get("train", {})}
+    return TrainingRun.build(RunConfig(name="t", **sections), torch.device("cpu"), None, 1e-3, tmp_path)
+
+
+def test_a_training_run_with_aux_losses_sets_the_weights_from_the_global_step(tmp_path):
+    run = tiny_training_run(tmp_path, train={"aux_losses": True})
     run.before_step(0)
     assert run.model.aux_weights().tolist() == [1.0]
     run.before_step(10)  # layer 1 of 2 fades out over the first quarter
     assert run.model.aux_weights().tolist() == pytest.approx([0.6])
     run.before_step(25)
     assert run.model.aux_weights().tolist() == [0.0] and not run.model.aux_active
-    plain = TrainingRun.build(cfg.model_copy(update={"train": cfg.train.model_copy(update={"aux_losses": False})}),
-                              torch.device("cpu"), None, 1e-3, tmp_path)
+    plain = tiny_training_run(tmp_path)
     plain.before_step(0)
     assert not plain.model.aux_active
+
+
+def test_a_muon_run_records_the_dtype_of_its_iteration(tmp_path):
+    from chargpt.runtime import cpu_has_native_bf16
+
+    params = tiny_training_run(tmp_path, optimizer={"name": "muon"}).params()
+    assert params["optimizer.muon_ns_dtype"] == "auto"
+    assert params["resolved.muon_ns_dtype"] == ("torch.bfloat16" if cpu_has_native_bf16() else "torch.float32")
+    forced = tiny_training_run(tmp_path, optimizer={"name": "muon", "muon_ns_dtype": "bf16"})
+    assert forced.params()["resolved.muon_ns_dtype"] == "torch.bfloat16"
+    assert "resolved.muon_ns_dtype" not in tiny_training_run(tmp_path).params()

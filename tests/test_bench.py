@@ -61,4 +61,4 @@ def test_every_shipped_sweep_grid_is_valid_for_its_run():
     assert grids
     for grid in grids:
         for variant in yaml.safe_load(grid.read_text()):
-            with_overrides(load_run_config("quickstart", REPO / "params.yaml"), variant["set"])
+            with_overrides(load_run_config("quickstart_adamw", REPO / "params.yaml"), variant["set"])

@@ -6,7 +6,7 @@ from chargpt.config import ConfigError, RunConfig, load_params, resolve_run
 
 ALL_RUNS = ["final", "wd_1e-4", "wd_1e-6", "quickstart", "quickstart_cosine", "quickstart_half", "quickstart_muon",
             "quickstart_aux", "quickstart_2phase_mom090", "quickstart_sgd", "quickstart_sgd_fixed",
-            "quickstart_wd_1e-5", "quickstart_wd_1e-6"] + [
+            "quickstart_wd_1e-5", "quickstart_adamw"] + [
     f"grid_min{lr}_mom{m}_wd{wd}" for lr in ("1e-3", "1e-4") for m in ("090", "095") for wd in ("1e-4", "1e-6")]
 
 

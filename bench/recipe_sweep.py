@@ -1,6 +1,6 @@
 """Many variants of one run, trained and scored in parallel worker processes: a recipe search, not a pipeline.
 
-    python bench/recipe_sweep.py --run quickstart --grid bench/grids/quickstart_gpu.yaml --out sweep.jsonl
+    python bench/recipe_sweep.py --run quickstart_adamw --grid bench/grids/quickstart_gpu.yaml --out sweep.jsonl
     python bench/recipe_sweep.py --summarize sweep.jsonl [more.jsonl ...]   # a markdown table, best first
 
 The grid file is a list of {name, set: [section.key=value, ...]} variants of --run (params.yaml). Each
@@ -107,7 +107,8 @@ def versus_control(paths: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", default="quickstart")
+    parser.add_argument("--run", default="quickstart_adamw", help="the run the grid varies (the grids in bench/grids: "
+                        "quickstart_adamw, the AdamW recipe their step counts were sized for)")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--grid", help="YAML list of {name, set: [section.key=value, ...]}")
     parser.add_argument("--set", action="append", default=[], help="section.key=value applied to every variant")

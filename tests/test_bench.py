@@ -59,6 +59,7 @@ def test_every_shipped_sweep_grid_is_valid_for_its_run():
 
     grids = sorted((REPO / "bench/grids").glob("*.yaml"))
     assert grids
+    base = load_run_config("quickstart_adamw", REPO / "params.yaml")
     for grid in grids:
         for variant in yaml.safe_load(grid.read_text()):
-            with_overrides(load_run_config("quickstart_adamw", REPO / "params.yaml"), variant["set"])
+            with_overrides(base, variant["set"])

@@ -95,7 +95,8 @@ def reproduce_command(row: pd.Series) -> str:
 
 
 def config_diff(latest: pd.DataFrame, base_run: str) -> list[str]:
-    """Per run, its recipe params that differ from `base_run`'s, as `section.key=value; ...`."""
+    """Per run, its recipe params that differ from `base_run`'s, as `section.key=value; ...`. A key the run
+    did not record (logged by an older version, before the key existed) is left out: it says nothing."""
     recipe = [c for c in latest.columns if c.startswith("params.") and not c.startswith(NOT_RECIPE)
               and not c.startswith("params.data.")]
     base = latest[latest["tags.chargpt.run"] == base_run]
@@ -104,7 +105,8 @@ def config_diff(latest: pd.DataFrame, base_run: str) -> list[str]:
     base = base.iloc[0]
     diffs = []
     for _, row in latest.iterrows():
-        changed = sorted(f"{c.removeprefix('params.')}={row[c]}" for c in recipe if str(row[c]) != str(base[c]))
+        changed = sorted(f"{c.removeprefix('params.')}={row[c]}" for c in recipe
+                         if not pd.isna(row[c]) and str(row[c]) != str(base[c]))
         diffs.append("; ".join(changed) if row["tags.chargpt.run"] != base_run else f"(the base: {base_run})")
     return diffs
 

@@ -18,11 +18,11 @@ def store(tmp_path, monkeypatch):
 
     tracking.setup()
 
-    def log(name, test_bpc, wd, lr_max, nested=False, schedule="onecycle", targets=None):
+    def log(name, test_bpc, wd, lr_max, nested=False, schedule="onecycle", targets=None, extra=None):
         with mlflow.start_run(run_name=name, tags={"chargpt.run": name}):
             mlflow.log_params({"optimizer.name": "sgd", "schedule.name": schedule, "schedule.lr_min": 1e-4,
                                "resolved.lr_max": lr_max, "schedule.momentum_max": 0.9, "schedule.momentum_min": 0.8,
-                               "optimizer.weight_decay": wd})
+                               "optimizer.weight_decay": wd} | (extra or {}))
             mlflow.log_metrics({"iterations": 100, "train_seconds": 12.5} | (targets or {})
                                | ({"test_bpc": test_bpc, "val_bpc": test_bpc - 0.01} if test_bpc else {}))
             if nested:
@@ -31,8 +31,10 @@ def store(tmp_path, monkeypatch):
         time.sleep(0.01)  # distinct start times
 
     log("wd_1e-4", 1.50, 1e-4, 0.1)  # an older attempt, superseded below
-    log("final", 1.20, 1e-5, 0.1, nested=True, targets={"iters_to_bpc_2": 40, "iters_to_bpc_1.5": 90})
-    log("wd_1e-4", 1.30, 1e-4, 0.1, schedule="cosine", targets={"iters_to_bpc_2": 60})
+    # final records a key that wd_1e-4 predates, and wd_1e-4 one that final lacks.
+    log("final", 1.20, 1e-5, 0.1, nested=True, targets={"iters_to_bpc_2": 40, "iters_to_bpc_1.5": 90},
+        extra={"train.tf32": True})
+    log("wd_1e-4", 1.30, 1e-4, 0.1, schedule="cosine", targets={"iters_to_bpc_2": 60}, extra={"train.aux_losses": True})
     log("broken", None, 1e-6, 0.05)  # never evaluated
     yield
     mlflow.set_tracking_uri(None)
@@ -69,7 +71,8 @@ def test_details_add_hardware_command_and_config_diff(store, capsys):
     table = compare.detailed_table(compare.load_runs(), ["final", "wd_1e-4"], diff_from="final")
     assert list(table.columns[:2]) == ["run", "config_diff"]
     assert table.loc[0, "config_diff"] == "(the base: final)"
-    assert table.loc[1, "config_diff"] == "optimizer.weight_decay=0.0001; schedule.name=cosine"
+    # train.tf32: not recorded by wd_1e-4, so not a difference; train.aux_losses: recorded by wd_1e-4 alone.
+    assert table.loc[1, "config_diff"] == "optimizer.weight_decay=0.0001; schedule.name=cosine; train.aux_losses=True"
     assert list(table["command"]) == ["dvc exp run evaluate@final", "dvc exp run evaluate@wd_1e-4"]
     with pytest.raises(SystemExit, match="--diff-from nope: no such run"):
         compare.detailed_table(compare.load_runs(), None, diff_from="nope")

@@ -83,8 +83,8 @@ class OptimizerConfig(_Section):
     nesterov: bool = True  # SGD only
     beta2: Annotated[float, Field(gt=0, lt=1)] = 0.99  # AdamW (and muon's AdamW part); beta1 is the cycled momentum
     grad_clip: Annotated[float, Field(ge=0)] = 1.0  # max global grad norm; 0 disables
-    # muon: the dtype of its Newton-Schulz iteration. auto: bf16 (torch's) on CUDA and on CPUs with native bf16
-    # matmul, fp32 elsewhere (emulated bf16 is over 100x slower there).
+    # muon: the dtype of its Newton-Schulz iteration. auto: bf16 (torch's) where bf16 matmul is native (GPUs
+    # with bf16, CPUs with avx512_bf16 or amx_bf16), fp32 elsewhere (emulated bf16 is over 100x slower there).
     muon_ns_dtype: Literal["auto", "bf16", "fp32"] = "auto"
 
 

@@ -42,11 +42,15 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls run natively on `device` (elsewhere they are emulated, far slower than fp32)."""
+    return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
+
+
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype the run uses (None: plain fp32)."""
     if cfg.precision == "auto":
-        native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
-        return torch.bfloat16 if native else None
+        return torch.bfloat16 if has_native_bf16(device) else None
     return torch.bfloat16 if cfg.precision == "bf16" else None
 
 

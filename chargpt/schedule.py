@@ -15,7 +15,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, O
 
 from chargpt.config import OptimizerConfig, ScheduleConfig
 from chargpt.muon import MuonWithAdamW
-from chargpt.runtime import cpu_has_native_bf16
+from chargpt.runtime import has_native_bf16
 
 
 def param_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
@@ -37,8 +37,7 @@ def hidden_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 def muon_ns_dtype(cfg: OptimizerConfig, model: torch.nn.Module) -> torch.dtype:
     if cfg.muon_ns_dtype != "auto":
         return torch.bfloat16 if cfg.muon_ns_dtype == "bf16" else torch.float32
-    native = next(model.parameters()).device.type == "cuda" or cpu_has_native_bf16()
-    return torch.bfloat16 if native else torch.float32
+    return torch.bfloat16 if has_native_bf16(next(model.parameters()).device) else torch.float32
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig, lr: float, momentum: float) -> torch.optim.Optimizer:

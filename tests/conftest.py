@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+# Tests run two at a time (pytest-xdist) on two cores: one thread each, so no two OpenMP pools spin against
+# each other. Subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "data" / "enwiki-sample.xml.bz2"
 
@@ -24,6 +28,17 @@ TINY_RUN = {
 # An ablation of TINY_RUN: the cosine control, same model and steps.
 TINY_COSINE_RUN = {**TINY_RUN, "schedule": {"name": "cosine", "lr_min": 1.0e-4, "lr_max": 3.0e-3, "warmup_steps": 5},
                    "train": {**TINY_RUN["train"], "target_bpc": [7.0, 6.0, 0.5]}}
+
+
+# Scheduling hint for pytest-xdist (whole files per worker, in collection order): the longest files start first,
+# so the short ones fill in around them instead of one long file running alone at the end.
+LONGEST_FIRST = ["test_pipeline_e2e.py", "test_distributed.py", "test_queue.py", "test_resume.py",
+                 "test_mlflow_server.py", "test_config_fuzz.py", "test_faults.py", "test_bench.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 
 
 @pytest.fixture

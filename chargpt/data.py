@@ -10,6 +10,8 @@ import gzip
 import hashlib
 import logging
 import math
+import mmap
+import os
 import tempfile
 import time
 import urllib.error
@@ -198,26 +200,52 @@ def split_sizes(n: int, fractions: tuple[float, float, float]) -> tuple[int, int
     return n_train, n_val, n - n_train - n_val
 
 
+def _copy_range(src: IO[bytes], dst: IO[bytes], offset: int, size: int) -> None:
+    """Copy `size` bytes of `src` from `offset` to `dst`: in the kernel (copy_file_range) where it can, so the
+    bytes never pass through Python; else through a memory map."""
+    copy_in_kernel = getattr(os, "copy_file_range", None)
+    done = 0
+    while copy_in_kernel is not None and done < size:
+        try:
+            copied = copy_in_kernel(src.fileno(), dst.fileno(), size - done, offset + done)
+        except OSError:  # not supported between these files (another filesystem, an old kernel)
+            break
+        if copied == 0:
+            break
+        done += copied
+    if done < size:
+        with mmap.mmap(src.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            dst.write(view[offset + done:offset + size])
+
+
 def split_corpus(corpus_path: str | Path, out_dir: str | Path, fractions: tuple[float, float, float]) -> dict:
     """Split the corpus by byte offset into <out_dir>/{train,val,test}.bin; returns the metadata."""
-    data = Path(corpus_path).read_bytes()
-    sizes = split_sizes(len(data), fractions)
+    corpus_path = Path(corpus_path)
+    n = corpus_path.stat().st_size
+    sizes = split_sizes(n, fractions)
     if min(sizes) < 2:
-        raise DataError(f"{corpus_path}: {len(data)} bytes split {list(fractions)} gives {dict(zip(SPLITS, sizes))}; "
+        raise DataError(f"{corpus_path}: {n} bytes split {list(fractions)} gives {dict(zip(SPLITS, sizes))}; "
                         f"each split needs at least 2 bytes")
-    view, offsets = memoryview(data), [0, sizes[0], sizes[0] + sizes[1]]
-    parts = [view[offset:offset + size] for offset, size in zip(offsets, sizes)]
+    offsets = [0, sizes[0], sizes[0] + sizes[1]]
     sha256 = lambda buffer: hashlib.sha256(buffer).hexdigest()  # noqa: E731
-    # hashlib and file writes release the GIL: hash the source, hash the splits and write, on separate cores.
-    with ThreadPoolExecutor(2) as pool:
-        source_digest = pool.submit(sha256, view)
-        split_digests = pool.submit(lambda: [sha256(part) for part in parts])
-        for name, part in zip(SPLITS, parts):
-            with atomic_open(Path(out_dir) / f"{name}.bin") as f:
-                f.write(part)
-        meta = {"source_sha256": source_digest.result(), "splits": {
-            name: {"offset": offset, "bytes": size, "sha256": digest}
-            for name, offset, size, digest in zip(SPLITS, offsets, sizes, split_digests.result())}}
+    with open(corpus_path, "rb") as src, mmap.mmap(src.fileno(), 0, access=mmap.ACCESS_READ) as corpus:
+        view = memoryview(corpus)
+        parts = [view[offset:offset + size] for offset, size in zip(offsets, sizes)]
+        try:
+            # hashlib and copy_file_range release the GIL: hash the source, hash the splits and copy, at once.
+            with ThreadPoolExecutor(2) as pool:
+                source_digest = pool.submit(sha256, view)
+                split_digests = pool.submit(lambda: [sha256(part) for part in parts])
+                for name, offset, size in zip(SPLITS, offsets, sizes):
+                    with atomic_open(Path(out_dir) / f"{name}.bin") as dst:
+                        _copy_range(src, dst, offset, size)
+                meta = {"source_sha256": source_digest.result(), "splits": {
+                    name: {"offset": offset, "bytes": size, "sha256": digest}
+                    for name, offset, size, digest in zip(SPLITS, offsets, sizes, split_digests.result())}}
+        finally:
+            for part in parts:
+                part.release()
+            view.release()
     return meta
 
 

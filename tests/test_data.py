@@ -2,6 +2,7 @@ import bz2
 import gzip
 import hashlib
 import io
+import os
 import zipfile
 
 import pytest
@@ -33,7 +34,12 @@ def test_split_sizes(n, expected):
     assert split_sizes(n, (0.9, 0.05, 0.05)) == expected
 
 
-def test_split_concatenation_is_the_input_byte_for_byte(tmp_path):
+@pytest.mark.parametrize("copy_in_kernel", ["os", "unsupported", "absent"])
+def test_split_concatenation_is_the_input_byte_for_byte(tmp_path, monkeypatch, copy_in_kernel):
+    if copy_in_kernel == "unsupported":  # e.g. the splits on another filesystem than the corpus: copied via mmap
+        monkeypatch.setattr(os, "copy_file_range", lambda *a: (_ for _ in ()).throw(OSError(18, "EXDEV")), raising=False)
+    elif copy_in_kernel == "absent":  # not Linux
+        monkeypatch.delattr(os, "copy_file_range", raising=False)
     payload = bytes(range(256)) * 40 + b"\x00\n\r\xff" * 100  # every byte value, NULs and newlines included
     (tmp_path / "corpus.bin").write_bytes(payload)
     meta = split_corpus(tmp_path / "corpus.bin", tmp_path / "out", (0.9, 0.05, 0.05))

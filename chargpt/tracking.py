@@ -123,7 +123,8 @@ def hardware(device: torch.device) -> str:
                 break
     except OSError:
         pass
-    return f"{model}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"{model}, {threads} thread{'s' if threads != 1 else ''}"
 
 
 def run_tags(run_name: str, stage: str, device: torch.device, data_meta: dict | None = None) -> dict[str, str]:

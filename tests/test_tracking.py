@@ -68,9 +68,11 @@ def test_an_unreachable_server_can_fall_back_to_the_local_store(monkeypatch, tmp
         mlflow.set_tracking_uri(None)
 
 
-def test_runs_are_tagged_with_the_sha256_of_each_split():
+def test_runs_are_tagged_with_the_sha256_of_each_split(monkeypatch):
     meta = {"splits": {name: {"sha256": c * 64, "bytes": 9} for name, c in (("train", "a"), ("val", "b"), ("test", "c"))}}
     tags = tracking.run_tags("r", "train@r", torch.device("cpu"), meta)
     assert (tags["data.train_sha256"], tags["data.val_sha256"], tags["data.test_sha256"]) == ("a" * 64, "b" * 64, "c" * 64)
     assert tags["device"] == "cpu" and tags["torch_version"] == torch.__version__ and tags["dvc_stage"] == "train@r"
-    assert tags["hardware"].endswith(f", {torch.get_num_threads()} threads")
+    for threads, suffix in ((1, ", 1 thread"), (2, ", 2 threads")):
+        monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+        assert tracking.run_tags("r", "train@r", torch.device("cpu"), meta)["hardware"].endswith(suffix)

@@ -38,5 +38,5 @@ check_set=()
 for override in ${CHECK_SET:-}; do check_set+=(--set "$override"); done
 # lr_max: the quickstart's LR range test suggestion (the sweep runs no range test), so all three share it.
 python bench/recipe_sweep.py --run quickstart --grid bench/grids/bf16_numerics.yaml --data-dir "$splits" \
-  --out "$out/bf16_numerics.jsonl" --workers 3 --set schedule.lr_max=2.203e-3 "${device_set[@]}" "${check_set[@]}"
+  --out "$out/bf16_numerics.jsonl" --workers 3 --set schedule.lr_max=8.812e-3 "${device_set[@]}" "${check_set[@]}"
 python bench/recipe_sweep.py --summarize "$out/bf16_numerics.jsonl" | tee "$out/bf16_numerics.txt"

@@ -200,22 +200,20 @@ def split_sizes(n: int, fractions: tuple[float, float, float]) -> tuple[int, int
     return n_train, n_val, n - n_train - n_val
 
 
-def _copy_range(src: IO[bytes], dst: IO[bytes], offset: int, size: int) -> None:
-    """Copy `size` bytes of `src` from `offset` to `dst`: in the kernel (copy_file_range) where it can, so the
-    bytes never pass through Python; else through a memory map."""
+def _copy_range(src: IO[bytes], dst: IO[bytes], offset: int, part: memoryview) -> None:
+    """Copy `part`, the bytes of `src` from `offset`, to `dst`: in the kernel (copy_file_range) where it can, so
+    the bytes never pass through Python; else from `part` itself."""
     copy_in_kernel = getattr(os, "copy_file_range", None)
     done = 0
-    while copy_in_kernel is not None and done < size:
+    while copy_in_kernel is not None and done < len(part):
         try:
-            copied = copy_in_kernel(src.fileno(), dst.fileno(), size - done, offset + done)
+            copied = copy_in_kernel(src.fileno(), dst.fileno(), len(part) - done, offset + done)
         except OSError:  # not supported between these files (another filesystem, an old kernel)
             break
         if copied == 0:
             break
         done += copied
-    if done < size:
-        with mmap.mmap(src.fileno(), 0, access=mmap.ACCESS_READ) as view:
-            dst.write(view[offset + done:offset + size])
+    dst.write(part[done:])
 
 
 def split_corpus(corpus_path: str | Path, out_dir: str | Path, fractions: tuple[float, float, float]) -> dict:
@@ -236,9 +234,9 @@ def split_corpus(corpus_path: str | Path, out_dir: str | Path, fractions: tuple[
             with ThreadPoolExecutor(2) as pool:
                 source_digest = pool.submit(sha256, view)
                 split_digests = pool.submit(lambda: [sha256(part) for part in parts])
-                for name, offset, size in zip(SPLITS, offsets, sizes):
+                for name, offset, part in zip(SPLITS, offsets, parts):
                     with atomic_open(Path(out_dir) / f"{name}.bin") as dst:
-                        _copy_range(src, dst, offset, size)
+                        _copy_range(src, dst, offset, part)
                 meta = {"source_sha256": source_digest.result(), "splits": {
                     name: {"offset": offset, "bytes": size, "sha256": digest}
                     for name, offset, size, digest in zip(SPLITS, offsets, sizes, split_digests.result())}}

@@ -2,6 +2,7 @@
 
     python bench/recipe_sweep.py --run quickstart_adamw --grid bench/grids/quickstart_gpu.yaml --out sweep.jsonl
     python bench/recipe_sweep.py --summarize sweep.jsonl [more.jsonl ...]   # a markdown table, best first
+    python bench/recipe_sweep.py --summarize sweep.jsonl --plot curves.png  # and the val probe curves
 
 The grid file is a list of {name, set: [section.key=value, ...]} variants of --run (params.yaml). Each
 variant trains from scratch on <data-dir>/train.bin exactly as the train stage would (same model, sampler,
@@ -20,6 +21,7 @@ import os
 import re
 import sys
 import time
+import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -27,32 +29,47 @@ from pathlib import Path
 import torch
 import yaml
 
-from chargpt.config import ConfigError, load_run_config, with_overrides
-from chargpt.data import load_split
+from chargpt.config import load_run_config, with_overrides
+from chargpt.errors import ConfigError
+from chargpt.batches import load_split
 from chargpt.evaluation import split_bpc
+from chargpt.device import device_name, precision_name
+from chargpt.lr_range import run_range_test
 from chargpt.runtime import autocast_dtype, prepare
-from chargpt.trainer import train_loop
-from chargpt.training import TrainingRun
+from chargpt.loop import train_loop
+from chargpt.training_run import TrainingRun
 
 
 def run_variant(params: str, run: str, name: str, assignments: list[str], data_dir: str, threads: int) -> dict:
     torch.set_num_threads(threads)
     cfg = with_overrides(load_run_config(run, params), assignments)
-    if cfg.schedule.lr_max == "auto":
-        raise ConfigError(f"variant {name!r}: schedule.lr_max must be a number here (the sweep runs no LR range test)")
     device = prepare(cfg.train)
     data = Path(data_dir)
-    tr = TrainingRun.build(cfg, device, autocast_dtype(cfg.train, device), cfg.schedule.lr_max, data)
+    autocast = autocast_dtype(cfg.train, device)
+    range_test = {}
+    lr_max = cfg.schedule.lr_max
+    if lr_max == "auto":  # the run's own LR range test, as the lr_range_test stage runs it
+        result = run_range_test(cfg, device, load_split(data / "train.bin"), autocast)
+        lr_max = result.suggested_lr
+        range_test = {"range_test": {"suggested_lr": lr_max, "lr_at_min_loss": result.lr_at_min_loss,
+                                     "rule": result.rule, "iterations_run": len(result.lrs)}}
+        if lr_max <= cfg.schedule.lr_min:
+            raise ConfigError(f"variant {name!r}: the LR range test suggests {lr_max:.3g}, not above lr_min")
+        prepare(cfg.train)  # the run starts from its seed, as the train stage does
+    tr = TrainingRun.build(cfg, device, autocast, lr_max, data)
     curve: list[dict] = []
-    state = train_loop(tr.forward_model, tr.optimizer, tr.scheduler, tr.sampler.next, tr.loop_config(), tr.probe,
-                       lambda step, m: curve.append({"step": step, **m}), before_step=tr.before_step)
+    hooks = tr.hooks(evaluate=tr.probe, on_metrics=lambda step, m: curve.append({"step": step, **m}))
+    state = train_loop(tr.parts(), tr.loop_config(), hooks)
     scores = {}
     for split in ("val", "test"):
         scores[f"{split}_bpc"], _ = split_bpc(tr.forward_model, load_split(data / f"{split}.bin"), cfg.model.context,
-                                              cfg.eval.batch_size, device=device, autocast_dtype=tr.autocast)
-    return {"name": name, "set": assignments, "iterations": state.step, "tokens": state.tokens,
+                                              cfg.eval.batch_size, device=device, autocast_dtype=tr.autocast,
+                                              cuda_graphs=tr.execution.cuda_graphs)
+    return {"name": name, "set": assignments, "iterations": state.step, "tokens": state.tokens, "lr_max": lr_max,
             "train_seconds": round(state.seconds, 2), **scores, "n_params": tr.model.num_params(),
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "curve": curve}
+            "execution": {"precision": precision_name(tr.autocast), "compile": tr.execution.compile,
+                          "cuda_graphs": tr.execution.cuda_graphs},
+            "device": device_name(device), **range_test, "curve": curve}
 
 
 def summarize(paths: list[str], top: int | None = None, match: str | None = None) -> str:
@@ -105,6 +122,16 @@ def versus_control(paths: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_curves(paths: list[str], out: str, match: str | None = None, title: str = "val probe BPC by variant") -> None:
+    """The val probe curve of every variant that finished (names matching `match`), one line each, as a PNG."""
+    from chargpt.plots import plot_curves as draw
+
+    results = [r for n, r in load_results(paths).items() if "error" not in r and (match is None or re.search(match, n))]
+    curves = {r["name"]: [(p["step"], p["val_probe_bpc"]) for p in r["curve"] if "val_probe_bpc" in p]
+              for r in sorted(results, key=lambda r: r["test_bpc"])}
+    draw(curves, out, title, x_label="step", y_label="val probe BPC (bits per byte)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="quickstart_adamw", help="the run the grid varies (the grids in bench/grids: "
@@ -118,12 +145,15 @@ def main() -> None:
     parser.add_argument("--out")
     parser.add_argument("--summarize", nargs="+", metavar="JSONL", help="print a table of these results and exit")
     parser.add_argument("--top", type=int, help="with --summarize: only the best N")
+    parser.add_argument("--plot", metavar="PNG", help="with --summarize: also draw the val probe curves to PNG")
     parser.add_argument("--match", help="with --summarize: only variants whose name matches this regex")
     parser.add_argument("--versus-control", action="store_true",
                         help="with --summarize: per shape, the best 1cycle variant against the best cosine control")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.summarize:
+        if args.plot:
+            plot_curves(args.summarize, args.plot, args.match)
         sys.stdout.write(versus_control(args.summarize) if args.versus_control
                          else summarize(args.summarize, args.top, args.match))
         return
@@ -146,7 +176,8 @@ def main() -> None:
             try:
                 result = future.result()
             except Exception as e:  # one diverged or broken variant must not lose the others
-                result = {"name": futures[future], "error": f"{type(e).__name__}: {e}"}
+                result = {"name": futures[future], "error": f"{type(e).__name__}: {e}",
+                          "traceback": "".join(traceback.format_exception(e))[-4000:]}
             out.write(json.dumps(result) + "\n")
             out.flush()
             summary = {k: result.get(k) for k in ("name", "iterations", "val_bpc", "test_bpc", "train_seconds", "error")}

@@ -9,16 +9,12 @@ from typing import Any
 
 import torch
 
-from chargpt.config import ModelConfig
+from chargpt.config import ModelConfig, flatten
+from chargpt.errors import CheckpointError
 from chargpt.io import atomic_open
 from chargpt.model import GPT
-from chargpt.tracking import flatten
 
 FORMAT_VERSION = 1
-
-
-class CheckpointError(RuntimeError):
-    pass
 
 
 def _save(path: str | Path, obj: dict[str, Any]) -> None:
@@ -35,14 +31,19 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict[str, 
     _save(path, {"format_version": FORMAT_VERSION, "model": model.state_dict(), "config": config, "step": step, **extra})
 
 
+def _load(path: Path, what: str) -> Any:
+    """torch.load of our own files: tensors and plain data only (weights_only), errors naming the file."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {what} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable {what} (truncated or corrupt?): {e}") from None
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {e}") from None
+    state = _load(path, "checkpoint")
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: not a chargpt checkpoint of format {FORMAT_VERSION}")
     return state
@@ -67,7 +68,8 @@ def load_model(path: str | Path, expected: ModelConfig | None = None) -> tuple[G
 
 
 # Keys that may change between an interrupted session and its resumption without changing the run.
-RESUMABLE_CHANGES = ("train.checkpoint_every", "train.threads", "train.device", "eval.")
+RESUMABLE_CHANGES = ("train.checkpoint_every", "train.threads", "train.device", "train.compile", "train.cuda_graphs",
+                     "eval.")
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
@@ -105,24 +107,32 @@ def set_rng_states(states: dict[str, Any], sampler_generator: torch.Generator) -
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete what writes of `path` left behind when killed mid-save (atomic_open's temporary files beside it)."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{path.name}.*.tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
 def save_training_state(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                        scheduler: Any, sampler_generator: torch.Generator, config: dict[str, Any],
-                        loop: dict[str, Any], **extra: Any) -> None:
+                        scheduler: Any, scaler: torch.amp.GradScaler | None, sampler_generator: torch.Generator,
+                        config: dict[str, Any], loop: dict[str, Any], **extra: Any) -> None:
     """Everything a resumed run needs to continue bit for bit; written atomically."""
     _save(path, {"format_version": FORMAT_VERSION, "kind": "training_state", "model": model.state_dict(),
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "config": config,
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "scaler": scaler.state_dict() if scaler is not None else None, "config": config,
                  "loop": loop, "rng": rng_states(sampler_generator), **extra})
 
 
 def restore_training_state(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                           scheduler: Any, sampler_generator: torch.Generator, config: dict[str, Any]) -> dict[str, Any]:
+                           scheduler: Any, scaler: torch.amp.GradScaler | None, sampler_generator: torch.Generator,
+                           config: dict[str, Any]) -> dict[str, Any]:
     """Load a training state saved by save_training_state into the given objects; returns the whole state.
     Refuses a state written for a different config."""
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable training state (truncated or corrupt?): {e}") from None
+    state = _load(path, "training state")
     if not isinstance(state, dict) or state.get("kind") != "training_state":
         raise CheckpointError(f"{path}: not a chargpt training state")
     if diff := config_differences(state["config"], config):
@@ -131,5 +141,7 @@ def restore_training_state(path: str | Path, *, model: torch.nn.Module, optimize
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     set_rng_states(state["rng"], sampler_generator)
     return state

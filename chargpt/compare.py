@@ -13,10 +13,14 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
+import mlflow
 import pandas as pd
 
 from chargpt import tracking
+from chargpt.config import load_params, run_sources
+from chargpt.errors import ConfigError, TrackingError
 from chargpt.io import atomic_open
 
 COLUMNS = {  # output column -> MLflow field; None: derived from several fields
@@ -37,12 +41,30 @@ TARGET_PREFIX = "metrics.iters_to_bpc_"
 NOT_RECIPE = ("params.resolved.", "params.model.n_params", "params.train.val_probe_bytes", "params.eval.resolved_stride")
 
 
-def load_runs() -> pd.DataFrame:
-    """Every named run's MLflow runs in the project's experiment (nested LR range tests left out)."""
-    import mlflow
+def find_project(start: Path | None = None) -> Path:
+    """The chargpt project holding `start` (the current directory): the nearest folder with dvc.yaml and params.yaml."""
+    here = tracking.project_root(start)
+    for folder in (here, *here.parents):
+        if (folder / "dvc.yaml").is_file() and (folder / "params.yaml").is_file():
+            return folder
+    raise TrackingError(f"{here}: not inside a chargpt project (no dvc.yaml and params.yaml here or above); run it "
+                        f"in the project, or pass --repo")
 
-    tracking.setup()
-    runs = mlflow.search_runs(experiment_names=[tracking.EXPERIMENT], output_format="pandas")
+
+def load_runs(root: Path) -> pd.DataFrame:
+    """Every named run's MLflow runs in the project's experiment (nested LR range tests left out). Reads the store
+    only: never creates one."""
+    uri = tracking.tracking_uri(root)
+    if (db := tracking.sqlite_path(uri)) and not Path(db).is_file():
+        raise TrackingError(f"{db}: no MLflow store: nothing has been recorded in {root} yet (`dvc repro "
+                            f"evaluate@quickstart` trains and records a run), or set MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        if mlflow.MlflowClient().get_experiment_by_name(tracking.EXPERIMENT) is None:
+            return pd.DataFrame()
+        runs = mlflow.search_runs(experiment_names=[tracking.EXPERIMENT], output_format="pandas")
+    except tracking.STORE_ERRORS as e:
+        raise tracking.store_error(uri, e) from None
     if runs.empty:
         return runs
     if "tags.mlflow.parentRunId" in runs:
@@ -142,16 +164,28 @@ def _cell(value) -> str:
     return str(value)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chargpt compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--format", choices=["markdown", "csv", "json"], default="markdown")
     parser.add_argument("--output", help="write to this file instead of standard output")
     parser.add_argument("--runs", nargs="+", metavar="NAME", help="only these named runs (default: all)")
+    parser.add_argument("--repo", type=Path, help="the project (default: the one holding the current directory)")
     parser.add_argument("--details", action="store_true", help="add the hardware and the command of each row")
     parser.add_argument("--diff-from", metavar="RUN", help="add each run's config as its difference from RUN's")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    runs = load_runs()
+    root = args.repo.resolve() if args.repo else find_project()
+    runs = load_runs(root)
+    if args.runs:
+        known = set(run_sources(load_params(root / "params.yaml"))) | set(_field(runs, "tags.chargpt.run").dropna())
+        if unknown := [r for r in args.runs if r not in known]:
+            raise ConfigError(f"--runs: {unknown} not defined in {root / 'params.yaml'} nor recorded; defined: "
+                              f"{sorted(known)}")
     table = detailed_table(runs, args.runs, args.diff_from) if args.details or args.diff_from \
         else comparison_table(runs, args.runs)
     text = render(table, args.format)

@@ -7,12 +7,16 @@ params.yaml). Library functions take the narrow section they need, never the raw
 from __future__ import annotations
 
 import copy
+import itertools
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from chargpt.errors import ConfigError
 
 ENWIK8_URL = "http://mattmahoney.net/dc/enwik8.zip"
 SECTIONS = ("data", "model", "optimizer", "schedule", "lr_range_test", "train", "eval")
@@ -21,10 +25,6 @@ RUN_SECTIONS = SECTIONS[1:]  # what a named run may override
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
-
-
-class ConfigError(ValueError):
-    """A params.yaml problem, with the key path that caused it."""
 
 
 class _Section(BaseModel):
@@ -47,7 +47,11 @@ class DataConfig(_Section):
     # How to unpack what `url` points at; auto: by the URL's suffix (.zip, .bz2, .gz, anything else raw).
     format: Literal["auto", "zip", "bz2", "gz", "raw"] = "auto"
     member: str | None = "enwik8"  # the zip member to extract; null: the archive must hold exactly one file
-    checksums: Checksums | None = None
+    # enwik8's published digests (http://mattmahoney.net/dc/textdata.html) and its zip's as served there
+    checksums: Checksums | None = Checksums(
+        archive_size=36_445_475, archive_sha256="547994d9980ebed1288380d652999f38a14fe291a6247c157c3d33d4932534bc",
+        size=100_000_000, md5="a1fa5ffddb56f4953e226637dabbb36a",
+        sha256="2b49720ec4d78c3c9fabaee6e4179a5e997302b3a70029f30f2d582218c024a8")
     split: tuple[Fraction, Fraction, Fraction] = (0.9, 0.05, 0.05)  # train/val/test by byte offset
     timeout_s: PositiveFloat = 60.0
     retries: Annotated[int, Field(ge=0)] = 3
@@ -55,7 +59,7 @@ class DataConfig(_Section):
     @model_validator(mode="after")
     def _split_sums_to_one(self) -> DataConfig:
         if not math.isclose(sum(self.split), 1.0, abs_tol=1e-9):
-            raise ValueError(f"split fractions must sum to 1, got {list(self.split)} (sum {sum(self.split)})")
+            raise ValueError(f"split: fractions must sum to 1, got {list(self.split)} (sum {sum(self.split)})")
         return self
 
 
@@ -66,12 +70,15 @@ class ModelConfig(_Section):
     d_ff: PositiveInt = 2048
     context: PositiveInt = 512
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    # per_layer: Al-Rfou et al.'s learned positional embedding of each layer's own, added at every layer's input;
+    # input: one, added to the byte embedding only (GPT-2's).
+    positions: Literal["per_layer", "input"] = "per_layer"
     vocab_size: Literal[256] = 256  # bytes, no remapping
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:
         if self.d_model % self.n_head:
-            raise ValueError(f"n_head ({self.n_head}) must divide d_model ({self.d_model})")
+            raise ValueError(f"n_head: {self.n_head} must divide d_model ({self.d_model})")
         return self
 
 
@@ -84,7 +91,7 @@ class OptimizerConfig(_Section):
     beta2: Annotated[float, Field(gt=0, lt=1)] = 0.99  # AdamW (and muon's AdamW part); beta1 is the cycled momentum
     grad_clip: Annotated[float, Field(ge=0)] = 1.0  # max global grad norm; 0 disables
     # muon: the dtype of its Newton-Schulz iteration. auto: bf16 (torch's) where bf16 matmul is native (GPUs
-    # with bf16, CPUs with avx512_bf16 or amx_bf16), fp32 elsewhere (emulated bf16 is over 100x slower there).
+    # with bf16, CPUs with avx512_bf16 or amx_bf16), fp32 elsewhere (emulated bf16 is far slower; docs/results.md).
     muon_ns_dtype: Literal["auto", "bf16", "fp32"] = "auto"
 
 
@@ -110,11 +117,11 @@ class ScheduleConfig(_Section):
     @model_validator(mode="after")
     def _ranges_ordered(self) -> ScheduleConfig:
         if self.lr_max != "auto" and self.lr_min >= self.lr_max:
-            raise ValueError(f"lr_min ({self.lr_min}) must be below lr_max ({self.lr_max})")
+            raise ValueError(f"lr_min: {self.lr_min} must be below lr_max ({self.lr_max})")
         if self.three_phase and self.pct_start >= 0.5:
-            raise ValueError(f"pct_start ({self.pct_start}) must be below 0.5 with three_phase (two ramps of pct_start each)")
+            raise ValueError(f"pct_start: {self.pct_start} must be below 0.5 with three_phase (two ramps of pct_start each)")
         if self.momentum_min > self.momentum_max:
-            raise ValueError(f"momentum_min ({self.momentum_min}) must not exceed momentum_max ({self.momentum_max})")
+            raise ValueError(f"momentum_min: {self.momentum_min} must not exceed momentum_max ({self.momentum_max})")
         return self
 
 
@@ -132,12 +139,12 @@ class LRRangeTestConfig(_Section):
     @model_validator(mode="after")
     def _bounds_ordered(self) -> LRRangeTestConfig:
         if self.lr_start >= self.lr_end:
-            raise ValueError(f"lr_start ({self.lr_start}) must be below lr_end ({self.lr_end})")
+            raise ValueError(f"lr_start: {self.lr_start} must be below lr_end ({self.lr_end})")
         if self.skip_start >= self.iterations:
-            raise ValueError(f"skip_start ({self.skip_start}) must be below iterations ({self.iterations})")
+            raise ValueError(f"skip_start: {self.skip_start} must be below iterations ({self.iterations})")
         if 1 / (1 - self.smoothing) > self.iterations / 2:
             # The EMA would lag most of the sweep and put the loss minimum at far too high an LR.
-            raise ValueError(f"smoothing {self.smoothing} averages over ~{1 / (1 - self.smoothing):.0f} steps, more than "
+            raise ValueError(f"smoothing: {self.smoothing} averages over ~{1 / (1 - self.smoothing):.0f} steps, more than "
                              f"half of iterations ({self.iterations}); lower smoothing or raise iterations")
         return self
 
@@ -152,9 +159,10 @@ class TrainConfig(_Section):
     micro_batch_size: PositiveInt | None = None
     seed: int = 1337
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # bf16: autocast (weights and optimizer stay fp32). auto: bf16 on CUDA, and on a CPU only where it has
-    # native bf16 matmul (avx512_bf16 / amx_bf16); elsewhere bf16 is emulated and far slower than fp32.
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    # bf16 / fp16: autocast (weights and optimizer stay fp32; fp16 adds a GradScaler). auto: bf16 on CUDA of
+    # compute capability >= 8.0, fp16 below it (T4, V100: no bf16 tensor cores), and on a CPU bf16 only where
+    # it has native bf16 matmul (avx512_bf16 / amx_bf16), else fp32 (chargpt/device.py).
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     # CUDA: fp32 matmuls (fp32 precision, and what bf16 autocast leaves in fp32) on TF32 tensor cores (10-bit
     # mantissa, several times faster); false: IEEE fp32. No effect on a CPU.
     tf32: bool = True
@@ -174,9 +182,16 @@ class TrainConfig(_Section):
     # next byte, layer l of n weighted 1 -> 0 over the first l/2n of training (the objective is the weighted
     # mean, so train_loss includes them until half-way; the val probe and evaluate never do).
     aux_losses: bool = False
-    # torch.compile the model for training and evaluation (minutes of compiling first; pays on a GPU,
-    # measured as no gain on a 2-core CPU); false: eager.
-    compile: bool = False
+    # torch.compile the model for training and evaluation (a minute or more of compiling first). auto: on CUDA,
+    # not on a CPU (where it measured slower; docs/results.md).
+    compile: bool | Literal["auto"] = "auto"
+    # Capture the whole training step (forward, backward, clipping, optimizer step) in a CUDA graph and replay it
+    # (chargpt/cuda_graphs.py), and the evaluation forward too. CUDA only; off by default: on an H100 at T12 it
+    # measured no faster than torch.compile alone (docs/gpu.md).
+    cuda_graphs: bool = False
+    # Divergence that stays finite: stop when an interval's mean train loss rises this many nats above the
+    # first interval's (a val probe worse than a uniform guess, 8 bits per byte, stops it too).
+    max_loss_rise: PositiveFloat = 1.0
 
 
 class EvalConfig(_Section):
@@ -203,20 +218,25 @@ class RunConfig(_Section):
     @model_validator(mode="after")
     def _cross_section(self) -> RunConfig:
         if self.eval.stride is not None and self.eval.stride > self.model.context:
-            raise ValueError(f"eval.stride ({self.eval.stride}) must not exceed model.context ({self.model.context})")
+            raise ValueError(f"eval.stride: {self.eval.stride} must not exceed model.context ({self.model.context})")
         if self.schedule.name == "cosine" and self.schedule.warmup_steps >= self.train.iterations:
-            raise ValueError(f"schedule.warmup_steps ({self.schedule.warmup_steps}) must be below train.iterations "
+            raise ValueError(f"schedule.warmup_steps: {self.schedule.warmup_steps} must be below train.iterations "
                              f"({self.train.iterations})")
         t = self.train
         if t.aux_losses and self.model.n_layer < 2:
-            raise ValueError(f"train.aux_losses needs intermediate layers: model.n_layer is {self.model.n_layer}")
+            raise ValueError(f"train.aux_losses: needs intermediate layers, and model.n_layer is {self.model.n_layer}")
         if t.batch_size % (t.nproc * (t.micro_batch_size or 1)):
-            raise ValueError(f"train.batch_size ({t.batch_size}) must be a multiple of train.nproc ({t.nproc}) x "
+            raise ValueError(f"train.batch_size: {t.batch_size} must be a multiple of train.nproc ({t.nproc}) x "
                              f"train.micro_batch_size ({t.micro_batch_size})")
+        if t.cuda_graphs and t.nproc > 1:
+            raise ValueError(f"train.cuda_graphs: true cannot combine with train.nproc: {t.nproc} (DDP's all-reduce "
+                             f"is not captured); set train.cuda_graphs: false")
+        if t.cuda_graphs and t.precision == "fp16":
+            raise ValueError("train.cuda_graphs: true cannot combine with train.precision: fp16 (the GradScaler decides "
+                             "on the host whether to skip a step); set one of them otherwise")
         if self.lr_range_test.lr_end <= self.schedule.lr_min:
-            raise ValueError(
-                f"lr_range_test.lr_end ({self.lr_range_test.lr_end}) must exceed schedule.lr_min ({self.schedule.lr_min})"
-            )
+            raise ValueError(f"lr_range_test.lr_end: {self.lr_range_test.lr_end} must exceed schedule.lr_min "
+                             f"({self.schedule.lr_min})")
         return self
 
 
@@ -230,15 +250,139 @@ def _deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def _format_validation_error(err: ValidationError, prefix: str) -> str:
-    lines = []
+def _has_path(tree: Any, path: tuple) -> bool:
+    for key in path:
+        if not isinstance(tree, dict) or key not in tree:
+            return False
+        tree = tree[key]
+    return True
+
+
+@dataclass(frozen=True)
+class Layer:
+    key: str  # where in params.yaml these overrides are written
+    overrides: dict  # by section
+    names_value: bool = False  # key points at one value (a grid's axis value), not at a mapping of sections
+
+
+@dataclass(frozen=True)
+class RunSource:
+    """Where a named run comes from in params.yaml: the top-level sections, then each layer of overrides in order
+    (its base run's entry, then its own: a `runs.<name>` entry, or a grid's axis values)."""
+
+    own_key: str  # the params.yaml entry that defines the run: runs.<name> or grids.<grid>
+    base_key: str  # the entry of the run it builds on (runs.<base>); own_key where it builds on none
+    layers: tuple[Layer, ...]
+
+    def key_path(self, path: tuple) -> str:
+        """Where to fix the value at `path` (section, key, ...): the last layer that sets it, else the default."""
+        dotted = ".".join(str(p) for p in path)
+        for layer in reversed(self.layers):
+            if _has_path(layer.overrides, path):
+                return f"{layer.key} ({dotted})" if layer.names_value else f"{layer.key}.{dotted}"
+        return dotted
+
+
+def _check_overrides(overrides: Any, where: str, source: str) -> dict:
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{source}: {where}: expected a mapping of sections, got {overrides!r}")
+    if "data" in overrides:
+        raise ConfigError(f"{source}: {where}.data: the corpus and its split are shared by all runs; set data at the "
+                          f"top level")
+    bad = sorted(set(overrides) - set(RUN_SECTIONS))
+    if bad:
+        raise ConfigError(f"{source}: {where}: unknown section(s) {bad}; allowed: {list(RUN_SECTIONS)} (and base)")
+    return overrides
+
+
+def _grid_runs(name: str, grid: Any, runs: dict, source: str) -> dict[str, RunSource]:
+    """A grid's runs: every combination of its axes' values, on its base run, named <grid>_<axis><label>_..."""
+    where = f"grids.{name}"
+    if not isinstance(grid, dict) or set(grid) != {"base", "axes"}:
+        raise ConfigError(f"{source}: {where}: expected {{base: <run>, axes: {{<axis>: {{key: section.key, values: "
+                          f"{{<label>: <value>, ...}}}}}}}}, got {grid!r}")
+    base, axes = grid["base"], grid["axes"]
+    if not isinstance(base, str) or base not in runs or "base" in (runs[base] or {}):
+        raise ConfigError(f"{source}: {where}.base: {base!r} must be a run of runs without a base of its own; "
+                          f"defined: {sorted(runs)}")
+    if not isinstance(axes, dict) or not axes:
+        raise ConfigError(f"{source}: {where}.axes: expected a non-empty mapping of axes, got {axes!r}")
+    choices = []
+    for axis, spec in axes.items():
+        key = spec.get("key") if isinstance(spec, dict) else None
+        if not isinstance(spec, dict) or set(spec) != {"key", "values"} or not isinstance(spec["values"], dict) \
+                or not spec["values"] or not isinstance(key, str) or len(key.split(".")) != 2 \
+                or key.split(".")[0] not in RUN_SECTIONS:
+            raise ConfigError(f"{source}: {where}.axes.{axis}: expected {{key: section.key (a section of "
+                              f"{list(RUN_SECTIONS)}), values: {{<label>: <value>, ...}}}}, got {spec!r}")
+        section, field = key.split(".")
+        choices.append([(f"{axis}{label}", Layer(f"{where}.axes.{axis}.values.{label}", {section: {field: value}}, True))
+                        for label, value in spec["values"].items()])
+    base_layer = Layer(f"runs.{base}", _check_overrides(runs[base] or {}, f"runs.{base}", source))
+    return {"_".join([name, *(label for label, _ in combination)]):
+            RunSource(where, f"runs.{base}", (base_layer, *(layer for _, layer in combination)))
+            for combination in itertools.product(*choices)}
+
+
+def run_sources(params: dict[str, Any], source: str = "params.yaml") -> dict[str, RunSource]:
+    """Every named run, in order: params.yaml's runs, then the runs of each grid."""
+    runs, grids = params["runs"], params.get("grids") or {}
+    if not isinstance(grids, dict):
+        raise ConfigError(f"{source}: grids: expected a mapping of grid name -> {{base, axes}}, got {grids!r}")
+    out: dict[str, RunSource] = {}
+    for name, entry in runs.items():
+        entry = {} if entry is None else entry
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{source}: runs.{name}: expected a mapping of sections, got {entry!r}")
+        own = Layer(f"runs.{name}", _check_overrides({k: v for k, v in entry.items() if k != "base"},
+                                                     f"runs.{name}", source))
+        if "base" not in entry:
+            out[name] = RunSource(f"runs.{name}", f"runs.{name}", (own,))
+            continue
+        base = entry["base"]
+        if not isinstance(base, str) or base == name or base not in runs:
+            raise ConfigError(f"{source}: runs.{name}.base: {base!r} is not another run; defined: {sorted(runs)}")
+        base_entry = runs[base] or {}
+        if isinstance(base_entry, dict) and "base" in base_entry:
+            raise ConfigError(f"{source}: runs.{name}.base: {base!r} builds on {base_entry['base']!r} itself; a base "
+                              f"must be a run without a base (one level, so that DVC tracks both)")
+        base_layer = Layer(f"runs.{base}", _check_overrides(base_entry, f"runs.{base}", source))
+        out[name] = RunSource(f"runs.{name}", f"runs.{base}", (base_layer, own))
+    for name, grid in grids.items():
+        for run, run_source in _grid_runs(name, grid, runs, source).items():
+            if run in out:
+                raise ConfigError(f"{source}: grids.{name}: its run {run!r} is also defined under runs")
+            out[run] = run_source
+    return out
+
+
+def _message(e: dict) -> str:
+    """A pydantic error's own words: the validator's message without pydantic's "Value error, " prefix."""
+    if e["type"] == "value_error" and "error" in e.get("ctx", {}):
+        return str(e["ctx"]["error"])
+    return e["msg"]
+
+
+def _format_validation_error(err: ValidationError, run_source: RunSource | None) -> str:
+    """One line: each problem as `<key path>: <what is wrong>`, the key path where the value is set."""
+    problems = []
     for e in err.errors():
-        path = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        loc = tuple(p for p in e["loc"] if p != "")
+        message = _message(e)
+        # A validator names the key it refuses at the start of its message ("lr_min: ...", "train.nproc: ...").
+        head, sep, rest = message.partition(": ")
+        if sep and " " not in head and head.replace(".", "").replace("_", "").isalnum():
+            loc, message = (*loc, *head.split(".")), rest
+        path = run_source.key_path(loc) if run_source else ".".join(map(str, loc))
         if e["type"] == "extra_forbidden":
-            lines.append(f"{path}: unknown key (typo?)")
+            problems.append(f"{path}: unknown key (typo?)")
+        elif e["type"] in ("value_error", "assertion_error") or "input" not in e:
+            problems.append(f"{path}: {message}")
         else:
-            lines.append(f"{path}: {e['msg']} (got {e.get('input')!r})")
-    return "\n  ".join(lines)
+            problems.append(f"{path}: {message} (got {e['input']!r})")
+    return "; ".join(problems)
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -248,12 +392,12 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(SECTIONS) - {"runs"})
+    unknown = sorted(set(raw) - set(SECTIONS) - {"runs", "grids"})
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key(s) {unknown}; allowed: {[*SECTIONS, 'runs']}")
+        raise ConfigError(f"{path}: unknown top-level key(s) {unknown}; allowed: {[*SECTIONS, 'runs', 'grids']}")
     missing = [s for s in (*SECTIONS, "runs") if s not in raw]
     if missing:
         raise ConfigError(f"{path}: missing section(s) {missing}")
@@ -262,36 +406,33 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     return raw
 
 
-def resolve_run(params: dict[str, Any], run: str, source: str = "params.yaml") -> RunConfig:
-    """The validated config of one named run: defaults with `runs.<run>` merged on top."""
-    runs = params["runs"]
-    if run not in runs:
-        raise ConfigError(f"{source}: run {run!r} is not defined under runs; defined: {sorted(runs)}")
-    overrides = runs[run] or {}
-    if not isinstance(overrides, dict):
-        raise ConfigError(f"{source}: runs.{run}: expected a mapping of overrides, got {overrides!r}")
-    if "data" in overrides:
-        raise ConfigError(f"{source}: runs.{run}.data: the corpus and its split are shared by all runs; set data at the top level")
-    bad = sorted(set(overrides) - set(RUN_SECTIONS))
-    if bad:
-        raise ConfigError(f"{source}: runs.{run}: unknown section(s) {bad}; allowed: {list(RUN_SECTIONS)}")
-    merged = _deep_merge({s: params[s] for s in SECTIONS}, overrides)
+def resolve_run(params: dict[str, Any], run: str, source: str = "params.yaml",
+                sources: dict[str, RunSource] | None = None) -> RunConfig:
+    """The validated config of one named run: the top-level sections with its layers of overrides merged on top."""
+    sources = sources if sources is not None else run_sources(params, source)
+    if run not in sources:
+        raise ConfigError(f"{source}: run {run!r} is not defined under runs or grids; defined: {sorted(sources)}")
+    run_source = sources[run]
+    merged = {s: params[s] for s in SECTIONS}
+    for layer in run_source.layers:
+        merged = _deep_merge(merged, layer.overrides)
     try:
         return RunConfig(name=run, **merged)
     except ValidationError as e:
-        raise ConfigError(f"{source}: run {run!r}:\n  {_format_validation_error(e, '')}") from None
+        raise ConfigError(f"{source}: run {run!r}: {_format_validation_error(e, run_source)}") from None
 
 
 def load_all_runs(path: str | Path = "params.yaml") -> dict[str, RunConfig]:
     """Every named run, validated: each stage calls this first so that a typo anywhere stops the stage."""
     params = load_params(path)
-    return {run: resolve_run(params, run, source=str(path)) for run in params["runs"]}
+    sources = run_sources(params, str(path))
+    return {run: resolve_run(params, run, str(path), sources) for run in sources}
 
 
 def load_run_config(run: str, path: str | Path = "params.yaml") -> RunConfig:
     runs = load_all_runs(path)
     if run not in runs:
-        raise ConfigError(f"{path}: run {run!r} is not defined under runs; defined: {sorted(runs)}")
+        raise ConfigError(f"{path}: run {run!r} is not defined under runs or grids; defined: {sorted(runs)}")
     return runs[run]
 
 
@@ -315,4 +456,16 @@ def with_overrides(cfg: RunConfig, assignments: list[str]) -> RunConfig:
     try:
         return RunConfig(**merged)
     except ValidationError as e:
-        raise ConfigError(f"run {cfg.name!r} with overrides {assignments}:\n  {_format_validation_error(e, '')}") from None
+        raise ConfigError(f"run {cfg.name!r} with overrides {assignments}: {_format_validation_error(e, None)}") from None
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: a config as key paths (MLflow params, config differences)."""
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out

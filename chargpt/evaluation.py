@@ -32,6 +32,41 @@ def window_plan(n: int, context: int, stride: int) -> list[tuple[int, int]]:
     return plan
 
 
+def batch_nats(model: torch.nn.Module, chunk: torch.Tensor, scored: torch.Tensor,
+               autocast_dtype: torch.dtype | None) -> torch.Tensor:
+    """The summed nats (float64) of the scored positions of one batch of windows: chunk (B, T+1) holds the inputs
+    and their next bytes, `scored` (B, T) marks the positions each window scores."""
+    with torch.autocast(chunk.device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+        logits, _ = model(chunk[:, :-1])  # (B, T, vocab)
+    # float64: over millions of bytes the BPC must not drift by fp32 rounding (a uniform model scores 8.0)
+    nats = F.cross_entropy(logits.double().transpose(1, 2), chunk[:, 1:], reduction="none")  # (B, T)
+    return torch.where(scored, nats, 0.0).sum(dtype=torch.float64)
+
+
+class GraphedBatchNats:
+    """batch_nats for full batches of one shape, captured in a CUDA graph once and replayed (no launch gaps)."""
+
+    def __init__(self, model: torch.nn.Module, shape: tuple[int, int], device: torch.device,
+                 autocast_dtype: torch.dtype | None):
+        self.chunk = torch.zeros(shape, dtype=torch.long, device=device)
+        self.scored = torch.ones(shape[0], shape[1] - 1, dtype=torch.bool, device=device)
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up: lazily created state (and torch.compile's kernels) before capture
+                batch_nats(model, self.chunk, self.scored, autocast_dtype)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.nats = batch_nats(model, self.chunk, self.scored, autocast_dtype)
+
+    def __call__(self, chunk: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+        self.chunk.copy_(chunk, non_blocking=True)
+        self.scored.copy_(scored, non_blocking=True)
+        self.graph.replay()
+        return self.nats
+
+
 @torch.inference_mode()
 def split_bpc(
     model: torch.nn.Module,
@@ -42,26 +77,27 @@ def split_bpc(
     device: torch.device = torch.device("cpu"),
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
+    cuda_graphs: bool = False,
 ) -> tuple[float, int]:
-    """(bits per byte, bytes scored) of `model` on the flat uint8 tensor `data`."""
+    """(bits per byte, bytes scored) of `model` on the flat uint8 tensor `data`. cuda_graphs: on CUDA, replay
+    the full batches' forward from a CUDA graph."""
     plan = window_plan(len(data), context, stride or context)
     T = min(context, len(data) - 1)
     offsets = torch.arange(T + 1)
     was_training = model.training
     model.eval()
+    graphed = None
+    if cuda_graphs and device.type == "cuda" and len(plan) >= batch_size:
+        graphed = GraphedBatchNats(model, (batch_size, T + 1), device, autocast_dtype)
     total_nats = torch.zeros((), dtype=torch.float64, device=device)
     batches = range(0, len(plan), batch_size)
     for i in tqdm(batches, desc="eval", disable=not progress, mininterval=1.0):
         starts = torch.tensor([s for s, _ in plan[i:i + batch_size]])
         n_scored = torch.tensor([k for _, k in plan[i:i + batch_size]])
         chunk = data[starts[:, None] + offsets].long().to(device)  # (B, T+1)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-            logits, _ = model(chunk[:, :-1])  # (B, T, vocab)
-        # float64: over millions of bytes the BPC must not drift by fp32 rounding (a uniform model scores 8.0)
-        nats = F.cross_entropy(logits.double().transpose(1, 2), chunk[:, 1:], reduction="none")  # (B, T)
-        scored = torch.arange(T)[None, :] >= (T - n_scored)[:, None]  # last n_scored positions of each row
-        total_nats += nats[scored.to(device)].sum(dtype=torch.float64)
+        scored = (torch.arange(T)[None, :] >= (T - n_scored)[:, None]).to(device)  # last n_scored positions of each row
+        full = len(starts) == batch_size
+        total_nats += graphed(chunk, scored) if graphed and full else batch_nats(model, chunk, scored, autocast_dtype)
     model.train(was_training)
     n_bytes = len(data) - 1
     return total_nats.item() / (n_bytes * LN2), n_bytes
-

@@ -54,14 +54,16 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.pos_emb = nn.Embedding(cfg.context, cfg.d_model)  # this layer's own positional embedding
+        # this layer's own positional embedding (None: the model adds one at its input only)
+        self.pos_emb = nn.Embedding(cfg.context, cfg.d_model) if cfg.positions == "per_layer" else None
         self.ln_attn = nn.LayerNorm(cfg.d_model)
         self.attn = CausalSelfAttention(cfg)
         self.ln_ff = nn.LayerNorm(cfg.d_model)
         self.ff = FeedForward(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.pos_emb.weight[: x.size(1)]  # (B, T, C) + (T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb.weight[: x.size(1)]  # (B, T, C) + (T, C)
         x = x + self.attn(self.ln_attn(x))
         return x + self.ff(self.ln_ff(x))
 
@@ -71,6 +73,7 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.context, cfg.d_model) if cfg.positions == "input" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model)  # pre-LN leaves the residual stream unnormalised: close it here
@@ -112,6 +115,9 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def num_position_params(self) -> int:
+        return sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Embedding) and m is not self.tok_emb)
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         T = idx.size(1)
@@ -119,7 +125,10 @@ class GPT(nn.Module):
             raise ValueError(f"sequence length {T} exceeds the model's context {self.cfg.context}")
         aux = targets is not None and self.training and self.aux_active
         aux_losses = []
-        x = self.drop(self.tok_emb(idx))  # (B, T, C)
+        x = self.tok_emb(idx)  # (B, T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb.weight[:T]
+        x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x)
             if aux and i < len(self.blocks) - 1:

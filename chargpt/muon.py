@@ -1,9 +1,8 @@
 """Muon for the hidden layers' matrices, AdamW for the rest, as one optimizer under one LR scheduler.
 
 torch.optim.Muon runs its Newton-Schulz orthogonalisation in bf16: right on a GPU, but a CPU without native
-bf16 matmul (the AVX2 development machine) emulates bf16 over 100x slower than fp32, and the quickstart's
-optimizer step then costs ~0.9 s instead of ~0.02 s. `Muon(ns_dtype=torch.float32)` runs the same update with
-the iteration in fp32; with bf16 it is torch's own step.
+bf16 matmul emulates bf16 far slower than fp32 (docs/results.md has the measured cost). `Muon(ns_dtype=
+torch.float32)` runs the same update with the iteration in fp32; with bf16 it is torch's own step.
 """
 
 from __future__ import annotations
@@ -36,12 +35,18 @@ def lr_ratio(adjust_lr_fn: str | None, shape: torch.Size) -> float:
 
 def muon_update(param: torch.Tensor, grad: torch.Tensor, momentum_buffer: torch.Tensor, group: dict,
                 ns_dtype: torch.dtype) -> None:
-    """One Muon step of one matrix, as torch.optim.Muon does it, with the orthogonalisation in `ns_dtype`."""
-    momentum_buffer.lerp_(grad, 1 - group["momentum"])
-    update = grad.lerp(momentum_buffer, group["momentum"]) if group["nesterov"] else momentum_buffer
+    """One Muon step of one matrix, as torch.optim.Muon does it, with the orthogonalisation in `ns_dtype`.
+    The LR and momentum may be 0-dim tensors (a CUDA graph's step reads them from the device)."""
+    lr, momentum = group["lr"], group["momentum"]
+    momentum_buffer.lerp_(grad, 1 - momentum)
+    update = grad.lerp(momentum_buffer, momentum) if group["nesterov"] else momentum_buffer
     update = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"], ns_dtype)
-    param.mul_(1 - group["lr"] * group["weight_decay"])  # decoupled weight decay
-    param.add_(update, alpha=-group["lr"] * lr_ratio(group["adjust_lr_fn"], param.shape))
+    param.mul_(1 - lr * group["weight_decay"])  # decoupled weight decay
+    ratio = lr_ratio(group["adjust_lr_fn"], param.shape)
+    if isinstance(lr, torch.Tensor):
+        param.sub_(update * (lr * ratio))  # add_'s alpha must be a Python number
+    else:
+        param.add_(update, alpha=-lr * ratio)
 
 
 class Muon(torch.optim.Muon):
@@ -53,7 +58,8 @@ class Muon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure=None):
-        if self.ns_dtype == torch.bfloat16:
+        tensor_hyperparameters = any(isinstance(g["lr"], torch.Tensor) for g in self.param_groups)
+        if self.ns_dtype == torch.bfloat16 and not tensor_hyperparameters:
             return super().step(closure)
         if closure is not None:
             raise ValueError("Muon.step takes no closure")
@@ -83,10 +89,11 @@ class MuonWithAdamW(torch.optim.Optimizer):
     """
 
     def __init__(self, hidden_matrices: list[torch.nn.Parameter], rest: list[dict], lr: float, momentum: float,
-                 beta2: float, weight_decay: float, ns_dtype: torch.dtype, adamw_kernel: dict):
+                 beta2: float, weight_decay: float, ns_dtype: torch.dtype, adamw_kernel: dict,
+                 adamw_class: type[torch.optim.AdamW] = torch.optim.AdamW):
         self.muon = Muon([{"params": hidden_matrices, "weight_decay": weight_decay}], ns_dtype=ns_dtype, lr=lr,
                          momentum=momentum, nesterov=True, adjust_lr_fn="match_rms_adamw")
-        self.adamw = torch.optim.AdamW(rest, lr=lr, betas=(momentum, beta2), **adamw_kernel)
+        self.adamw = adamw_class(rest, lr=lr, betas=(momentum, beta2), **adamw_kernel)
         # The shared defaults: every group gets "betas" (Muon's too), so OneCycleLR cycles beta1 everywhere.
         super().__init__(self.muon.param_groups + self.adamw.param_groups, {"lr": lr, "betas": (momentum, beta2)})
 

@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # headless: stages run on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from chargpt.io import atomic_open  # noqa: E402
-from chargpt.lr_range_test import RangeTestResult  # noqa: E402
+from chargpt.lr_range import RangeTestResult  # noqa: E402
 
 
 def _save(fig, path: str | Path) -> None:
@@ -50,4 +50,17 @@ def plot_training_curve(curve: list[dict], path: str | Path, title: str) -> None
     lr_ax.set_ylabel("learning rate")
     ax.legend(loc="upper right")
     ax.set_title(title)
+    _save(fig, path)
+
+
+def plot_curves(curves: dict[str, list[tuple[float, float]]], path: str | Path, title: str, x_label: str,
+                y_label: str) -> None:
+    """One line per named curve of (x, y) points."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, points in curves.items():
+        ax.plot(*zip(*points), "o-", ms=3, label=name)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
     _save(fig, path)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
 import random
 import sys
 from collections.abc import Callable
@@ -12,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from chargpt.config import ConfigError, RunConfig, TrainConfig
-from chargpt.data import SPLITS
+from chargpt.config import RunConfig, TrainConfig
+from chargpt.batches import SPLITS
+from chargpt.device import autocast_dtype as device_autocast_dtype
+from chargpt.errors import STAGE_ERRORS, ConfigError
 from chargpt.io import read_json
 
 DATA_DIR = Path("data/processed")
@@ -34,24 +38,9 @@ def select_device(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def has_native_bf16(device: torch.device) -> bool:
-    """Whether bf16 matmuls run natively on `device` (elsewhere they are emulated, far slower than fp32)."""
-    return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
-
-
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype the run uses (None: plain fp32)."""
-    if cfg.precision == "auto":
-        return torch.bfloat16 if has_native_bf16(device) else None
-    return torch.bfloat16 if cfg.precision == "bf16" else None
+    """The autocast dtype the run uses on `device` (None: plain fp32); see chargpt.device."""
+    return device_autocast_dtype(cfg.precision, device)
 
 
 def prepare(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
@@ -90,14 +79,10 @@ def model_path(run: str) -> Path:
 
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's main(); a known bad-input error ends it with one clear line and exit status 1."""
-    from chargpt.checkpoint import CheckpointError
-    from chargpt.data import DataError
-    from chargpt.tracking import TrackingError
-
     setup_logging()
     try:
         main()
-    except (ConfigError, DataError, CheckpointError, TrackingError, OSError) as e:  # OSError: disk full, …
+    except (*STAGE_ERRORS, OSError) as e:  # OSError: disk full, …
         logging.getLogger("chargpt").error("%s", e)
         sys.exit(1)
 
@@ -116,6 +101,27 @@ def resolve_lr_max(cfg: RunConfig) -> float:
         raise ConfigError(f"run {cfg.name!r}: schedule.lr_max: auto resolved to the LR range test's {suggested:.3g}, "
                           f"not above schedule.lr_min {cfg.schedule.lr_min}")
     return suggested
+
+
+MAX_HOURS = "CHARGPT_MAX_HOURS"
+
+
+def time_limit_seconds() -> float | None:
+    """How long a stage may train or range-test on this machine: CHARGPT_MAX_HOURS (default 1; 0: no limit)."""
+    text = os.environ.get(MAX_HOURS, "1")
+    try:
+        hours = float(text)
+    except ValueError:
+        raise ConfigError(f"{MAX_HOURS}={text!r}: expected a number of hours (0: no limit)") from None
+    return hours * 3600 if hours > 0 else None
+
+
+def too_long(stage: str, error: Exception, device: torch.device) -> str:
+    """What a user reads when a run would take too long here, and how to go on."""
+    where = "this CPU" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    hours = max(1, math.ceil(error.estimate / 3600 * 1.2))
+    return (f"{stage} on {where}: {error}; stopped before it. Run it on a GPU, run `dvc repro evaluate@quickstart` "
+            f"(the CPU-sized run), or allow it: {MAX_HOURS}={hours} dvc repro ... ({MAX_HOURS}=0: no limit)")
 
 
 def run_stage_parser(description: str | None) -> argparse.ArgumentParser:

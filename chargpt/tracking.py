@@ -11,14 +11,26 @@ import contextlib
 import logging
 import os
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+import mlflow
+import pandas as pd
+import sqlalchemy.exc
 import torch
 from filelock import FileLock
+
+from chargpt.device import cpu_model
+from chargpt.errors import TrackingError
+from chargpt.io import read_json
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "chargpt"
+# MLflow 3's UI opens an experiment of this kind on its runs (the model-training view), not on GenAI traces.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development",
+                   "mlflow.note.content": "One MLflow run per named run of params.yaml: compare val_bpc / test_bpc."}
 
 
 def project_root(cwd: Path | None = None) -> Path:
@@ -31,19 +43,12 @@ def project_root(cwd: Path | None = None) -> Path:
     return cwd
 
 
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or local_uri()
-
-
-class TrackingError(RuntimeError):
-    pass
+def tracking_uri(root: Path | None = None) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or local_uri(root)
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """Fail fast on a tracking server that does not answer (MLflow's own retries take minutes)."""
-    import urllib.error
-    import urllib.request
-
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -54,16 +59,30 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
                             f"start it, or unset MLFLOW_TRACKING_URI to log to the local SQLite store") from None
 
 
-def local_uri() -> str:
+def local_uri(root: Path | None = None) -> str:
     # timeout: how long a writer waits for SQLite's lock (default 5 s). Queued experiments (`dvc queue start -j 2`)
     # write to the one store at once, and on a loaded machine 5 s is not always enough.
-    return f"sqlite:///{project_root() / 'mlflow.db'}?timeout=60"
+    return f"sqlite:///{(root or project_root()) / 'mlflow.db'}?timeout=60"
+
+
+def sqlite_path(uri: str) -> str | None:
+    return uri.removeprefix("sqlite:///").split("?")[0] if uri.startswith("sqlite:///") else None
+
+
+def store_error(uri: str, error: Exception) -> TrackingError:
+    """One line for a store that fails: which file or server, and what to do."""
+    reason = " ".join(str(getattr(error, "orig", None) or error).split())[:200]
+    if db := sqlite_path(uri):
+        return TrackingError(f"{db}: not a readable MLflow store ({reason}); move it aside to start a new one "
+                             f"(mv {db} {db}.broken), or set MLFLOW_TRACKING_URI to another store")
+    return TrackingError(f"MLflow store {uri} failed ({reason})")
+
+
+STORE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, mlflow.exceptions.MlflowException)
 
 
 def setup(on_unreachable: str = "fail") -> str:
     """Point MLflow at the store and select the project's experiment; returns its id."""
-    import mlflow
-
     user_uri = os.environ.get("MLFLOW_TRACKING_URI")  # read first: set_tracking_uri() exports it
     uri = tracking_uri()
     try:
@@ -76,17 +95,24 @@ def setup(on_unreachable: str = "fail") -> str:
         os.environ["CHARGPT_TRACKING_FALLBACK_FROM"] = uri  # run_tags() records it on the run
         user_uri, uri = None, local_uri()
     mlflow.set_tracking_uri(uri)
+    db = sqlite_path(uri)
     # Stages running at once (dvc queue, -j 2) would both create and migrate a new SQLite store; one would fail.
-    lock = FileLock(f"{uri.removeprefix('sqlite:///').split('?')[0]}.lock") if uri.startswith("sqlite:///") \
-        else contextlib.nullcontext()
-    with lock:
-        experiment = mlflow.get_experiment_by_name(EXPERIMENT)
-        if experiment is None:
-            # An absolute artifact location: otherwise a SQLite store puts artifacts under the current
-            # directory, which for a DVC temporary copy is deleted after the run.
-            artifacts = None if user_uri else (project_root() / "mlartifacts").as_uri()
-            mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
-        return mlflow.set_experiment(EXPERIMENT).experiment_id
+    lock = FileLock(f"{db}.lock") if db else contextlib.nullcontext()
+    try:
+        with lock:
+            experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+            if experiment is None:
+                # An absolute artifact location: otherwise a SQLite store puts artifacts under the current
+                # directory, which for a DVC temporary copy is deleted after the run.
+                artifacts = None if user_uri else (project_root() / "mlartifacts").as_uri()
+                mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts, tags=EXPERIMENT_TAGS)
+            experiment = mlflow.set_experiment(EXPERIMENT)
+            for key, value in EXPERIMENT_TAGS.items():  # a store made by an older version lacks them
+                if experiment.tags.get(key) != value:
+                    mlflow.set_experiment_tag(key, value)
+            return experiment.experiment_id
+    except STORE_ERRORS as e:
+        raise store_error(uri, e) from None
 
 
 def git_tags() -> dict[str, str]:
@@ -115,14 +141,7 @@ def hardware(device: torch.device) -> str:
     """What a run's speed depends on: the GPU's name, or the CPU's model and torch's thread count."""
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} x {max(1, int(os.environ.get('WORLD_SIZE', 1)))}"
-    model = "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     threads = torch.get_num_threads()
     return f"{model}, {threads} thread{'s' if threads != 1 else ''}"
 
@@ -136,20 +155,7 @@ def run_tags(run_name: str, stage: str, device: torch.device, data_meta: dict | 
             **git_tags(), **data_tags(data_meta), **fallback}
 
 
-def flatten(d: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
 def run_exists(run_id: str | None) -> bool:
-    import mlflow
-
     if not run_id:
         return False
     try:
@@ -161,11 +167,6 @@ def run_exists(run_id: str | None) -> bool:
 
 def log_range_test(csv_path: Path, json_path: Path, png_path: Path, run_name: str) -> None:
     """The LR range test as a nested run of the active run: its curve as step metrics, its plot and files."""
-    import mlflow
-    import pandas as pd
-
-    from chargpt.io import read_json
-
     curve, summary = pd.read_csv(csv_path), read_json(json_path)
     with mlflow.start_run(run_name=f"{run_name}/lr_range_test", nested=True, tags={"chargpt.run": run_name}):
         mlflow.log_params(summary)
@@ -180,8 +181,6 @@ def log_range_test(csv_path: Path, json_path: Path, png_path: Path, run_name: st
 
 def log_training_outputs(metrics: dict, reports: Path, step: int) -> None:
     """A finished training run's final metrics (targets never reached left out) and its curve and plots."""
-    import mlflow
-
     mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k != "val_probe_bpc" and v is not None}, step=step)
     for name in ("train_curve.tsv", "train_curve.png", "lr_range_test.png"):
         mlflow.log_artifact(str(reports / name), artifact_path="plots" if name.endswith(".png") else None)
@@ -192,22 +191,16 @@ class StepLogger:
     steps between its last checkpoint and the kill; they are identical, and must not appear twice)."""
 
     def __init__(self, run_id: str, resumed: bool, key: str = "train_loss"):
-        import mlflow
-
         history = mlflow.MlflowClient().get_metric_history(run_id, key) if resumed else []
         self.last_logged = max((m.step for m in history), default=0)
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
-        import mlflow
-
         if step > self.last_logged:
             mlflow.log_metrics(metrics, step=step)
 
 
 def start_run(run_name: str, stage: str, device: torch.device, run_id: str | None = None, data_meta: dict | None = None):
     """Continue MLflow run `run_id`, or start a new one named after the named run."""
-    import mlflow
-
     if run_id is not None:
         return mlflow.start_run(run_id=run_id)
     return mlflow.start_run(run_name=run_name, tags=run_tags(run_name, stage, device, data_meta))

@@ -101,7 +101,7 @@ def mlflow(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(ROOT))
     from chargpt import compare, tracking
 
-    runs = compare.load_runs()
+    runs = compare.load_runs(compare.find_project())
     if runs.empty:
         sys.exit(f"no runs in {tracking.tracking_uri()}")
     latest = compare.latest_attempts(runs, args.runs)

@@ -4,7 +4,7 @@ import argparse
 import logging
 
 from chargpt.config import load_data_config
-from chargpt.data import download_corpus
+from chargpt.corpus import download_corpus
 from chargpt.runtime import run_stage
 
 log = logging.getLogger("stages.download")

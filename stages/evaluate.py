@@ -7,7 +7,7 @@ import mlflow
 from chargpt import tracking
 from chargpt.checkpoint import load_model
 from chargpt.config import load_run_config
-from chargpt.data import load_split
+from chargpt.batches import load_split
 from chargpt.evaluation import split_bpc
 from chargpt.io import write_json
 from chargpt.runtime import (DATA_DIR, autocast_dtype, model_path, prepare, report_dir, run_stage, run_stage_parser,

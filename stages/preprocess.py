@@ -5,7 +5,7 @@ import logging
 from pathlib import Path
 
 from chargpt.config import load_data_config
-from chargpt.data import split_corpus
+from chargpt.corpus import split_corpus
 from chargpt.io import read_json, write_json
 from chargpt.runtime import run_stage
 

@@ -3,6 +3,7 @@
 With train.nproc > 1 it relaunches itself under torchrun (DistributedDataParallel); rank 0 alone writes.
 """
 
+import contextlib
 import logging
 import shutil
 import sys
@@ -11,12 +12,13 @@ from dataclasses import asdict
 import mlflow
 
 from chargpt import distributed, tracking
-from chargpt.checkpoint import restore_training_state, save_checkpoint, save_training_state
+from chargpt.checkpoint import (remove_stale_temporaries, restore_training_state, save_checkpoint,
+                                save_training_state)
 from chargpt.config import load_run_config
 from chargpt.runtime import (DATA_DIR, autocast_dtype, check_fits, checkpoint_dir, model_path, prepare, report_dir,
-                             resolve_lr_max, run_stage, run_stage_parser, split_meta)
-from chargpt.trainer import DivergedError, Interrupted, LoopState, stop_on_signals, train_loop
-from chargpt.training import TrainingRun, write_outputs
+                             resolve_lr_max, run_stage, run_stage_parser, split_meta, too_long)
+from chargpt.loop import DivergedError, Interrupted, LoopState, RunTooLong, stop_on_signals, train_loop
+from chargpt.training_run import TrainingRun, write_outputs
 
 log = logging.getLogger("stages.train")
 
@@ -38,55 +40,63 @@ def main() -> None:
     distributed.init(ranks, device)
     if args.fresh and ranks.is_main:
         shutil.rmtree(state_path.parent, ignore_errors=True)
+    if ranks.is_main and (stale := remove_stale_temporaries(state_path)):
+        log.info("removed %d half-written state file(s) of killed saves in %s", len(stale), state_path.parent)
     distributed.barrier()  # every rank sees the same saved state, or none
     run = TrainingRun.build(cfg, device, autocast_dtype(cfg.train, device), resolve_lr_max(cfg), DATA_DIR, ranks)
     saved = restore_training_state(state_path, **run.state_parts) if state_path.exists() else None
     loop_state, curve = (LoopState(**saved["loop"]), saved["curve"]) if saved else (LoopState(), [])
-    if not ranks.is_main:  # the other ranks train their slices; rank 0 evaluates, checkpoints and records
-        with stop_on_signals() as stop:
-            train_loop(run.forward_model, run.optimizer, run.scheduler, run.sampler.next, run.loop_config(),
-                       dict, lambda *_: None, loop_state, lambda _: None, stop, run.before_step)
-        distributed.shutdown()
-        return
-
     reports = report_dir(args.run)
-    resume_id = saved["mlflow_run_id"] if saved and tracking.run_exists(saved["mlflow_run_id"]) else None
-    with tracking.start_run(args.run, f"train@{args.run}", device, resume_id, meta) as mlflow_run:
-        if resume_id is None:
-            mlflow.log_params(run.params())
-            tracking.log_range_test(*(reports / f"lr_range_test.{x}" for x in ("csv", "json", "png")), run_name=args.run)
-        log_step = tracking.StepLogger(mlflow_run.info.run_id, resumed=resume_id is not None)
+    with contextlib.ExitStack() as stack:
+        stop = stack.enter_context(stop_on_signals())
+        if ranks.is_main:  # rank 0 evaluates, checkpoints and records; the other ranks train their slices
+            resume_id = saved["mlflow_run_id"] if saved and tracking.run_exists(saved["mlflow_run_id"]) else None
+            mlflow_run = stack.enter_context(tracking.start_run(args.run, f"train@{args.run}", device, resume_id, meta))
+            if resume_id is None:
+                mlflow.log_params(run.params())
+                tracking.log_range_test(*(reports / f"lr_range_test.{x}" for x in ("csv", "json", "png")),
+                                        run_name=args.run)
+            log_step = tracking.StepLogger(mlflow_run.info.run_id, resumed=resume_id is not None)
 
-        def record(step: int, metrics: dict[str, float]) -> None:
-            curve.append({"step": step, **metrics})
-            log_step(step, metrics)
+            def record(step: int, metrics: dict[str, float]) -> None:
+                curve.append({"step": step, **metrics})
+                log_step(step, metrics)
 
-        def checkpoint(state: LoopState) -> None:
-            save_training_state(state_path, **run.state_parts, loop=asdict(state), curve=curve,
-                                mlflow_run_id=mlflow_run.info.run_id)
+            def checkpoint(state: LoopState) -> None:
+                save_training_state(state_path, **run.state_parts, loop=asdict(state), curve=curve,
+                                    mlflow_run_id=mlflow_run.info.run_id)
 
+            hooks = run.hooks(evaluate=run.probe, on_metrics=record, on_checkpoint=checkpoint, stop_requested=stop)
+        else:
+            hooks = run.hooks(stop_requested=stop)
         try:
-            with stop_on_signals() as stop:
-                result = train_loop(run.forward_model, run.optimizer, run.scheduler, run.sampler.next, run.loop_config(),
-                                    run.probe, record, loop_state, checkpoint, stop, run.before_step)
+            result = train_loop(run.parts(), run.loop_config(), hooks, loop_state)
         except Interrupted as e:
-            mlflow.end_run("KILLED")
-            log.warning("%s (state saved to %s)", e, state_path)
+            if ranks.is_main:
+                mlflow.end_run("KILLED")
+                log.warning("%s (state saved to %s)", e, state_path)
             sys.exit(128 + e.signum)
-        except DivergedError as e:
-            mlflow.set_tags({"failure": str(e), "diverged_at_step": e.step})
-            mlflow.end_run("FAILED")
-            log.error("%s", e)
+        except RunTooLong as e:
+            if ranks.is_main:
+                mlflow.set_tags({"failure": str(e)})
+                mlflow.end_run("KILLED")
+                log.error("%s", too_long(f"train@{args.run}", e, device))
             sys.exit(1)
-
-        save_checkpoint(model_path(args.run), run.model, run.state_parts["config"], step=result.step,
-                        mlflow_run_id=mlflow_run.info.run_id, lr_max=run.lr_max)
-        metrics = write_outputs(run, curve, result, reports)
-        tracking.log_training_outputs(metrics, reports, result.step)
+        except DivergedError as e:
+            if ranks.is_main:
+                mlflow.set_tags({"failure": str(e), "diverged_at_step": e.step})
+                mlflow.end_run("FAILED")
+                log.error("%s", e)
+            sys.exit(1)
+        if ranks.is_main:
+            save_checkpoint(model_path(args.run), run.model, run.state_parts["config"], step=result.step,
+                            mlflow_run_id=mlflow_run.info.run_id, lr_max=run.lr_max)
+            metrics = write_outputs(run, curve, result, reports)
+            tracking.log_training_outputs(metrics, reports, result.step)
     distributed.shutdown()
-    shutil.rmtree(state_path.parent, ignore_errors=True)  # complete: models/<run>/model.pt holds the run now
-    log.info("trained %d steps in %.0fs; val probe BPC %.4f", result.step, result.seconds, metrics["val_probe_bpc"])
-
+    if ranks.is_main:
+        shutil.rmtree(state_path.parent, ignore_errors=True)  # complete: models/<run>/model.pt holds the run now
+        log.info("trained %d steps in %.0fs; val probe BPC %.4f", result.step, result.seconds, metrics["val_probe_bpc"])
 
 if __name__ == "__main__":
     run_stage(main)

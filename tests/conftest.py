@@ -25,9 +25,9 @@ TINY_RUN = {
     "train": {"iterations": 30, "batch_size": 4, "eval_interval": 10, "eval_batches": 2, "log_interval": 5},
     "eval": {"batch_size": 16},
 }
-# An ablation of TINY_RUN: the cosine control, same model and steps.
-TINY_COSINE_RUN = {**TINY_RUN, "schedule": {"name": "cosine", "lr_min": 1.0e-4, "lr_max": 3.0e-3, "warmup_steps": 5},
-                   "train": {**TINY_RUN["train"], "target_bpc": [7.0, 6.0, 0.5]}}
+# An ablation of TINY_RUN (a run named "tiny"): the cosine control, same model and steps.
+TINY_COSINE_RUN = {"base": "tiny", "schedule": {"name": "cosine", "lr_min": 1.0e-4, "lr_max": 3.0e-3, "warmup_steps": 5},
+                   "train": {"target_bpc": [7.0, 6.0, 0.5]}}
 
 
 # Scheduling hint for pytest-xdist (whole files per worker, in collection order): the longest files start first,
@@ -88,16 +88,19 @@ def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.
 def make_dvc_project(root: Path, runs: dict, data: dict | None = None) -> tuple[Path, dict]:
     """A committed git + DVC copy of the repo at `root` whose params define `runs`; returns (root, env)."""
     root.mkdir(exist_ok=True)
-    for item in ("dvc.yaml", "params.yaml", "stages", "chargpt", ".dvcignore", ".gitignore"):
+    for item in ("dvc.yaml", "pipeline_runs.yaml", "params.yaml", "stages", "chargpt", ".dvcignore", ".gitignore"):
         src = REPO / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, root / item)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["runs"] = runs
+    params.pop("grids", None)
     params["data"].update(data or {})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    from chargpt.dvc_plots import render  # the overlay plots list this project's runs, as `chargpt sync-plots` does
+    from chargpt.dvc_sync import RUNS_FILE, render  # the project's runs in the pipeline, as `chargpt sync-dvc` does
 
-    (root / "dvc.yaml").write_text(render((root / "dvc.yaml").read_text(), list(runs)))
+    dvc_yaml, runs_file = render((root / "dvc.yaml").read_text(), params, root)
+    (root / "dvc.yaml").write_text(dvc_yaml)
+    (root / RUNS_FILE).write_text(runs_file)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # `python` in dvc.yaml: this venv

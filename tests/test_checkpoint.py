@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from chargpt.checkpoint import CheckpointError, load_model, save_checkpoint
+from chargpt.checkpoint import load_model, save_checkpoint
+from chargpt.errors import CheckpointError
 from chargpt.config import ModelConfig, RunConfig
 from chargpt.model import GPT
 

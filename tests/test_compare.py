@@ -1,10 +1,15 @@
 import json
+import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from chargpt import compare
+from conftest import REPO
 
 
 @pytest.fixture
@@ -16,6 +21,8 @@ def store(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     from chargpt import tracking
 
+    for name in ("params.yaml", "dvc.yaml"):  # a project: compare finds it from the current directory
+        shutil.copy(REPO / name, tmp_path / name)
     tracking.setup()
 
     def log(name, test_bpc, wd, lr_max, nested=False, schedule="onecycle", targets=None, extra=None):
@@ -41,7 +48,7 @@ def store(tmp_path, monkeypatch):
 
 
 def test_one_row_per_run_latest_attempt_sorted_by_test_bpc(store):
-    table = compare.comparison_table(compare.load_runs())
+    table = compare.comparison_table(compare.load_runs(Path.cwd()))
     assert list(table["run"]) == ["final", "wd_1e-4", "broken"]
     assert list(table["test_bpc"][:2]) == [1.20, 1.30]  # the latest wd_1e-4 attempt, not the better older one
     assert table.loc[0, "momentum"] == "0.9 -> 0.8" and table.loc[0, "weight_decay"] == 1e-5
@@ -51,7 +58,7 @@ def test_one_row_per_run_latest_attempt_sorted_by_test_bpc(store):
 
 
 def test_only_the_named_runs(store):
-    assert list(compare.comparison_table(compare.load_runs(), ["broken", "final"])["run"]) == ["final", "broken"]
+    assert list(compare.comparison_table(compare.load_runs(Path.cwd()), ["broken", "final"])["run"]) == ["final", "broken"]
 
 
 def test_formats(store, tmp_path, capsys):
@@ -68,11 +75,48 @@ def test_formats(store, tmp_path, capsys):
 
 
 def test_details_add_hardware_command_and_config_diff(store, capsys):
-    table = compare.detailed_table(compare.load_runs(), ["final", "wd_1e-4"], diff_from="final")
+    table = compare.detailed_table(compare.load_runs(Path.cwd()), ["final", "wd_1e-4"], diff_from="final")
     assert list(table.columns[:2]) == ["run", "config_diff"]
     assert table.loc[0, "config_diff"] == "(the base: final)"
     # train.tf32: not recorded by wd_1e-4, so not a difference; train.aux_losses: recorded by wd_1e-4 alone.
     assert table.loc[1, "config_diff"] == "optimizer.weight_decay=0.0001; schedule.name=cosine; train.aux_losses=True"
     assert list(table["command"]) == ["dvc exp run evaluate@final", "dvc exp run evaluate@wd_1e-4"]
     with pytest.raises(SystemExit, match="--diff-from nope: no such run"):
-        compare.detailed_table(compare.load_runs(), None, diff_from="nope")
+        compare.detailed_table(compare.load_runs(Path.cwd()), None, diff_from="nope")
+
+
+def test_outside_a_project_compare_says_so_and_creates_no_store(tmp_path):
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MLFLOW_")}
+    proc = subprocess.run([sys.executable, "-m", "chargpt.cli", "compare"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip() == (f"chargpt compare: {tmp_path}: not inside a chargpt project (no dvc.yaml and "
+                                   f"params.yaml here or above); run it in the project, or pass --repo")
+    assert list(tmp_path.iterdir()) == []  # no mlflow.db, no lock file
+    inside = subprocess.run([sys.executable, "-m", "chargpt.cli", "compare", "--repo", str(REPO / "tests")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert inside.returncode == 1 and "no MLflow store: nothing has been recorded" in inside.stderr
+    assert list(tmp_path.iterdir()) == [] and not (REPO / "tests/mlflow.db").exists()
+
+
+def test_a_run_name_that_is_not_defined_is_an_error_naming_the_defined_ones(store):
+    with pytest.raises(compare.ConfigError, match=r"--runs: \['quickstart_typo'\] not defined in .*params.yaml nor "
+                                                  r"recorded; defined: \[.*'broken'.*'quickstart'"):
+        compare.main(["--runs", "quickstart_typo"])
+
+
+def test_a_corrupt_store_is_one_line_naming_the_file_and_what_to_do(store, capsys):
+    db = Path.cwd() / "mlflow.db"
+    db.write_bytes(b"garbage" * 1000)
+    proc = subprocess.run([sys.executable, "-m", "chargpt.cli", "compare"], capture_output=True, text=True)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+    assert f"{db}: not a readable MLflow store (file is not a database); move it aside" in proc.stderr
+
+
+def test_chargpt_alone_prints_help_for_every_subcommand():
+    from chargpt.cli import COMMANDS
+
+    proc = subprocess.run([sys.executable, "-m", "chargpt.cli"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    for name in COMMANDS:
+        assert f"chargpt {name}:" in proc.stdout and f"usage: chargpt {name}" in proc.stdout

@@ -2,18 +2,66 @@ import re
 
 import pytest
 
-from chargpt.config import ConfigError, RunConfig, load_params, resolve_run
+import itertools
 
-ALL_RUNS = ["final", "wd_1e-4", "wd_1e-6", "quickstart", "quickstart_cosine", "quickstart_half", "quickstart_muon",
-            "quickstart_aux", "quickstart_2phase_mom090", "quickstart_sgd", "quickstart_sgd_fixed",
-            "quickstart_wd_1e-5", "quickstart_adamw"] + [
-    f"grid_min{lr}_mom{m}_wd{wd}" for lr in ("1e-3", "1e-4") for m in ("090", "095") for wd in ("1e-4", "1e-6")]
-
+from chargpt.config import RunConfig, load_params, resolve_run, run_sources
+from chargpt.errors import ConfigError
 
 def test_every_named_run_in_params_yaml_is_valid(params):
-    assert sorted(params["runs"]) == sorted(ALL_RUNS)
-    for run in ALL_RUNS:
+    sources = run_sources(params)
+    assert set(params["runs"]) <= set(sources) and len(sources) > len(params["runs"])  # the grid's runs too
+    for run in sources:
         assert isinstance(resolve_run(params, run), RunConfig)
+
+
+def test_a_grid_names_a_run_for_every_combination_of_its_axes(params):
+    grid = params["grids"]["grid"]
+    labels = [[f"{axis}{label}" for label in spec["values"]] for axis, spec in grid["axes"].items()]
+    expected = {"_".join(["grid", *combination]) for combination in itertools.product(*labels)}
+    grid_runs = {name for name, s in run_sources(params).items() if s.own_key == "grids.grid"}
+    assert grid_runs == expected and len(expected) == 8
+    for name in expected:  # each is the base run with its axes' values, and nothing else
+        cfg, base = resolve_run(params, name).model_dump(), resolve_run(params, grid["base"]).model_dump()
+        for axis, spec in grid["axes"].items():
+            section, key = spec["key"].split(".")
+            label = next(part for part in name.split("_") if part.startswith(axis)).removeprefix(axis)
+            assert cfg[section].pop(key) == spec["values"][label]
+            base[section].pop(key)
+        assert cfg == base | {"name": name}
+
+
+def test_a_run_builds_on_its_base_and_changes_only_what_it_states(params):
+    params["runs"]["variant"] = {"base": "quickstart_adamw", "train": {"iterations": 7}}
+    variant, base = resolve_run(params, "variant"), resolve_run(params, "quickstart_adamw")
+    assert variant.train.iterations == 7 and variant.model == base.model and variant.eval == base.eval
+    assert variant.train.model_copy(update={"iterations": base.train.iterations}) == base.train
+
+
+@pytest.mark.parametrize("entry, expected", [
+    ({"base": "nope"}, "runs.variant.base: 'nope' is not another run"),
+    ({"base": "variant"}, "runs.variant.base: 'variant' is not another run"),
+    ({"base": "quickstart"}, "runs.variant.base: 'quickstart' builds on 'quickstart_adamw' itself; a base must be a "
+                             "run without a base"),
+])
+def test_a_base_must_be_another_run_without_a_base(params, entry, expected):
+    params["runs"]["variant"] = entry
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        run_sources(params)
+
+
+def test_an_error_names_the_key_where_the_value_is_written(params):
+    params["runs"]["variant"] = {"base": "quickstart_adamw", "schedule": {"lr_min": 0.5, "lr_max": 0.1}}
+    with pytest.raises(ConfigError) as err:
+        resolve_run(params, "variant")
+    assert str(err.value) == "params.yaml: run 'variant': runs.variant.schedule.lr_min: 0.5 must be below lr_max (0.1)"
+    params["runs"]["quickstart_adamw"]["model"]["n_head"] = 5  # set in the base: every run on it names the base
+    with pytest.raises(ConfigError, match=re.escape("run 'quickstart': runs.quickstart_adamw.model.n_head: 5 must "
+                                                    "divide d_model (128)")):
+        resolve_run(params, "quickstart")
+    params["grids"]["grid"]["axes"]["mom"]["values"]["090"] = 1.5  # and a grid's value, where it is written
+    with pytest.raises(ConfigError, match=re.escape("grids.grid.axes.mom.values.090 (schedule.momentum_max): Input "
+                                                    "should be less than 1 (got 1.5)")):
+        resolve_run(params, "grid_min1e-3_mom090_wd1e-4")
 
 
 def test_final_run_is_the_seed_recipe(params):
@@ -28,27 +76,24 @@ def test_ablations_override_only_what_they_name(params):
     assert resolve_run(params, "wd_1e-4").train.iterations == 36000
     assert resolve_run(params, "wd_1e-4").optimizer.weight_decay == 1e-4
     assert resolve_run(params, "wd_1e-6").train.iterations == 24000
-    grid = resolve_run(params, "grid_min1e-3_mom095_wd1e-6")
-    assert (grid.schedule.lr_min, grid.schedule.momentum_max, grid.optimizer.weight_decay) == (1e-3, 0.95, 1e-6)
-    assert grid.model == resolve_run(params, "final").model
 
 
 @pytest.mark.parametrize("mutate, expected", [
     (lambda p: p["model"].update(n_layr=3), "model.n_layr: unknown key"),
     (lambda p: p["model"].update(n_layer="twelve"), "model.n_layer"),
-    (lambda p: p["model"].update(n_head=7), "n_head (7) must divide d_model (512)"),
+    (lambda p: p["model"].update(n_head=7), "model.n_head: 7 must divide d_model (512)"),
     (lambda p: p["optimizer"].update(weight_decay=-1), "optimizer.weight_decay"),
     (lambda p: p["optimizer"].update(name="adam"), "optimizer.name"),
-    (lambda p: p["schedule"].update(lr_min=0.5), "lr_min (0.5) must be below lr_max (0.1)"),
+    (lambda p: p["schedule"].update(lr_min=0.5), "schedule.lr_min: 0.5 must be below lr_max (0.1)"),
     (lambda p: p["schedule"].update(lr_max="max"), "schedule.lr_max"),
-    (lambda p: p["data"].update(split=[0.9, 0.05, 0.1]), "split fractions must sum to 1"),
+    (lambda p: p["data"].update(split=[0.9, 0.05, 0.1]), "data.split: fractions must sum to 1"),
     (lambda p: p["data"].update(checksums={"sha256": "abc"}), "data.checksums.sha256"),
-    (lambda p: p["runs"]["final"].update(model={"context": 0}), "model.context"),
+    (lambda p: p["runs"]["final"].update(model={"context": 0}), "runs.final.model.context: Input should be greater than 0 (got 0)"),
     (lambda p: p["runs"]["final"].update(modle={}), "unknown section(s) ['modle']"),
     (lambda p: p["runs"]["final"].update(data={"url": "x"}), "runs.final.data: the corpus and its split are shared"),
-    (lambda p: p["eval"].update(stride=10_000), "eval.stride (10000) must not exceed model.context (512)"),
+    (lambda p: p["eval"].update(stride=10_000), "eval.stride: 10000 must not exceed model.context (512)"),
     (lambda p: p["runs"]["final"].update(model={"n_layer": 1}, train={"aux_losses": True}),
-     "train.aux_losses needs intermediate layers: model.n_layer is 1"),
+     "runs.final.train.aux_losses: needs intermediate layers, and model.n_layer is 1"),
 ])
 def test_invalid_params_name_the_key(params, mutate, expected):
     mutate(params)
@@ -58,7 +103,7 @@ def test_invalid_params_name_the_key(params, mutate, expected):
 
 
 def test_undefined_run_lists_the_defined_ones(params):
-    with pytest.raises(ConfigError, match=r"run 'finale' is not defined under runs; defined: \["):
+    with pytest.raises(ConfigError, match=r"run 'finale' is not defined under runs or grids; defined: \["):
         resolve_run(params, "finale")
 
 
@@ -91,7 +136,7 @@ def test_a_context_longer_than_the_training_split_is_refused(params):
 
 def test_lr_range_test_smoothing_must_be_short_against_the_sweep(params):
     params["lr_range_test"].update(iterations=60, smoothing=0.98)
-    with pytest.raises(ConfigError, match=r"lr_range_test: .*smoothing 0.98 averages over ~50 steps, more than half of iterations \(60\)"):
+    with pytest.raises(ConfigError, match=r"lr_range_test.smoothing: 0.98 averages over ~50 steps, more than half of iterations \(60\)"):
         resolve_run(params, "final")
 
 
@@ -104,7 +149,17 @@ def test_overrides_apply_and_validate(params):
     assert (cfg.model.d_model, cfg.schedule.name, cfg.schedule.lr_max, cfg.train.target_bpc) == (64, "cosine", 2e-3, [3.0, 2.5])
     assert cfg.model.n_layer == base.model.n_layer  # untouched keys stay
     for bad, message in [(["model.n_layr=3"], "model.n_layr: unknown key"), (["modelx.d=1"], "expected section.key=value"),
-                         (["model.n_head=7"], "n_head (7) must divide d_model"), (["data.url=x"], "expected section.key"),
-                         (["schedule.name=cosine", "schedule.warmup_steps=5000"], "warmup_steps (5000) must be below")]:
+                         (["model.n_head=7"], "model.n_head: 7 must divide d_model"), (["data.url=x"], "expected section.key"),
+                         (["schedule.name=cosine", "schedule.warmup_steps=5000"], "schedule.warmup_steps: 5000 must be below")]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             with_overrides(base, bad)
+
+
+def test_params_yaml_states_every_default_as_the_code_has_it(params):
+    """Every key of every section is in params.yaml, with the code's default: DVC tracks what params.yaml says, so a
+    default that lived only in the code would be invisible to `dvc status`."""
+    from chargpt.config import RUN_SECTIONS, DataConfig, RunConfig
+
+    for section in ("data", *RUN_SECTIONS):
+        model = DataConfig() if section == "data" else RunConfig.model_fields[section].default
+        assert params[section] == model.model_dump(mode="json"), section

@@ -7,7 +7,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chargpt.config import ConfigError, load_all_runs
+from chargpt.config import load_all_runs
+from chargpt.errors import ConfigError
 from conftest import REPO
 
 BASE = yaml.safe_load((REPO / "params.yaml").read_text())

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from chargpt.config import Checksums, DataConfig
-from chargpt.data import BatchSampler, DataError, download_corpus, split_corpus, split_sizes
+from chargpt.batches import BatchSampler
+from chargpt.corpus import download_corpus, split_corpus, split_sizes
+from chargpt.errors import DataError
 from conftest import tiny_text
 
 
@@ -88,7 +90,7 @@ def test_bad_archives_fail_cleanly(http_dir, tmp_path, name, body, message):
     root, base = http_dir
     (root / name).write_bytes(body if body is not None else make_zip("other", b"abc"))
     with pytest.raises(DataError, match=message):
-        download_corpus(DataConfig(url=f"{base}/{name}"), tmp_path / "c.bin", tmp_path / "c.json")
+        download_corpus(DataConfig(checksums=None, url=f"{base}/{name}"), tmp_path / "c.bin", tmp_path / "c.json")
     assert not (tmp_path / "c.bin").exists() and not (tmp_path / "c.json").exists()
 
 
@@ -96,7 +98,7 @@ def test_truncated_zip_fails_cleanly(http_dir, tmp_path):
     root, base = http_dir
     (root / "enwik8.zip").write_bytes(make_zip("enwik8", tiny_text(20_000))[:-200])
     with pytest.raises(DataError, match="enwik8.zip"):
-        download_corpus(DataConfig(url=f"{base}/enwik8.zip"), tmp_path / "c.bin", tmp_path / "c.json")
+        download_corpus(DataConfig(checksums=None, url=f"{base}/enwik8.zip"), tmp_path / "c.bin", tmp_path / "c.json")
     assert not (tmp_path / "c.bin").exists()
 
 
@@ -125,7 +127,7 @@ def test_local_corpora_by_file_url_and_path(tmp_path, suffix, pack):
     src = tmp_path / f"corpus{suffix}"
     src.write_bytes(pack(payload))
     for url in (src.as_uri(), str(src)):
-        info = download_corpus(DataConfig(url=url, member=None), tmp_path / "c.bin", tmp_path / "c.json")
+        info = download_corpus(DataConfig(checksums=None, url=url, member=None), tmp_path / "c.bin", tmp_path / "c.json")
         assert (tmp_path / "c.bin").read_bytes() == payload
         assert info["corpus"]["sha256"] == sha(payload) and info["verified"] == []
 

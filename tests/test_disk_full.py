@@ -7,7 +7,7 @@ import pytest
 
 from chargpt.checkpoint import load_model, save_checkpoint
 from chargpt.config import ModelConfig, RunConfig
-from chargpt.data import split_corpus
+from chargpt.corpus import split_corpus
 from chargpt.model import GPT
 
 

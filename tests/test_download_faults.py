@@ -9,7 +9,8 @@ import zipfile
 import pytest
 
 from chargpt.config import DataConfig
-from chargpt.data import DataError, download_corpus
+from chargpt.corpus import download_corpus
+from chargpt.errors import DataError
 
 PAYLOAD = b"<page>byte-level text</page>\n" * 500
 
@@ -62,8 +63,8 @@ def server():
 
 
 def download(url, tmp_path, retries=2):
-    return download_corpus(DataConfig(url=url, retries=retries, timeout_s=0.5), tmp_path / "c.bin", tmp_path / "c.json",
-                           backoff_s=0.01)
+    return download_corpus(DataConfig(url=url, checksums=None, retries=retries, timeout_s=0.5), tmp_path / "c.bin",
+                           tmp_path / "c.json", backoff_s=0.01)
 
 
 @pytest.mark.parametrize("path, message, attempts", [

@@ -1,27 +1,76 @@
-import json
+"""dvc.yaml says what the code does: each stage's code deps are the modules its script runs, every run is in the
+pipeline, and `dvc status` reports exactly the stages a change affects."""
 
+import json
+import subprocess
+import sys
+
+import pytest
 import yaml
 
-from chargpt.dvc_plots import MARKER, render
+from chargpt.dvc_sync import RUNS_FILE, chargpt_imports, code_deps
 from conftest import REPO
 
 
-def test_the_overlay_plots_list_exactly_the_runs_of_params_yaml():
-    runs = list(yaml.safe_load((REPO / "params.yaml").read_text())["runs"])
-    current = (REPO / "dvc.yaml").read_text()
-    assert current == render(current, runs), "dvc.yaml is out of date: run `chargpt sync-plots`"
-    plots = {k: v for item in yaml.safe_load(current)["plots"] for k, v in item.items()}
+def test_dvc_yaml_and_the_runs_file_are_in_sync_with_the_code_and_params_yaml():
+    proc = subprocess.run([sys.executable, "-m", "chargpt.cli", "sync-dvc", "--check"], cwd=REPO, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_each_stage_lists_every_module_its_script_imports_transitively():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        deps = {d for d in body["deps"] if d.endswith(".py")}
+        script = next(d for d in deps if d.startswith("stages/"))
+        # Walked here independently of the generator's walk: each listed module's own imports are listed too.
+        for module in deps:
+            assert chargpt_imports(REPO / module, REPO) <= deps, (name, module)
+        assert "chargpt/__init__.py" in deps and script in body["cmd"]
+
+
+def test_the_walk_finds_imports_inside_functions_and_from_package_imports(tmp_path):
+    (tmp_path / "chargpt").mkdir()
+    (tmp_path / "stages").mkdir()
+    for name in ("__init__", "a", "b", "c", "d"):
+        (tmp_path / "chargpt" / f"{name}.py").write_text("")
+    (tmp_path / "chargpt" / "a.py").write_text("def f():\n    from chargpt.b import x\n")
+    (tmp_path / "chargpt" / "b.py").write_text("import chargpt.c\n")
+    (tmp_path / "stages" / "s.py").write_text("from chargpt import a\nimport os\n")
+    assert code_deps("stages/s.py", tmp_path) == ["stages/s.py", "chargpt/__init__.py", "chargpt/a.py", "chargpt/b.py",
+                                                  "chargpt/c.py"]
+
+
+def test_the_deps_check_fails_on_the_dvc_yaml_of_3f54500():
+    """That commit's dvc.yaml left modules out of every stage (chargpt/muon.py from train@, for one)."""
+    old = subprocess.run(["git", "show", "3f54500:dvc.yaml"], cwd=REPO, capture_output=True, text=True)
+    if old.returncode != 0:
+        pytest.skip("commit 3f54500 is not in this clone")
+    old_stages = yaml.safe_load(old.stdout)["stages"]
+    for name, stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items():
+        body, old_body = stage.get("do", stage), old_stages[name].get("do", old_stages[name])
+        wanted = set(code_deps(next(d for d in body["deps"] if d.startswith("stages/")), REPO))
+        assert not wanted <= set(old_body["deps"]), name  # each stage missed at least one module it runs
+    assert "chargpt/muon.py" not in old_stages["train"]["do"]["deps"]  # the case the issue found
+
+
+def test_the_runs_file_names_each_runs_entry_and_its_base():
+    runs = yaml.safe_load((REPO / RUNS_FILE).read_text())["pipeline_runs"]
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for name, entry in params["runs"].items():
+        base = (entry or {}).get("base", name)
+        assert runs[name] == {"own": f"runs.{name}", "base": f"runs.{base}"}
+    grid = params["grids"]["grid"]
+    assert sum(r["own"] == "grids.grid" and r["base"] == f"runs.{grid['base']}" for r in runs.values()) == 8
+
+
+def test_the_overlay_plots_list_every_run():
+    runs = list(yaml.safe_load((REPO / RUNS_FILE).read_text())["pipeline_runs"])
+    plots = {k: v for item in yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"] for k, v in item.items()}
     assert set(plots) == {"val_bpc", "train_loss", "lr_range_test"}
     assert list(plots["val_bpc"]["y"]) == [f"reports/{run}/train_curve.tsv" for run in runs]
     assert plots["lr_range_test"]["template"] == "lr_range_log" and plots["lr_range_test"]["x"] == "lr"
-
-
-def test_sync_rewrites_only_below_the_marker():
-    head = "stages:\n  a:\n    cmd: echo  # a comment kept as it is\n"
-    first = render(head, ["x"])
-    assert first.startswith(head) and MARKER in first and "reports/x/train_curve.tsv" in first
-    second = render(first, ["x", "y"])
-    assert second.startswith(head) and second.count(MARKER) == 1 and "reports/y/lr_range_test.csv" in second
 
 
 def test_shipped_templates_are_vega_lite_with_the_anchors_dvc_fills():

@@ -100,3 +100,14 @@ def test_aux_loss_is_the_weighted_mean_of_every_layers_prediction_and_only_in_tr
     model.train()
     model.set_aux_loss_progress(0.5)
     assert model(idx, targets)[1].item() == pytest.approx(main.item(), rel=1e-6)  # all faded out
+
+
+def test_positions_at_the_input_only_is_gpt2s_layout():
+    per_layer, at_input = GPT(TINY), GPT(TINY.model_copy(update={"positions": "input"}))
+    assert all(b.pos_emb is None for b in at_input.blocks) and at_input.pos_emb.weight.shape == (16, 32)
+    assert per_layer.num_params() - at_input.num_params() == (TINY.n_layer - 1) * 16 * 32
+    assert per_layer.num_position_params() == 2 * 16 * 32 and at_input.num_position_params() == 16 * 32
+    idx = torch.randint(0, 256, (2, 16))
+    _, loss = at_input(idx, idx)
+    loss.backward()
+    assert at_input.pos_emb.weight.grad.abs().sum() > 0

@@ -4,6 +4,7 @@ import json
 import sys
 
 import pytest
+import yaml
 
 from conftest import TINY_COSINE_RUN, TINY_RUN, make_dvc_project, run, tiny_text
 
@@ -33,10 +34,14 @@ def test_local_corpus_through_all_five_stages(project):
     assert (root / "models/tiny/model.pt").stat().st_size > 0
     lr_test = json.loads((root / "reports/tiny/lr_range_test.json").read_text())
     train = json.loads((root / "reports/tiny/train_metrics.json").read_text())
-    assert train["lr_max"] == lr_test["suggested_lr"]  # lr_max: auto takes the range test's suggestion
+    import torch
+
+    model = torch.load(root / "models/tiny/model.pt", weights_only=True)
+    assert model["lr_max"] == lr_test["suggested_lr"]  # lr_max: auto takes the range test's suggestion
     assert train["iterations"] == 30 and train["tokens"] == 30 * 4 * 32
     curve = (root / "reports/tiny/train_curve.tsv").read_text().splitlines()
-    assert curve[0].split("\t") == ["step", "lr", "momentum", "train_loss", "val_probe_bpc"] and len(curve) == 1 + 6
+    assert curve[0].split("\t") == ["step", "lr", "momentum", "train_loss", "grad_norm", "clipped_fraction",
+                                    "val_probe_bpc"] and len(curve) == 1 + 6
     ev = json.loads((root / "reports/tiny/eval.json").read_text())
     assert ev["val_bytes_scored"] == 2_999 and ev["test_bytes_scored"] == 2_999  # whole splits
     assert 0 < ev["test_bpc"] < 8.0  # 30 steps on repetitive text already beat the uniform 8 bits
@@ -52,6 +57,40 @@ def test_local_corpus_through_all_five_stages(project):
     # Nothing changed: a second repro runs no stage.
     again = run(["dvc", "repro", "evaluate@tiny", "evaluate@tiny_cosine"], root, env).stdout
     assert "Running stage" not in again
+
+
+def stale(root, env) -> set[str]:
+    return set(json.loads(run(["dvc", "status", "--json"], root, env).stdout or "{}"))
+
+
+def test_dvc_status_reports_exactly_the_stages_a_change_affects(project):
+    """After a complete run: a code change reports the stages that run that code, a change of the base run reports
+    its variants too, and an eval-only setting reports evaluate and nothing upstream."""
+    root, env, _ = project
+    if not (root / "models/tiny_cosine/model.pt").exists():
+        pytest.skip("needs test_local_corpus_through_all_five_stages")
+    assert stale(root, env) == set()
+    muon, params = root / "chargpt/muon.py", root / "params.yaml"
+    code, settings = muon.read_text(), params.read_text()
+    try:
+        muon.write_text(code + "\n# one more line\n")  # the quickstart's optimizer, imported by train and the range test
+        assert stale(root, env) == {f"{s}@{r}" for s in ("lr_range_test", "train") for r in ("tiny", "tiny_cosine")}
+        muon.write_text(code)
+
+        changed = yaml.safe_load(settings)
+        changed["runs"]["tiny"]["optimizer"]["weight_decay"] = 1e-3  # the base of tiny_cosine: both are affected
+        params.write_text(yaml.safe_dump(changed, sort_keys=False))
+        assert stale(root, env) == {f"{s}@{r}" for s in ("lr_range_test", "train", "evaluate")
+                                    for r in ("tiny", "tiny_cosine")}
+
+        changed = yaml.safe_load(settings)
+        changed["eval"]["stride"] = 16  # evaluation only
+        params.write_text(yaml.safe_dump(changed, sort_keys=False))
+        assert stale(root, env) == {"evaluate@tiny", "evaluate@tiny_cosine"}
+    finally:
+        muon.write_text(code)
+        params.write_text(settings)
+    assert stale(root, env) == set()
 
 
 def test_dvc_plots_overlay_every_run(project):
@@ -128,7 +167,8 @@ def test_mlflow_records_the_run(project):
 def test_a_config_error_stops_the_stage_before_any_work(project):
     root, env, _ = project
     proc = run([sys.executable, "stages/train.py", "--run", "nope"], root, env, check=False)
-    assert proc.returncode != 0 and "run 'nope' is not defined under runs; defined: ['tiny', 'tiny_cosine']" in proc.stderr
+    assert proc.returncode != 0 and "run 'nope' is not defined under runs or grids; defined: ['tiny', 'tiny_cosine']" \
+        in proc.stderr
 
 
 def test_push_then_a_fresh_clone_pulls_and_trains_nothing(project, tmp_path):

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from chargpt.config import OptimizerConfig, ScheduleConfig
-from chargpt.schedule import build_optimizer, build_scheduler, current_momentum
+from chargpt.loop import scheduled_momentum
+from chargpt.optimizers import build_optimizer
+from chargpt.schedule import build_scheduler
 
 # 100 steps, lr 1e-4 -> 0.1 -> 1e-4 -> 1e-5, momentum 0.9 -> 0.8 -> 0.9, linear ramps, pct_start 0.45:
 # phase 1 ends at step 44 (0.45 * 100 - 1), phase 2 at step 88, phase 3 at step 99.
@@ -64,7 +66,7 @@ def trace_scheduler(schedule: ScheduleConfig, total: int, optimizer_name: str = 
     sched = build_scheduler(opt, schedule, lr_max=schedule.lr_max, total_steps=total)
     seen = []
     for step in range(total):
-        seen.append((opt.param_groups[0]["lr"], current_momentum(opt)))
+        seen.append((opt.param_groups[0]["lr"], scheduled_momentum(opt.param_groups[0])))
         opt.step()
         if step + 1 < total:
             sched.step()
@@ -114,7 +116,7 @@ def test_a_restored_scheduler_continues_the_same_table(name):
 
 
 def test_three_phase_needs_pct_start_below_half():
-    with pytest.raises(ValueError, match="pct_start .0.6. must be below 0.5 with three_phase"):
+    with pytest.raises(ValueError, match="pct_start: 0.6 must be below 0.5 with three_phase"):
         ScheduleConfig(pct_start=0.6)
     assert ScheduleConfig(pct_start=0.6, three_phase=False).pct_start == 0.6
 

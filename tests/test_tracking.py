@@ -3,7 +3,8 @@ from pathlib import Path
 import torch
 
 from chargpt import tracking
-from chargpt.tracking import flatten, project_root, tracking_uri
+from chargpt.config import flatten
+from chargpt.tracking import project_root, tracking_uri
 
 
 def test_project_root_sees_through_dvc_temporary_experiment_copies(tmp_path):
@@ -33,7 +34,8 @@ def test_an_unreachable_tracking_server_fails_fast_naming_the_uri():
 
     import pytest
 
-    from chargpt.tracking import TrackingError, check_reachable
+    from chargpt.errors import TrackingError
+    from chargpt.tracking import check_reachable
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from chargpt.trainer import DivergedError, LoopConfig, LoopState, train_loop
+from chargpt.loop import DivergedError, LoopConfig, LoopHooks, LoopState, TrainParts, TrainStep, train_loop
 
 
 class NanAt(torch.nn.Module):
@@ -27,9 +27,11 @@ def run(model, total=10, checkpoint_every=2, check_every_step=True, stop=lambda:
                      check_every_step=check_every_step)
     batch = lambda: (torch.zeros(1, 1), torch.zeros(1, 1))  # noqa: E731
     result = None
+    parts = TrainParts(model, opt, sched, batch, TrainStep(model, model.parameters(), opt))
+    hooks = LoopHooks(on_metrics=lambda s, m: logged.append((s, m)), on_checkpoint=lambda st: saved.append(st.step),
+                      stop_requested=stop)
     try:
-        result = train_loop(model, opt, sched, batch, cfg, lambda: {}, lambda s, m: logged.append((s, m)),
-                            on_checkpoint=lambda st: saved.append(st.step), stop_requested=stop)
+        result = train_loop(parts, cfg, hooks)
     except DivergedError as e:
         return e, saved, logged
     return result, saved, logged
@@ -57,7 +59,7 @@ def test_a_clean_run_logs_every_interval_and_counts_tokens():
 
 
 def test_a_stop_request_checkpoints_then_raises():
-    from chargpt.trainer import Interrupted
+    from chargpt.loop import Interrupted
 
     calls = iter(range(100))
     with pytest.raises(Interrupted, match="SIGTERM after step 3"):
@@ -65,7 +67,7 @@ def test_a_stop_request_checkpoints_then_raises():
 
 
 def test_iterations_to_target_reads_the_val_probe_curve():
-    from chargpt.training import iterations_to_targets
+    from chargpt.training_run import iterations_to_targets
 
     curve = [{"step": 10, "train_loss": 3.0}, {"step": 20, "train_loss": 2.0, "val_probe_bpc": 3.1},
              {"step": 30, "train_loss": 1.9}, {"step": 40, "train_loss": 1.8, "val_probe_bpc": 2.45},
@@ -80,15 +82,15 @@ def test_before_step_sees_every_step_index_also_after_a_resume():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     batch = lambda: (torch.zeros(1, 1), torch.zeros(1, 1))  # noqa: E731
-    train_loop(model, opt, sched, batch, LoopConfig(8, 4, 4), dict, lambda *_: None, LoopState(step=5),
-               before_step=seen.append)
+    parts = TrainParts(model, opt, sched, batch, TrainStep(model, model.parameters(), opt))
+    train_loop(parts, LoopConfig(8, 4, 4), LoopHooks(before_step=seen.append), LoopState(step=5))
     assert seen == [5, 6, 7]
 
 
-def tiny_training_run(tmp_path, **sections):
+def tiny_training_run(tmp_path, autocast=None, **sections):
     from chargpt.config import RunConfig
-    from chargpt.data import split_corpus
-    from chargpt.training import TrainingRun
+    from chargpt.corpus import split_corpus
+    from chargpt.training_run import TrainingRun
     from conftest import tiny_text
 
     if not (tmp_path / "train.bin").exists():
@@ -96,7 +98,7 @@ def tiny_training_run(tmp_path, **sections):
         split_corpus(tmp_path / "corpus", tmp_path, (0.9, 0.05, 0.05))
     sections = {"model": {"n_layer": 2, "d_model": 16, "n_head": 2, "d_ff": 32, "context": 16}, **sections}
     sections["train"] = {"iterations": 100, "batch_size": 2, "eval_batches": 1, **sections.get("train", {})}
-    return TrainingRun.build(RunConfig(name="t", **sections), torch.device("cpu"), None, 1e-3, tmp_path)
+    return TrainingRun.build(RunConfig(name="t", **sections), torch.device("cpu"), autocast, 1e-3, tmp_path)
 
 
 def test_a_training_run_with_aux_losses_sets_the_weights_from_the_global_step(tmp_path):
@@ -113,7 +115,7 @@ def test_a_training_run_with_aux_losses_sets_the_weights_from_the_global_step(tm
 
 
 def test_a_muon_run_records_the_dtype_of_its_iteration(tmp_path):
-    from chargpt.runtime import cpu_has_native_bf16
+    from chargpt.device import cpu_has_native_bf16
 
     params = tiny_training_run(tmp_path, optimizer={"name": "muon"}).params()
     assert params["optimizer.muon_ns_dtype"] == "auto"
@@ -121,3 +123,58 @@ def test_a_muon_run_records_the_dtype_of_its_iteration(tmp_path):
     forced = tiny_training_run(tmp_path, optimizer={"name": "muon", "muon_ns_dtype": "bf16"})
     assert forced.params()["resolved.muon_ns_dtype"] == "torch.bfloat16"
     assert "resolved.muon_ns_dtype" not in tiny_training_run(tmp_path).params()
+
+
+class Scripted(torch.nn.Module):
+    """Returns the losses it is given, one per call (a blow-up that stays finite, as clipping can keep it)."""
+
+    def __init__(self, losses):
+        super().__init__()
+        self.w, self.losses = torch.nn.Parameter(torch.zeros(())), iter(losses)
+
+    def forward(self, x, y):
+        return None, self.w * 0 + next(self.losses)
+
+
+def scripted_loop(losses, evaluate=dict, **cfg):
+    model = Scripted(losses)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    parts = TrainParts(model, opt, sched, lambda: (torch.zeros(1, 1), torch.zeros(1, 1)),
+                       TrainStep(model, model.parameters(), opt))
+    return train_loop(parts, LoopConfig(len(losses), 5, 5, **cfg), LoopHooks(evaluate=evaluate))
+
+
+def test_a_finite_blow_up_of_the_train_loss_is_divergence():
+    scripted_loop([5.5] * 5 + [5.0] * 5 + [6.0] * 5, max_loss_rise=1.0)  # within the margin: trains on
+    with pytest.raises(DivergedError, match=r"at step 15: train loss 7.5 is more than 1 above the first interval's 5.5"):
+        scripted_loop([5.5] * 5 + [5.0] * 5 + [7.5] * 5, max_loss_rise=1.0)
+
+
+def test_a_val_probe_worse_than_a_uniform_guess_is_divergence():
+    with pytest.raises(DivergedError, match=r"at step 5: val_probe_bpc 9194 is above 8"):
+        scripted_loop([5.5] * 10, evaluate=lambda: {"val_probe_bpc": 9193.7}, metric_limits={"val_probe_bpc": 8.0})
+
+
+class Slow(Scripted):
+    def forward(self, x, y):
+        import time
+
+        time.sleep(0.01)
+        return super().forward(x, y)
+
+
+def test_a_run_estimated_over_its_time_limit_stops_after_its_first_steps():
+    from chargpt.loop import RunTooLong
+
+    model = Slow([5.0] * 1000)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    parts = TrainParts(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+                       lambda: (torch.zeros(1, 1), torch.zeros(1, 1)), TrainStep(model, model.parameters(), opt))
+    with pytest.raises(RunTooLong, match=r"estimated 0.0 hours .* x 996 steps left, timed after step 4\), over the "
+                                         r"limit of 0.000278 hours") as err:
+        train_loop(parts, LoopConfig(1000, 50, 50, max_seconds=1.0))
+    assert 5 < err.value.estimate < 60  # ~0.01 s a step
+    model = Slow([5.0] * 20)
+    train_loop(TrainParts(model, opt, parts.scheduler, parts.next_batch, TrainStep(model, model.parameters(), opt)),
+               LoopConfig(20, 10, 10, max_seconds=1.0))  # 20 steps fit: it trains

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
-from chargpt.config import LRRangeTestConfig
+from chargpt.config import LRRangeTestConfig, RunConfig
+from chargpt.loop import RunTooLong
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +39,12 @@ def range_test(
     next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
     cfg: LRRangeTestConfig,
     autocast_dtype: torch.dtype | None = None,
+    max_seconds: float | None = None,
 ) -> RangeTestResult:
-    device_type = next(model.parameters()).device.type
+    """max_seconds: stop (RunTooLong) when the sweep would take longer, timed over its iterations 2 to 4."""
+    device = next(model.parameters()).device
+    device_type = device.type
+    started = None
     model.train()
     lrs, losses, smoothed = [], [], []
     avg, best, stopped_early = 0.0, math.inf, False
@@ -60,6 +66,11 @@ def range_test(
         avg = cfg.smoothing * avg + (1 - cfg.smoothing) * loss_value
         value = avg / (1 - cfg.smoothing ** (i + 1))  # bias-corrected EMA
         lrs.append(lr), losses.append(loss_value), smoothed.append(value)
+        if max_seconds is not None and i in (0, 3):  # loss.item() above synced the device
+            if i == 0:
+                started = time.perf_counter()
+            elif (per_step := (time.perf_counter() - started) / 3) * (cfg.iterations - 4) > max_seconds:
+                raise RunTooLong(4, per_step, cfg.iterations - 4, max_seconds)
         if i >= cfg.skip_start:
             best = min(best, value)
             if value > cfg.divergence * best:
@@ -76,3 +87,19 @@ def range_test(
         suggested_lr=lrs[i_min] / cfg.min_loss_divisor, lr_at_min_loss=lrs[i_min], stopped_early=stopped_early,
         rule=f"lr at the minimum of the smoothed loss / {cfg.min_loss_divisor:g}",
     )
+
+
+def run_range_test(cfg: RunConfig, device: torch.device, train_split: torch.Tensor,
+                   autocast_dtype: torch.dtype | None, max_seconds: float | None = None) -> RangeTestResult:
+    """The LR range test of a run: its own model, optimizer and batches, from its seed."""
+    from chargpt.batches import BatchSampler
+    from chargpt.model import GPT
+    from chargpt.optimizers import build_optimizer
+
+    torch.manual_seed(cfg.train.seed)
+    model = GPT(cfg.model).to(device)
+    if cfg.train.aux_losses:
+        model.set_aux_loss_progress(0.0)  # the objective of the run's first steps, which the range test stands for
+    optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.lr_range_test.lr_start, momentum=cfg.schedule.momentum_max)
+    sampler = BatchSampler(train_split, cfg.model.context, cfg.train.batch_size, cfg.train.seed, device)
+    return range_test(model, optimizer, sampler.next, cfg.lr_range_test, autocast_dtype, max_seconds)

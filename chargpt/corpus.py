@@ -1,4 +1,4 @@
-"""The byte corpus: download (with retries and checksums), unpack, split by offset, sample batches.
+"""The byte corpus: download (with retries and checksums), unpack, and split by offset (batches: chargpt.batches).
 
 Every output is written atomically (chargpt.io), so an interrupted or failed stage leaves nothing behind.
 """
@@ -22,29 +22,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
-import torch
 from tqdm import tqdm
 
 from chargpt.config import Checksums, DataConfig
+from chargpt.batches import SPLITS
+from chargpt.errors import DataError
 from chargpt.io import atomic_open, write_json
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
-SPLITS = ("train", "val", "test")
-# Published digests of enwik8 (http://mattmahoney.net/dc/textdata.html) and of its zip as served there.
-ENWIK8_CHECKSUMS = Checksums(
-    archive_size=36_445_475,
-    archive_sha256="547994d9980ebed1288380d652999f38a14fe291a6247c157c3d33d4932534bc",
-    size=100_000_000,
-    md5="a1fa5ffddb56f4953e226637dabbb36a",
-    sha256="2b49720ec4d78c3c9fabaee6e4179a5e997302b3a70029f30f2d582218c024a8",
-)
-
-
-class DataError(RuntimeError):
-    """A corpus that cannot be fetched, unpacked or verified; the message names the source."""
 
 
 class _Retryable(Exception):
@@ -245,42 +232,3 @@ def split_corpus(corpus_path: str | Path, out_dir: str | Path, fractions: tuple[
                 part.release()
             view.release()
     return meta
-
-
-def load_split(path: str | Path) -> torch.Tensor:
-    """A split as a flat uint8 tensor in memory (enwik8's train split is 90 MB)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: split not found (run the preprocess stage)")
-    return torch.from_numpy(np.fromfile(path, dtype=np.uint8))
-
-
-class BatchSampler:
-    """Random (B, T) windows of a split; the generator's state is the sampler's whole position.
-
-    Data parallel: every rank draws the same global batch of `batch_size` windows (same seed) and takes its
-    own slice, cut into `micro_batches` pieces for gradient accumulation; so any number of processes and
-    accumulation steps trains on exactly the batches of one process, and a checkpoint taken between steps
-    holds the position of every rank."""
-
-    def __init__(self, data: torch.Tensor, context: int, batch_size: int, seed: int, device: torch.device,
-                 rank: int = 0, world_size: int = 1, micro_batches: int = 1):
-        if len(data) < context + 1:
-            raise DataError(f"a split of {len(data)} bytes is too short for windows of context {context} + 1")
-        self.data, self.context, self.batch_size, self.device = data, context, batch_size, device
-        self.generator = torch.Generator().manual_seed(seed)
-        self._offsets = torch.arange(context + 1)
-        self.micro_size = batch_size // (world_size * micro_batches)
-        self._first_piece, self._micro_batches, self._next_piece = rank * micro_batches, micro_batches, 0
-        self._starts = torch.empty(0, dtype=torch.long)
-
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._next_piece == 0:  # a new global batch, identical on every rank
-            self._starts = torch.randint(len(self.data) - self.context, (self.batch_size, 1), generator=self.generator)
-        piece = self._first_piece + self._next_piece
-        self._next_piece = (self._next_piece + 1) % self._micro_batches
-        starts = self._starts[piece * self.micro_size:(piece + 1) * self.micro_size]
-        chunk = self.data[starts + self._offsets].long()  # (B, T+1)
-        if self.device.type == "cuda":
-            chunk = chunk.pin_memory().to(self.device, non_blocking=True)
-        return chunk[:, :-1], chunk[:, 1:]

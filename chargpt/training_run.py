@@ -2,23 +2,49 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from chargpt.config import ConfigError, RunConfig
-from chargpt.data import BatchSampler, load_split
+from chargpt.batches import BatchSampler, load_split
+from chargpt.config import RunConfig, TrainConfig, flatten
+from chargpt.cuda_graphs import GraphedStep
+from chargpt.device import precision_name
 from chargpt.distributed import Ranks
+from chargpt.errors import ConfigError
 from chargpt.evaluation import split_bpc
 from chargpt.io import write_json, write_table
+from chargpt.loop import LoopConfig, LoopHooks, LoopState, TrainParts, TrainStep
 from chargpt.model import GPT
+from chargpt.optimizers import build_optimizer
 from chargpt.plots import plot_training_curve
-from chargpt.schedule import build_optimizer, build_scheduler
-from chargpt.trainer import LoopConfig, LoopState
+from chargpt.runtime import time_limit_seconds
+from chargpt.schedule import build_scheduler
 
-CURVE_COLUMNS = ["step", "lr", "momentum", "train_loss", "val_probe_bpc"]
+CURVE_COLUMNS = ["step", "lr", "momentum", "train_loss", "grad_norm", "clipped_fraction", "val_probe_bpc"]
+UNIFORM_BPC = 8.0  # a uniform guess over the 256 byte values
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How the run executes on its device (not what it computes): compile and CUDA graphs, resolved from auto."""
+
+    compile: bool
+    cuda_graphs: bool
+
+    @classmethod
+    def resolve(cls, t: TrainConfig, device: torch.device, autocast: torch.dtype | None, world_size: int) -> Execution:
+        cuda = device.type == "cuda"
+        if t.cuda_graphs and not cuda:
+            raise ConfigError(f"train.cuda_graphs: true needs a CUDA device; this run is on {device.type} "
+                              f"(train.device: {t.device}); set train.cuda_graphs: false")
+        if t.cuda_graphs and autocast == torch.float16:
+            raise ConfigError(f"train.cuda_graphs: true cannot combine with fp16 (train.precision: {t.precision} chose "
+                              f"fp16 on this GPU; its GradScaler decides on the host); set train.cuda_graphs: false")
+        return cls(compile=t.compile if t.compile != "auto" else cuda, cuda_graphs=t.cuda_graphs)
 
 
 @dataclass
@@ -26,11 +52,13 @@ class TrainingRun:
     cfg: RunConfig
     device: torch.device
     autocast: torch.dtype | None
+    execution: Execution
     lr_max: float
     model: GPT
-    forward_model: torch.nn.Module  # what the loop calls: the model, or its torch.compile wrapper (same parameters)
+    forward_model: torch.nn.Module  # what the step calls: the model, or its DDP / torch.compile wrapper (same parameters)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None  # fp16 only
     sampler: BatchSampler
     val_probe: torch.Tensor  # a fixed val prefix, so that the points of a curve are comparable
     ranks: Ranks = Ranks()
@@ -45,9 +73,12 @@ class TrainingRun:
             raise ConfigError(f"run {cfg.name!r}: train.batch_size ({t.batch_size}) does not split into "
                               f"{ranks.world_size} processes x micro-batches of {micro}")
         accumulation = t.batch_size // (ranks.world_size * micro)
+        execution = Execution.resolve(t, device, autocast, ranks.world_size)
         model = GPT(cfg.model).to(device)
-        optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.schedule.lr_min, momentum=cfg.schedule.momentum_max)
+        optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.schedule.lr_min, momentum=cfg.schedule.momentum_max,
+                                    capturable=execution.cuda_graphs)
         scheduler = build_scheduler(optimizer, cfg.schedule, lr_max, t.iterations)  # counts global (optimizer) steps
+        scaler = torch.amp.GradScaler(device.type) if autocast == torch.float16 else None
         sampler = BatchSampler(load_split(data_dir / "train.bin"), cfg.model.context, t.batch_size, t.seed, device,
                                ranks.rank, ranks.world_size, accumulation)
         probe_bytes = t.eval_batches * t.batch_size * cfg.model.context + 1
@@ -56,21 +87,36 @@ class TrainingRun:
         if ranks.enabled:
             forward_model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
-        forward_model = torch.compile(forward_model) if t.compile else forward_model
-        return cls(cfg, device, autocast, lr_max, model, forward_model, optimizer, scheduler, sampler, val_probe,
-                   ranks, accumulation)
+        forward_model = torch.compile(forward_model) if execution.compile else forward_model
+        return cls(cfg, device, autocast, execution, lr_max, model, forward_model, optimizer, scheduler, scaler,
+                   sampler, val_probe, ranks, accumulation)
 
     @property
     def state_parts(self) -> dict[str, Any]:
         """What save_training_state / restore_training_state take."""
-        return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler,
+        return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler,
                 "sampler_generator": self.sampler.generator, "config": self.cfg.model_dump(mode="json")}
+
+    def parts(self) -> TrainParts:
+        step = TrainStep(self.forward_model, self.model.parameters(), self.optimizer,
+                         grad_clip=self.cfg.optimizer.grad_clip, autocast_dtype=self.autocast,
+                         micro_batches=self.accumulation_steps, scaler=self.scaler)
+        if self.execution.cuda_graphs:
+            # The auxiliary losses switch off half-way, which changes the model's graph: a new capture.
+            step = GraphedStep(step, self.optimizer, self.device, graph_key=lambda: self.model.aux_active)
+        return TrainParts(self.model, self.optimizer, self.scheduler, self.sampler.next, step)
 
     def loop_config(self) -> LoopConfig:
         t = self.cfg.train
         return LoopConfig(t.iterations, t.log_interval, t.eval_interval, t.checkpoint_every,
-                          self.cfg.optimizer.grad_clip, self.autocast, check_every_step=self.device.type == "cpu",
-                          accumulation_steps=self.accumulation_steps, world_size=self.ranks.world_size)
+                          check_every_step=self.device.type == "cpu", world_size=self.ranks.world_size,
+                          max_loss_rise=t.max_loss_rise, max_seconds=time_limit_seconds(),
+                          # worse than a uniform guess over the 256 bytes: 8 bits, ln(256) nats (plus the margin)
+                          metric_limits={"val_probe_bpc": UNIFORM_BPC, "train_loss": math.log(256) + t.max_loss_rise})
+
+    def hooks(self, **overrides: Any) -> LoopHooks:
+        """The hooks every rank uses (step-dependent loss weights); rank 0 adds evaluation, metrics, checkpoints."""
+        return LoopHooks(before_step=self.before_step, **overrides)
 
     def before_step(self, step: int) -> None:
         if self.cfg.train.aux_losses:
@@ -80,15 +126,14 @@ class TrainingRun:
         # Rank 0 alone probes (the others wait at the next all-reduce): through the plain model, not DDP's wrapper.
         model = self.model if self.ranks.enabled else self.forward_model
         bpc, _ = split_bpc(model, self.val_probe, self.cfg.model.context, self.cfg.eval.batch_size,
-                           device=self.device, autocast_dtype=self.autocast)
+                           device=self.device, autocast_dtype=self.autocast, cuda_graphs=self.execution.cuda_graphs)
         return {"val_probe_bpc": bpc}
 
     def params(self) -> dict[str, Any]:
-        from chargpt.tracking import flatten
-
         muon = getattr(self.optimizer, "muon", None)
         return flatten(self.cfg.model_dump(mode="json", exclude={"name"})) | {
-            "resolved.lr_max": self.lr_max, "resolved.precision": str(self.autocast or "fp32"),
+            "resolved.lr_max": self.lr_max, "resolved.precision": precision_name(self.autocast),
+            "resolved.compile": self.execution.compile, "resolved.cuda_graphs": self.execution.cuda_graphs,
             "model.n_params": self.model.num_params(), "train.val_probe_bytes": len(self.val_probe),
             "resolved.processes": self.ranks.world_size, "resolved.accumulation_steps": self.accumulation_steps,
             **({"resolved.muon_ns_dtype": str(muon.ns_dtype)} if muon else {})}
@@ -111,6 +156,8 @@ def write_outputs(run: TrainingRun, curve: list[dict], result: LoopState, report
     plot_training_curve(curve, reports / "train_curve.png", f"training: {run.cfg.name}")
     metrics = {"val_probe_bpc": curve[-1]["val_probe_bpc"], "iterations": result.step, "tokens": result.tokens,
                "train_seconds": round(result.seconds, 2), "tokens_per_second": round(result.tokens / result.seconds, 1),
-               "lr_max": run.lr_max, **iterations_to_targets(curve, run.cfg.train.target_bpc)}
+               **iterations_to_targets(curve, run.cfg.train.target_bpc)}
+    if run.scaler is not None:
+        metrics["fp16_skipped_steps"] = result.skipped_steps
     write_json(reports / "train_metrics.json", metrics)
     return metrics

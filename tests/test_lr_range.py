@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from chargpt.config import LRRangeTestConfig, ModelConfig
-from chargpt.data import BatchSampler
-from chargpt.lr_range_test import lr_at, range_test
+from chargpt.batches import BatchSampler
+from chargpt.lr_range import lr_at, range_test
 from chargpt.model import GPT
 from conftest import tiny_text
 

@@ -1,15 +1,16 @@
 """Stage lr_range_test@<run>: Smith's LR range test on the run's own model and optimizer."""
 
 import logging
+import sys
 
 from chargpt.config import load_run_config
-from chargpt.data import BatchSampler, load_split
+from chargpt.batches import load_split
 from chargpt.io import write_json, write_table
-from chargpt.lr_range_test import range_test
-from chargpt.model import GPT
+from chargpt.lr_range import run_range_test
 from chargpt.plots import plot_range_test
-from chargpt.runtime import autocast_dtype, check_fits, DATA_DIR, prepare, report_dir, run_stage, run_stage_parser, split_meta
-from chargpt.schedule import build_optimizer
+from chargpt.loop import RunTooLong
+from chargpt.runtime import (DATA_DIR, autocast_dtype, check_fits, prepare, report_dir, run_stage, run_stage_parser,
+                             split_meta, time_limit_seconds, too_long)
 
 log = logging.getLogger("stages.lr_range_test")
 
@@ -21,12 +22,12 @@ def main() -> None:
     cfg = load_run_config(args.run, args.params)
     check_fits(cfg, split_meta())
     device = prepare(cfg.train)
-    model = GPT(cfg.model).to(device)
-    if cfg.train.aux_losses:
-        model.set_aux_loss_progress(0.0)  # the objective of the run's first steps, which the range test stands for
-    optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.lr_range_test.lr_start, momentum=cfg.schedule.momentum_max)
-    sampler = BatchSampler(load_split(DATA_DIR / "train.bin"), cfg.model.context, cfg.train.batch_size, cfg.train.seed, device)
-    result = range_test(model, optimizer, sampler.next, cfg.lr_range_test, autocast_dtype(cfg.train, device))
+    try:
+        result = run_range_test(cfg, device, load_split(DATA_DIR / "train.bin"), autocast_dtype(cfg.train, device),
+                                time_limit_seconds())
+    except RunTooLong as e:
+        log.error("%s", too_long(f"lr_range_test@{args.run}", e, device))
+        sys.exit(1)
 
     out = report_dir(args.run)
     # suggested_lr on every row: the dvc plots template (.dvc/plots/lr_range_log.json) draws it as a rule.

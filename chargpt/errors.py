@@ -1,0 +1,20 @@
+"""The errors that mean bad input, each ending a stage with one line that names the problem (runtime.run_stage)."""
+
+
+class ConfigError(ValueError):
+    """A params.yaml problem, with the key path that caused it."""
+
+
+class DataError(RuntimeError):
+    """A corpus that cannot be fetched, unpacked or verified; the message names the source."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or training state that is missing, unreadable or from another run; the message names the file."""
+
+
+class TrackingError(RuntimeError):
+    """An MLflow store that cannot be reached or read; the message names it and what to do."""
+
+
+STAGE_ERRORS = (ConfigError, DataError, CheckpointError, TrackingError)

@@ -1,0 +1,102 @@
+"""Which precision each device gets, and fp16's GradScaler path (run on the CPU, where fp16 can be forced)."""
+
+import math
+
+import pytest
+import torch
+
+from chargpt.device import autocast_dtype
+from chargpt.loop import DivergedError, LoopConfig, LoopHooks, LoopState, TrainParts, TrainStep, train_loop
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 5), torch.float16), ((7, 0), torch.float16),
+                                                  ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
+def test_auto_picks_fp16_below_compute_capability_8_and_bf16_from_it(monkeypatch, capability, expected):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert autocast_dtype("auto", torch.device("cuda", 0)) == expected
+
+
+def test_a_forced_precision_is_used_anywhere(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    for device in (torch.device("cpu"), torch.device("cuda", 0)):
+        assert autocast_dtype("fp16", device) == torch.float16
+        assert autocast_dtype("bf16", device) == torch.bfloat16
+        assert autocast_dtype("fp32", device) is None
+
+
+class InfAt(torch.nn.Module):
+    """A one-parameter model whose loss is inf on the calls in `bad` (fp16 overflow: the scaler skips those)."""
+
+    def __init__(self, bad):
+        super().__init__()
+        self.w, self.calls, self.bad = torch.nn.Parameter(torch.ones(())), 0, set(bad)
+
+    def forward(self, x, y):
+        self.calls += 1
+        loss = (self.w - 2.0) ** 2
+        return None, loss * math.inf if self.calls in self.bad else loss
+
+
+def run_fp16(model, total=10):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    scaler = torch.amp.GradScaler("cpu")
+    step = TrainStep(model, model.parameters(), opt, autocast_dtype=torch.float16, scaler=scaler)
+    logged = []
+    parts = TrainParts(model, opt, sched, lambda: (torch.zeros(1, 1), torch.zeros(1, 1)), step)
+    return train_loop(parts, LoopConfig(total, 5, 5), LoopHooks(on_metrics=lambda s, m: logged.append((s, m)))), logged
+
+
+def test_steps_the_scaler_skips_are_counted_and_logged_not_taken_for_divergence():
+    model = InfAt(bad={2, 3})
+    result, logged = run_fp16(model)
+    assert result.step == 10 and result.skipped_steps == 2
+    first, second = logged[0][1], logged[1][1]
+    assert first["skipped_steps"] == 2 and first["loss_scale"] == 65536.0 / 4  # halved at each skip
+    assert math.isfinite(first["train_loss"])  # the mean over the 3 steps that were taken
+    assert second["skipped_steps"] == 2
+    # The weight moved only on the steps taken: each SGD step on (w - 2)^2 at LR 0.1 scales w - 2 by 0.8.
+    assert model.w.item() == pytest.approx(2.0 - 0.8**8, rel=1e-6)
+
+
+def test_a_collapsed_loss_scale_is_divergence():
+    with pytest.raises(DivergedError, match=r"at step 25: fp16 loss scale collapsed to 0.00195.* \(25 steps skipped\)"):
+        run_fp16(InfAt(bad=range(1, 100)), total=40)
+
+
+def test_a_resumed_fp16_run_continues_bit_for_bit_with_its_scaler(tmp_path):
+    """The GradScaler's scale and growth tracker are part of the saved state (CPU, fp16 autocast forced)."""
+    from dataclasses import asdict
+
+    from chargpt.checkpoint import restore_training_state, save_training_state
+    from test_trainer import tiny_training_run
+
+    sections = {"train": {"precision": "fp16", "iterations": 12, "log_interval": 4, "eval_interval": 4}}
+
+    def build():
+        torch.manual_seed(0)
+        return tiny_training_run(tmp_path, autocast=torch.float16, **sections)
+
+    plain = build()
+    plain.scaler._growth_interval = 3  # so that the scale grows within the run and the tracker matters
+    train_loop(plain.parts(), plain.loop_config(), plain.hooks())
+
+    broken = build()
+    broken.scaler._growth_interval = 3
+    state_path = tmp_path / "state.pt"
+
+    def save_at_5(state: LoopState):
+        if state.step == 5:
+            save_training_state(state_path, **broken.state_parts, loop=asdict(state))
+
+    cfg = broken.loop_config()
+    cfg.checkpoint_every = 5
+    train_loop(broken.parts(), cfg, broken.hooks(on_checkpoint=save_at_5))
+    resumed = build()
+    resumed.scaler._growth_interval = 3
+    saved = restore_training_state(state_path, **resumed.state_parts)
+    assert saved["scaler"]["scale"] > 65536.0  # it grew before the save
+    train_loop(resumed.parts(), resumed.loop_config(), resumed.hooks(), LoopState(**saved["loop"]))
+    assert resumed.scaler.state_dict() == plain.scaler.state_dict()
+    for a, b in zip(plain.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b)

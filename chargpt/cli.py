@@ -7,19 +7,31 @@ import sys
 
 from chargpt.errors import STAGE_ERRORS
 
-# subcommand -> (module with main(argv) and build_parser(), what it does)
+# subcommand -> (module, its parser function, its main(argv) function, what it does)
 COMMANDS = {
-    "compare": ("chargpt.compare", "one row per named run from MLflow: recipe, iterations, val/test BPC"),
-    "sync-dvc": ("chargpt.dvc_sync", "write dvc.yaml's code deps, pipeline_runs.yaml and plots from the code"),
+    "compare": ("chargpt.compare", "build_parser", "main", "one row per named run from MLflow: recipe, iterations, "
+                                                           "val/test BPC"),
+    "ui": ("chargpt.compare", "ui_parser", "ui_main", "MLflow's UI, opened on the named runs by test BPC and their charts"),
+    "sample": ("chargpt.use", "sample_parser", "sample_main", "bytes drawn from a trained model after a prompt"),
+    "score": ("chargpt.use", "score_parser", "score_main", "a trained model's bits per byte on any file (static or "
+                                                           "dynamic evaluation)"),
+    "compress": ("chargpt.use", "compress_parser", "compress_main", "lossless compression driven by a trained model"),
+    "decompress": ("chargpt.use", "decompress_parser", "decompress_main", "restore what `chargpt compress` wrote"),
+    "sync-dvc": ("chargpt.dvc_sync", "build_parser", "main", "write dvc.yaml's code deps, pipeline_runs.yaml and plots "
+                                                             "from the code"),
 }
+
+
+def _function(name: str, index: int):
+    return getattr(importlib.import_module(COMMANDS[name][0]), COMMANDS[name][index])
 
 
 def usage() -> str:
     lines = ["usage: chargpt <command> [options]   (run the pipeline with `dvc repro`; see README.md)", "", "commands:"]
     width = max(map(len, COMMANDS))
-    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
-    for name, (module, _) in COMMANDS.items():
-        lines += ["", f"chargpt {name}:", importlib.import_module(module).build_parser().format_usage().rstrip()]
+    lines += [f"  {name:<{width}}  {summary}" for name, (*_, summary) in COMMANDS.items()]
+    for name in COMMANDS:
+        lines += ["", f"chargpt {name}:", _function(name, 1)().format_usage().rstrip()]
     lines += ["", "`chargpt <command> --help` describes each option."]
     return "\n".join(lines)
 
@@ -31,9 +43,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if argv[0] not in COMMANDS:
         sys.exit(f"chargpt: unknown command {argv[0]!r}\n\n{usage()}")
-    module = importlib.import_module(COMMANDS[argv[0]][0])
     try:
-        module.main(argv[1:])
+        _function(argv[0], 2)(argv[1:])
     except STAGE_ERRORS as e:  # bad input: one line naming it
         sys.exit(f"chargpt {argv[0]}: {e}")
 

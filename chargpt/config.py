@@ -194,6 +194,21 @@ class TrainConfig(_Section):
     max_loss_rise: PositiveFloat = 1.0
 
 
+class DynamicEvalConfig(_Section):
+    """Dynamic evaluation (Krause et al. 2018): the model keeps learning on the text as it scores it. Windows are
+    scored in order; after each `windows` of them, one optimizer step on those windows, so every byte is predicted
+    by weights that saw only bytes before it."""
+
+    lr: PositiveFloat = 1e-3
+    optimizer: Literal["sgd", "adam"] = "adam"
+    windows: PositiveInt = 1  # windows scored per update
+    # Each window advances by `stride` bytes and scores its last `stride` (more context per byte, and an update per
+    # `stride` bytes); null: the model's context (consecutive windows).
+    stride: PositiveInt | None = None
+    # Each update pulls the weights back towards the trained ones by this fraction (0: none).
+    decay: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
 class EvalConfig(_Section):
     batch_size: PositiveInt = 16
     # Sliding-window scoring: each window advances by `stride` bytes and scores only its last `stride`
@@ -203,6 +218,8 @@ class EvalConfig(_Section):
     # Score only this many leading bytes of each split (a stated prefix, reported under its own metric
     # names); null: the whole split.
     max_bytes: PositiveInt | None = None
+    # Also report val_bpc_dynamic / test_bpc_dynamic, scored with dynamic evaluation; null: static only.
+    dynamic: DynamicEvalConfig | None = None
 
 
 class RunConfig(_Section):
@@ -217,6 +234,9 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _cross_section(self) -> RunConfig:
+        if self.eval.dynamic is not None and (self.eval.dynamic.stride or 0) > self.model.context:
+            raise ValueError(f"eval.dynamic.stride: {self.eval.dynamic.stride} must not exceed model.context "
+                             f"({self.model.context})")
         if self.eval.stride is not None and self.eval.stride > self.model.context:
             raise ValueError(f"eval.stride: {self.eval.stride} must not exceed model.context ({self.model.context})")
         if self.schedule.name == "cosine" and self.schedule.warmup_steps >= self.train.iterations:

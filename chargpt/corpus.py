@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 
 
+OFFLINE = ("Offline, or without access to it, run on the sample shipped with the repository: dvc exp run -S "
+           "data.url=samples/enwiki-sample.xml.bz2 -S data.checksums=null evaluate@quickstart (or any local corpus: "
+           "README, Offline)")
+
+
 class _Retryable(Exception):
     pass
 
@@ -104,7 +109,7 @@ def fetch(url: str, dst: IO[bytes], timeout: float = 60.0, retries: int = 3, bac
             return _fetch_http_once(url, dst, timeout, expect_zip)
         except _Retryable as e:
             if attempt == retries:
-                raise DataError(f"{url}: download failed after {retries + 1} attempts: {e}") from None
+                raise DataError(f"{url}: download failed after {retries + 1} attempts: {e}. {OFFLINE}") from None
             wait = backoff_s * 2**attempt
             log.warning("%s: %s; retrying in %.1fs (%d/%d)", url, e, wait, attempt + 1, retries)
             time.sleep(wait)

@@ -9,7 +9,9 @@ first window sees at least context - stride bytes of history (sliding-window eva
 
 from __future__ import annotations
 
+import copy
 import math
+
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -99,5 +101,58 @@ def split_bpc(
         full = len(starts) == batch_size
         total_nats += graphed(chunk, scored) if graphed and full else batch_nats(model, chunk, scored, autocast_dtype)
     model.train(was_training)
+    n_bytes = len(data) - 1
+    return total_nats.item() / (n_bytes * LN2), n_bytes
+
+
+class DynamicEvaluation:
+    """Krause et al.'s dynamic evaluation: a copy of the model that takes an optimizer step on each group of windows
+    after they are scored. `update` is the one place the weights change, so that a compressor and its decompressor
+    (chargpt.compression), which score the bytes their own way, adapt exactly as the scorer does."""
+
+    def __init__(self, model: torch.nn.Module, settings):
+        self.model = copy.deepcopy(model).eval()  # eval: no dropout; the trained model stays as it is
+        params = list(self.model.parameters())
+        self.initial = [p.detach().clone() for p in params] if settings.decay else None
+        self.settings = settings
+        self.optimizer = (torch.optim.Adam(params, lr=settings.lr) if settings.optimizer == "adam"
+                          else torch.optim.SGD(params, lr=settings.lr))
+
+    def update(self, chunk: torch.Tensor, scored: torch.Tensor | None = None) -> None:
+        """One step on windows chunk (B, T+1) (inputs and their next bytes): on the positions `scored` (B, T) marks,
+        the ones just scored (all of them where None)."""
+        with torch.enable_grad():
+            logits, loss = self.model(chunk[:, :-1], chunk[:, 1:])
+            if scored is not None and not bool(scored.all()):
+                nats = F.cross_entropy(logits.float().transpose(1, 2), chunk[:, 1:], reduction="none")
+                loss = nats[scored].mean()
+            loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.initial is not None:
+            with torch.no_grad():
+                for p, p0 in zip(self.model.parameters(), self.initial):
+                    p.lerp_(p0, self.settings.decay)
+
+
+def dynamic_bpc(model: torch.nn.Module, data: torch.Tensor, context: int, settings,
+                device: torch.device = torch.device("cpu"), progress: bool = False) -> tuple[float, int]:
+    """(bits per byte, bytes scored) of `data` with dynamic evaluation: the windows of the static protocol (stride:
+    settings.stride) in order, `settings.windows` at a time, each group scored before the model learns from the
+    bytes it scored."""
+    plan = window_plan(len(data), context, settings.stride or context)
+    T = min(context, len(data) - 1)
+    offsets = torch.arange(T + 1)
+    dynamic = DynamicEvaluation(model, settings)
+    total_nats = torch.zeros((), dtype=torch.float64, device=device)
+    groups = range(0, len(plan), settings.windows)
+    for i in tqdm(groups, desc="dynamic eval", disable=not progress, mininterval=1.0):
+        starts = torch.tensor([s for s, _ in plan[i:i + settings.windows]])
+        n_scored = torch.tensor([k for _, k in plan[i:i + settings.windows]])
+        chunk = data[starts[:, None] + offsets].long().to(device)  # (B, T+1)
+        scored = (torch.arange(T)[None, :] >= (T - n_scored)[:, None]).to(device)
+        with torch.no_grad():
+            total_nats += batch_nats(dynamic.model, chunk, scored, None)
+        dynamic.update(chunk, scored)
     n_bytes = len(data) - 1
     return total_nats.item() / (n_bytes * LN2), n_bytes

@@ -29,14 +29,42 @@ class CausalSelfAttention(nn.Module):
         self.proj.is_residual_projection = True
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         # (B, T, C) -> (B, nh, T, hs)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                               is_causal=True)
+        else:
+            k, v = cache.append(layer, k, v)  # (B, nh, L, hs): the window's earlier positions, then these
+            L = k.size(2)
+            if L == T:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            elif T == 1:  # the newest position sees them all
+                y = F.scaled_dot_product_attention(q, k, v)
+            else:  # position i of these T is position L - T + i of the window
+                mask = torch.ones(T, L, dtype=torch.bool, device=x.device).tril(L - T)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.proj(y))
+
+
+class KVCache:
+    """The keys and values of each layer for the positions of the current window so far, so that a new position
+    costs one position's compute (sampling, compression). Each (B, nh, length, hs)."""
+
+    def __init__(self, n_layer: int):
+        self.keys: list[torch.Tensor | None] = [None] * n_layer
+        self.values: list[torch.Tensor | None] = [None] * n_layer
+        self.length = 0  # positions held
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.keys[layer] is not None:
+            k, v = torch.cat((self.keys[layer], k), dim=2), torch.cat((self.values[layer], v), dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
 
 
 class FeedForward(nn.Module):
@@ -61,10 +89,11 @@ class Block(nn.Module):
         self.ln_ff = nn.LayerNorm(cfg.d_model)
         self.ff = FeedForward(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         if self.pos_emb is not None:
-            x = x + self.pos_emb.weight[: x.size(1)]  # (B, T, C) + (T, C)
-        x = x + self.attn(self.ln_attn(x))
+            start = cache.length if cache is not None else 0
+            x = x + self.pos_emb.weight[start:start + x.size(1)]  # (B, T, C) + (T, C)
+        x = x + self.attn(self.ln_attn(x), cache, layer)
         return x + self.ff(self.ln_ff(x))
 
 
@@ -142,6 +171,21 @@ class GPT(nn.Module):
                 weights = self.aux_weights()
                 loss = (loss + (weights * torch.stack(aux_losses)).sum()) / (1 + weights.sum())
         return logits, loss
+
+    def extend(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Logits (B, t, vocab) for the bytes idx (B, t) appended to the window held in `cache` (which grows by t):
+        each appended byte costs one position's compute. A window starts from an empty KVCache(n_layer)."""
+        t, start = idx.size(1), cache.length
+        if start + t > self.cfg.context:
+            raise ValueError(f"window of {start + t} positions exceeds the model's context {self.cfg.context}")
+        x = self.tok_emb(idx)  # (B, t, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb.weight[start:start + t]
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache, i)
+        cache.length += t
+        return self.head(self.ln_f(x))
 
     @staticmethod
     def _loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -1,14 +1,17 @@
-"""Stage evaluate@<run>: BPC of the trained model on the whole val and test splits (or a stated prefix)."""
+"""Stage evaluate@<run>: BPC of the trained model on the whole val and test splits (or a stated prefix), and with
+dynamic evaluation where the run sets eval.dynamic."""
 
 import logging
+import time
 
 import mlflow
 
-from chargpt import tracking
+from chargpt import compare, tracking
 from chargpt.checkpoint import load_model
 from chargpt.config import load_run_config
 from chargpt.batches import load_split
-from chargpt.evaluation import split_bpc
+from chargpt.device import precision_name
+from chargpt.evaluation import dynamic_bpc, split_bpc
 from chargpt.io import write_json
 from chargpt.runtime import (DATA_DIR, autocast_dtype, model_path, prepare, report_dir, run_stage, run_stage_parser,
                              split_meta)
@@ -36,17 +39,27 @@ def main() -> None:
                                 autocast, progress=True)
         metrics |= {f"{name}_bpc": round(bpc, 5), f"{name}_bytes_scored": scored}
         log.info("%s: %.4f BPC over %d bytes", name, bpc, scored)
-    metrics["protocol"] = {"context": cfg.model.context, "stride": stride, "precision": "bf16" if autocast else "fp32",
-                           "scored": "every byte after the first of each split (or prefix), exactly once"}
+        if cfg.eval.dynamic:  # beside the static figure, never in its place
+            start = time.perf_counter()
+            bpc, _ = dynamic_bpc(model, data, cfg.model.context, cfg.eval.dynamic, device, progress=True)
+            seconds = time.perf_counter() - start
+            metrics |= {f"{name}_bpc_dynamic": round(bpc, 5), f"{name}_dynamic_seconds": round(seconds, 1),
+                        f"{name}_dynamic_bytes_per_second": round(scored / seconds, 1)}
+            log.info("%s: %.4f BPC with dynamic evaluation (%.0f s, %.0f bytes/s)", name, bpc, seconds,
+                     scored / seconds)
+    metrics["protocol"] = {"context": cfg.model.context, "stride": stride, "precision": precision_name(autocast),
+                           "scored": "every byte after the first of each split (or prefix), exactly once",
+                           **({"dynamic": cfg.eval.dynamic.model_dump()} if cfg.eval.dynamic else {})}
     write_json(report_dir(args.run) / "eval.json", metrics)
 
     run_id = state.get("mlflow_run_id")  # the training run; absent from a store that did not train this model
     with tracking.start_run(args.run, f"evaluate@{args.run}", device, run_id if tracking.run_exists(run_id) else None,
                             split_meta()):
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k.endswith(("_bpc", "_bytes_scored"))},
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
                            step=state["step"])
         mlflow.log_param("eval.resolved_stride", stride)
         mlflow.log_artifact(str(report_dir(args.run) / "eval.json"))
+    compare.refresh_view(log)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from dataclasses import asdict
 
 import mlflow
 
-from chargpt import distributed, tracking
+from chargpt import compare, distributed, tracking
 from chargpt.checkpoint import (remove_stale_temporaries, restore_training_state, save_checkpoint,
                                 save_training_state)
 from chargpt.config import load_run_config
@@ -96,6 +96,7 @@ def main() -> None:
     distributed.shutdown()
     if ranks.is_main:
         shutil.rmtree(state_path.parent, ignore_errors=True)  # complete: models/<run>/model.pt holds the run now
+        compare.refresh_view(log)
         log.info("trained %d steps in %.0fs; val probe BPC %.4f", result.step, result.seconds, metrics["val_probe_bpc"])
 
 if __name__ == "__main__":

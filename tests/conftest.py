@@ -15,7 +15,7 @@ import yaml
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO.parent / "shared" / "data" / "enwiki-sample.xml.bz2"
+SAMPLE = REPO / "samples" / "enwiki-sample.xml.bz2"  # shipped with the repo (samples/README.md)
 
 TINY_RUN = {
     "model": {"n_layer": 2, "d_model": 32, "n_head": 2, "d_ff": 64, "context": 32, "dropout": 0.0},

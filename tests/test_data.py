@@ -115,10 +115,15 @@ def test_unreachable_server_is_retried_then_named(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/enwik8.zip"
-    with pytest.raises(DataError, match=rf"{url}: download failed after 3 attempts"):
+    with pytest.raises(DataError, match=rf"{url}: download failed after 3 attempts") as err:
         download_corpus(DataConfig(url=url, retries=2, timeout_s=2), tmp_path / "c.bin", tmp_path / "c.json",
                         backoff_s=0.01)
     assert not (tmp_path / "c.bin").exists()
+    # ... and it says how to go on offline, with the sample a clone holds
+    assert "dvc exp run -S data.url=samples/enwiki-sample.xml.bz2 -S data.checksums=null" in str(err.value)
+    from conftest import SAMPLE
+
+    assert SAMPLE.is_file()
 
 
 @pytest.mark.parametrize("suffix, pack", [(".bz2", bz2.compress), (".gz", gzip.compress), (".txt", lambda b: b)])

@@ -1,0 +1,51 @@
+"""Dynamic evaluation settings, tried on a trained model: tune them on val, report the chosen ones on test.
+
+    python bench/dynamic_eval_sweep.py --checkpoint models/quickstart/model.pt --split data/processed/val.bin \
+        --try '{"optimizer": "sgd", "lr": 0.03, "stride": 64}' [--try ...] --out sweep.jsonl
+
+Each --try is an eval.dynamic setting (JSON); one JSON line per setting goes to --out (appended) and to the
+terminal: the setting, the split, its dynamic BPC, the static BPC of the same split, and the seconds taken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from chargpt.batches import load_split
+from chargpt.config import DynamicEvalConfig
+from chargpt.evaluation import dynamic_bpc, split_bpc
+from chargpt.inference import file_sha256, load_trained
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--split", type=Path, required=True, help="a split file (flat bytes)")
+    parser.add_argument("--try", dest="settings", action="append", required=True, metavar="JSON")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, data = load_trained(args.checkpoint), load_split(args.split)
+    static, _ = split_bpc(model, data, model.cfg.context, 64)
+    for text in args.settings:
+        settings = DynamicEvalConfig(**json.loads(text))
+        start = time.perf_counter()
+        bpc, scored = dynamic_bpc(model, data, model.cfg.context, settings)
+        row = {"split": str(args.split), "model_sha256": file_sha256(args.checkpoint), "dynamic": settings.model_dump(),
+               "bpc_dynamic": bpc, "bpc_static": static, "bytes": scored,
+               "seconds": round(time.perf_counter() - start, 1), "threads": torch.get_num_threads()}
+        print(json.dumps(row), flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""A lossless compressor whose size is the model's BPC: range coding (constriction) driven by the next-byte
+distribution of a trained model.
+
+The bytes are scored exactly as `evaluate` scores a split (chargpt.evaluation.window_plan, stride = context): the
+first byte is stored as it is, and every other byte is coded with the probability the model gives it from the
+bytes before it in its window. So the coded size is the file's BPC x its length / 8, plus the header and, for
+the parallel decoding below, one stored byte per lane.
+
+Decoding must see bit for bit the probabilities the encoder saw. Both compute them the same way: the windows are
+cut into `lanes` runs of consecutive windows that are coded side by side, a position at a time, each new byte
+fed through the model once (a KV cache). A lane's first input byte is the last byte of the lane before it, which
+the decoder does not have yet: it is stored. With `dynamic`, the windows go one lane, in order, and the model
+learns from each group of windows after coding them, exactly as dynamic evaluation scores them.
+
+The same arithmetic on another machine can round differently (another torch build, CPU instruction set or thread
+count), and one different rounding makes the rest of the output garbage. So the header pins what decoding needs:
+the model file's sha256, the protocol, the length and the data's sha256, torch's version, the device, the CPU's
+instruction set and the thread count; decompress refuses a mismatch and checks the data's sha256 at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import constriction
+import numpy as np
+import torch
+
+from chargpt.config import DynamicEvalConfig
+from chargpt.errors import CheckpointError
+from chargpt.evaluation import DynamicEvaluation, window_plan
+from chargpt.io import atomic_open
+from chargpt.model import GPT, KVCache
+
+MAGIC = b"CHARGPT\x00"
+FORMAT = 1
+DEFAULT_LANES = 32
+
+
+class CompressionError(CheckpointError):
+    """A compressed file that cannot be decoded here: not ours, truncated, or made with another model or setup."""
+
+
+def environment() -> dict:
+    """What must match between the compressing and the decompressing machine."""
+    return {"torch": torch.__version__, "device": "cpu", "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads()}
+
+
+@dataclass
+class Stats:
+    n_bytes: int
+    compressed_bytes: int
+    header_bytes: int
+    seconds: float
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.compressed_bytes * 8 / max(self.n_bytes, 1)
+
+
+def _layout(n: int, context: int, lanes: int) -> tuple[list[tuple[int, int]], list[list[int]], list[int]]:
+    """The windows (start, scored) of evaluate's protocol; the full windows of each lane; the windows left for last,
+    one at a time (the shorter last window, which reuses bytes of the window before it)."""
+    plan = window_plan(n, context, context)
+    T = min(context, n - 1)
+    full = [i for i, (_, k) in enumerate(plan) if k == T]
+    rest = [i for i, (_, k) in enumerate(plan) if k != T]
+    per_lane = math.ceil(len(full) / max(1, min(lanes, len(full)))) if full else 1
+    groups = [full[i:i + per_lane] for i in range(0, len(full), per_lane)]
+    return plan, groups, rest
+
+
+def _probabilities(logits: torch.Tensor) -> np.ndarray:
+    return torch.softmax(logits.double(), dim=-1).numpy()
+
+
+def _code(model: GPT, n: int, context: int, lanes: int, dynamic: DynamicEvalConfig | None, buf: bytearray,
+          code: Callable[[np.ndarray, list[int]], None]) -> None:
+    """Walk the bytes in coding order, computing each one's distribution; `code(probabilities (m, 256), positions)`
+    codes the bytes at those positions of `buf` (the encoder reads them, the decoder writes them)."""
+    if dynamic:
+        _code_dynamic(model, n, context, dynamic, buf, code)
+        return
+    plan, groups, rest = _layout(n, context, lanes)
+    T = min(context, n - 1)
+    with torch.no_grad():
+        for slot in range(max((len(g) for g in groups), default=0)):
+            active = [g[slot] for g in groups if slot < len(g)]
+            cache = KVCache(model.cfg.n_layer)
+            for q in range(T):  # full windows: position q predicts byte start + q + 1
+                x = torch.tensor([[buf[plan[w][0] + q]] for w in active])
+                logits = model.extend(x, cache)[:, -1]  # (lanes, vocab)
+                code(_probabilities(logits), [plan[w][0] + q + 1 for w in active])
+        for w in rest:  # the last, shorter window: its first T - k inputs are bytes already coded
+            _code_window(model, plan[w], T, buf, code)
+
+
+def _code_window(model: GPT, window: tuple[int, int], T: int, buf: bytearray,
+                 code: Callable[[np.ndarray, list[int]], None]) -> None:
+    """One window (start, scored) alone: its unscored inputs in one pass, then a position at a time."""
+    start, k = window
+    cache = KVCache(model.cfg.n_layer)
+    with torch.no_grad():
+        logits = model.extend(torch.tensor([list(buf[start:start + T - k + 1])]), cache)[:, -1]
+        code(_probabilities(logits), [start + T - k + 1])
+        for q in range(T - k + 1, T):
+            logits = model.extend(torch.tensor([[buf[start + q]]]), cache)[:, -1]
+            code(_probabilities(logits), [start + q + 1])
+
+
+def _code_dynamic(model: GPT, n: int, context: int, settings: DynamicEvalConfig, buf: bytearray,
+                  code: Callable[[np.ndarray, list[int]], None]) -> None:
+    """Dynamic evaluation's walk (chargpt.evaluation.dynamic_bpc): its windows in order, one at a time, and after
+    each group of `settings.windows` the same update on the bytes just coded."""
+    plan = window_plan(n, context, settings.stride or context)
+    T = min(context, n - 1)
+    learner = DynamicEvaluation(model, settings)
+    for i in range(0, len(plan), settings.windows):
+        group = plan[i:i + settings.windows]
+        for window in group:
+            _code_window(learner.model, window, T, buf, code)
+        chunk = torch.tensor([list(buf[start:start + T + 1]) for start, _ in group])
+        n_scored = torch.tensor([k for _, k in group])
+        learner.update(chunk, torch.arange(T)[None, :] >= (T - n_scored)[:, None])
+
+
+def _stored_positions(n: int, context: int, lanes: int, dynamic: bool) -> list[int]:
+    """The bytes stored as they are: the first, and each lane's first input byte after the first lane."""
+    if n < 2:
+        return list(range(n))
+    if dynamic:
+        return [0]
+    plan, groups, _ = _layout(n, context, lanes)
+    return [0] + [plan[g[0]][0] for g in groups[1:]]
+
+
+def compress(model: GPT, model_sha256: str, data: bytes, dynamic: DynamicEvalConfig | None = None,
+             lanes: int = DEFAULT_LANES) -> tuple[bytes, Stats]:
+    start = time.perf_counter()
+    n, context = len(data), model.cfg.context
+    header = {"format": FORMAT, "length": n, "sha256": hashlib.sha256(data).hexdigest(), "model_sha256": model_sha256,
+              "protocol": {"context": context, "lanes": lanes,
+                           "dynamic": dynamic.model_dump() if dynamic else None},
+              **environment()}
+    encoder = constriction.stream.queue.RangeEncoder()
+    family = constriction.stream.model.Categorical(perfect=False)
+    if n >= 2:
+        def code(probabilities: np.ndarray, positions: list[int]) -> None:
+            encoder.encode(np.array([data[p] for p in positions], dtype=np.int32), family, probabilities)
+
+        _code(model, n, context, lanes, dynamic, bytearray(data), code)
+    stored = bytes(data[p] for p in _stored_positions(n, context, lanes, dynamic is not None))
+    head = json.dumps(header, sort_keys=True).encode()
+    words = encoder.get_compressed().astype("<u4").tobytes()
+    out = MAGIC + struct.pack("<I", len(head)) + head + stored + words
+    return out, Stats(n, len(out), len(MAGIC) + 4 + len(head), time.perf_counter() - start)
+
+
+def read_header(blob: bytes, source: str) -> tuple[dict, int]:
+    if not blob.startswith(MAGIC):
+        raise CompressionError(f"{source}: not a chargpt-compressed file (it does not start with {MAGIC!r})")
+    try:
+        (size,) = struct.unpack_from("<I", blob, len(MAGIC))
+        header = json.loads(blob[len(MAGIC) + 4:len(MAGIC) + 4 + size])
+    except (struct.error, ValueError) as e:
+        raise CompressionError(f"{source}: unreadable header (truncated?): {e}") from None
+    if header.get("format") != FORMAT:
+        raise CompressionError(f"{source}: format {header.get('format')!r}; this version reads format {FORMAT}")
+    return header, len(MAGIC) + 4 + size
+
+
+def check_setup(header: dict, model_sha256: str, model_file: str, source: str) -> None:
+    """Refuse to decode with another model or on a setup that may round differently, naming what differs."""
+    if header["model_sha256"] != model_sha256:
+        raise CompressionError(f"{source}: compressed with the model of sha256 {header['model_sha256'][:16]}..., and "
+                               f"{model_file} is {model_sha256[:16]}...; decompress with the same model file")
+    here = environment() | {"threads": header["threads"]}  # the thread count is set from the header
+    if diff := {k: (header[k], here[k]) for k in here if header.get(k) != here[k]}:
+        listed = ", ".join(f"{k}: compressed with {a!r}, here {b!r}" for k, (a, b) in diff.items())
+        raise CompressionError(f"{source}: made on another setup ({listed}); the model's arithmetic could round "
+                               f"differently here and the output would be wrong. Decompress where it was compressed")
+
+
+def decompress(model: GPT, model_sha256: str, blob: bytes, source: str = "input", model_file: str = "model"
+               ) -> tuple[bytes, Stats]:
+    start = time.perf_counter()
+    header, offset = read_header(blob, source)
+    check_setup(header, model_sha256, model_file, source)
+    n, context = header["length"], header["protocol"]["context"]
+    lanes, dynamic = header["protocol"]["lanes"], header["protocol"]["dynamic"]
+    dynamic = DynamicEvalConfig(**dynamic) if dynamic else None
+    if context != model.cfg.context:
+        raise CompressionError(f"{source}: coded with context {context}, the model's is {model.cfg.context}")
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(header["threads"])
+    try:
+        buf = bytearray(n)
+        stored = _stored_positions(n, context, lanes, dynamic is not None)
+        for i, p in enumerate(stored):
+            buf[p] = blob[offset + i]
+        words = np.frombuffer(blob[offset + len(stored):], dtype="<u4")
+        decoder = constriction.stream.queue.RangeDecoder(words.astype(np.uint32))
+        family = constriction.stream.model.Categorical(perfect=False)
+        if n >= 2:
+            def code(probabilities: np.ndarray, positions: list[int]) -> None:
+                for p, byte in zip(positions, decoder.decode(family, probabilities)):
+                    buf[p] = int(byte)
+
+            _code(model, n, context, lanes, dynamic, buf, code)
+    finally:
+        torch.set_num_threads(previous_threads)
+    data = bytes(buf)
+    if hashlib.sha256(data).hexdigest() != header["sha256"]:
+        raise CompressionError(f"{source}: the decoded bytes do not match the sha256 the compressor recorded; the file "
+                               f"is damaged, or this setup computes the model's probabilities differently")
+    return data, Stats(n, len(blob), offset, time.perf_counter() - start)
+
+
+def write(path: str | Path, data: bytes) -> None:
+    with atomic_open(path, "wb") as f:
+        f.write(data)

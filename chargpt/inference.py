@@ -1,0 +1,74 @@
+"""Using a trained model: load it from a run or a checkpoint file, and sample bytes from it.
+
+Sampling feeds each new byte through the model once (a KV cache holds the window's earlier positions). The
+positional embeddings are learned per absolute position, so the cache cannot slide by one: when the window is
+full, it restarts from the last half of it (one forward pass over those bytes), so each byte sees at least
+context / 2 bytes of history and at most context - 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from chargpt.checkpoint import load_model
+from chargpt.errors import CheckpointError
+from chargpt.model import GPT, KVCache
+from chargpt.runtime import model_path
+
+
+def checkpoint_path(run: str | None, checkpoint: str | Path | None, root: Path = Path(".")) -> Path:
+    """models/<run>/model.pt of the project at `root`, or the checkpoint file given."""
+    if checkpoint is not None:
+        return Path(checkpoint)
+    path = root / model_path(run)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found: run {run!r} has not been trained here. Train it (dvc repro "
+                              f"train@{run}) or fetch it from the DVC remote (dvc pull train@{run})")
+    return path
+
+
+def load_trained(path: Path) -> GPT:
+    model, _ = load_model(path)
+    return model.eval()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@torch.inference_mode()
+def sample(model: GPT, prompt: bytes, n_bytes: int, temperature: float = 1.0, top_k: int | None = None,
+           seed: int = 0) -> bytes:
+    """`n_bytes` bytes following `prompt` (at least one byte), drawn from the model's next-byte distributions."""
+    if not prompt:
+        raise ValueError("the prompt must hold at least one byte (the model predicts each byte from earlier ones)")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    generator = torch.Generator().manual_seed(seed)
+    context = model.cfg.context
+    history = list(prompt[-context:])
+    cache = KVCache(model.cfg.n_layer)
+    logits = model.extend(torch.tensor([history]), cache)[0, -1]  # (vocab,)
+    out = bytearray()
+    for _ in range(n_bytes):
+        logits = logits.float() / temperature
+        if top_k is not None and top_k < logits.numel():
+            kth = torch.topk(logits, top_k).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        byte = int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator))
+        out.append(byte)
+        history.append(byte)
+        if cache.length == context:  # the window is full: restart it from its last half
+            history = history[-(context // 2):]
+            cache = KVCache(model.cfg.n_layer)
+            logits = model.extend(torch.tensor([history]), cache)[0, -1]
+        else:
+            logits = model.extend(torch.tensor([[byte]]), cache)[0, -1]
+    return bytes(out)

@@ -1,0 +1,153 @@
+"""The commands that use a trained model (models/<run>/model.pt, or any checkpoint file):
+
+    chargpt sample   --run NAME [--prompt TEXT | --prompt-file F] [--bytes N] [--temperature T] [--top-k K]
+                     [--seed S] [--output F]
+    chargpt score    FILE --run NAME [--stride S] [--dynamic]
+    chargpt compress   IN OUT --run NAME [--dynamic]
+    chargpt decompress IN OUT --run NAME
+
+--checkpoint PATH stands for --run NAME everywhere. A clone that did not train the run fetches its model with
+`dvc pull train@NAME`. --dynamic uses the run's eval.dynamic settings from params.yaml (or the defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from chargpt.compression import compress, decompress, write
+from chargpt.config import DynamicEvalConfig, load_run_config
+from chargpt.errors import ConfigError
+from chargpt.evaluation import dynamic_bpc, split_bpc
+from chargpt.inference import checkpoint_path, file_sha256, load_trained, sample
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help="a run of params.yaml: its models/<run>/model.pt")
+    which.add_argument("--checkpoint", type=Path, help="a model checkpoint file instead")
+    parser.add_argument("--params", default="params.yaml", help="with --run and --dynamic: where its settings are")
+
+
+def _parser(name: str, doc: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=f"chargpt {name}", description=doc)
+
+
+def _dynamic_settings(args: argparse.Namespace) -> DynamicEvalConfig:
+    if args.run is None:
+        return DynamicEvalConfig()
+    return load_run_config(args.run, args.params).eval.dynamic or DynamicEvalConfig()
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read it ({e.strerror})") from None
+
+
+def sample_parser() -> argparse.ArgumentParser:
+    parser = _parser("sample", "Bytes drawn from the model after a prompt, written raw (invalid UTF-8 included).")
+    _model_arguments(parser)
+    prompt = parser.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", default="\n", help="text to continue (UTF-8; default: a newline)")
+    prompt.add_argument("--prompt-file", type=Path, help="bytes to continue")
+    parser.add_argument("--bytes", type=int, default=500, help="how many bytes to draw (default 500)")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, help="draw among the k likeliest bytes only")
+    parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same bytes (on the CPU)")
+    parser.add_argument("--output", type=Path, help="write to this file (default: standard output)")
+    return parser
+
+
+def sample_main(argv: list[str] | None = None) -> None:
+    args = sample_parser().parse_args(argv)
+    model = load_trained(checkpoint_path(args.run, args.checkpoint))
+    prompt = _read(args.prompt_file) if args.prompt_file else args.prompt.encode()
+    if args.bytes < 0 or (args.top_k is not None and args.top_k < 1) or args.temperature <= 0:
+        raise ConfigError(f"--bytes must be >= 0, --top-k >= 1, --temperature > 0; got {args.bytes}, {args.top_k}, "
+                          f"{args.temperature}")
+    text = sample(model, prompt, args.bytes, args.temperature, args.top_k, args.seed)
+    if args.output:
+        write(args.output, text)
+    else:
+        sys.stdout.buffer.write(text)
+        sys.stdout.buffer.flush()
+
+
+def score_parser() -> argparse.ArgumentParser:
+    parser = _parser("score", "The model's bits per byte on a file, with evaluate's protocol.")
+    parser.add_argument("file")
+    _model_arguments(parser)
+    parser.add_argument("--stride", type=int, help="sliding windows: score each window's last STRIDE bytes")
+    parser.add_argument("--dynamic", action="store_true", help="dynamic evaluation (the run's eval.dynamic)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    return parser
+
+
+def score_main(argv: list[str] | None = None) -> None:
+    args = score_parser().parse_args(argv)
+    model = load_trained(checkpoint_path(args.run, args.checkpoint))
+    data = torch.frombuffer(bytearray(_read(args.file)), dtype=torch.uint8)
+    if len(data) < 2:
+        raise ConfigError(f"{args.file}: {len(data)} byte(s): nothing to score (each byte is predicted from earlier ones)")
+    context = model.cfg.context
+    if args.stride is not None and not 0 < args.stride <= context:
+        raise ConfigError(f"--stride: {args.stride} must be between 1 and the model's context ({context})")
+    start = time.perf_counter()
+    if args.dynamic:
+        settings = _dynamic_settings(args)
+        if args.stride:
+            settings = settings.model_copy(update={"stride": args.stride})
+        bpc, scored = dynamic_bpc(model, data, context, settings, progress=True)
+    else:
+        settings = None
+        bpc, scored = split_bpc(model, data, context, args.batch_size, args.stride, progress=True)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"file": args.file, "bpc" + ("_dynamic" if args.dynamic else ""): round(bpc, 5),
+                      "bytes_scored": scored, "context": context,
+                      "stride": (settings.stride if settings else args.stride) or context,
+                      **({"dynamic": settings.model_dump()} if settings else {}), "seconds": round(seconds, 2),
+                      "bytes_per_second": round(scored / seconds, 1)}))
+
+
+def compress_parser() -> argparse.ArgumentParser:
+    parser = _parser("compress", "Lossless compression with the model's next-byte distribution (range coding).")
+    parser.add_argument("input")
+    parser.add_argument("output")
+    _model_arguments(parser)
+    parser.add_argument("--dynamic", action="store_true", help="adapt the model as it codes (the run's eval.dynamic)")
+    return parser
+
+
+def compress_main(argv: list[str] | None = None) -> None:
+    args = compress_parser().parse_args(argv)
+    path = checkpoint_path(args.run, args.checkpoint)
+    data = _read(args.input)
+    blob, stats = compress(load_trained(path), file_sha256(path), data, _dynamic_settings(args) if args.dynamic else None)
+    write(args.output, blob)
+    print(json.dumps({"input_bytes": stats.n_bytes, "output_bytes": stats.compressed_bytes,
+                      "header_bytes": stats.header_bytes, "bits_per_byte": round(stats.bits_per_byte, 5),
+                      "seconds": round(stats.seconds, 2), "bytes_per_second": round(stats.n_bytes / stats.seconds, 1)}))
+
+
+def decompress_parser() -> argparse.ArgumentParser:
+    parser = _parser("decompress", "Restore a file made by `chargpt compress`, with the same model and setup.")
+    parser.add_argument("input")
+    parser.add_argument("output")
+    _model_arguments(parser)
+    return parser
+
+
+def decompress_main(argv: list[str] | None = None) -> None:
+    args = decompress_parser().parse_args(argv)
+    path = checkpoint_path(args.run, args.checkpoint)
+    data, stats = decompress(load_trained(path), file_sha256(path), _read(args.input), args.input, str(path))
+    write(args.output, data)
+    print(json.dumps({"output_bytes": stats.n_bytes, "seconds": round(stats.seconds, 2),
+                      "bytes_per_second": round(stats.n_bytes / max(stats.seconds, 1e-9), 1)}))

@@ -1,0 +1,170 @@
+"""Using a trained model: sampling through the KV cache, scoring files, dynamic evaluation, and the compressor's
+round trip (on a small model trained here for a few steps)."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from chargpt.checkpoint import save_checkpoint
+from chargpt.compression import CompressionError, compress, decompress
+from chargpt.config import DynamicEvalConfig, ModelConfig
+from chargpt.evaluation import dynamic_bpc, split_bpc
+from chargpt.inference import file_sha256, load_trained, sample
+from chargpt.model import GPT, KVCache
+from conftest import SAMPLE, tiny_text
+
+CONFIG = ModelConfig(n_layer=2, d_model=32, n_head=2, d_ff=64, context=32, dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny model trained 150 steps on generated text, saved as the train stage saves it."""
+    torch.manual_seed(0)
+    model = GPT(CONFIG)
+    data = torch.frombuffer(bytearray(tiny_text(20_000)), dtype=torch.uint8).long()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        starts = torch.randint(len(data) - 33, (16, 1), generator=gen)
+        chunk = data[starts + torch.arange(33)]
+        model(chunk[:, :-1], chunk[:, 1:])[1].backward()
+        opt.step()
+        opt.zero_grad()
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    save_checkpoint(path, model, {"model": CONFIG.model_dump()}, step=150)
+    return path
+
+
+def test_the_kv_cache_gives_the_full_windows_logits():
+    torch.manual_seed(0)
+    model = GPT(CONFIG).eval()
+    x = torch.randint(0, 256, (3, 32))
+    full, _ = model(x)
+    cache = KVCache(CONFIG.n_layer)
+    pieces = [model.extend(x[:, :5], cache)] + [model.extend(x[:, t:t + 1], cache) for t in range(5, 20)]
+    pieces.append(model.extend(x[:, 20:], cache))  # several positions at once on a non-empty cache
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="exceeds the model's context 32"):
+        model.extend(x[:, :1], cache)
+
+
+def test_sampling_is_reproducible_and_slides_past_the_context(checkpoint):
+    model = load_trained(checkpoint)
+    a = sample(model, b"the ", 200, seed=3)  # 200 > context 32: the window restarts several times
+    assert len(a) == 200 and a == sample(model, b"the ", 200, seed=3) and a != sample(model, b"the ", 200, seed=4)
+    assert sample(model, b"x" * 100, 5, seed=0)  # a prompt longer than the context keeps its last bytes
+    greedy = sample(model, b"the model", 20, top_k=1)
+    assert greedy == sample(model, b"the model", 20, top_k=1, seed=99)  # top-1 is the argmax whatever the seed
+    words = sample(model, b"the ", 300, temperature=0.5, seed=1).split()
+    assert sum(w in (b"the", b"byte", b"model", b"and", b"of") for w in words) > len(words) / 3  # it learned words
+    with pytest.raises(ValueError, match="at least one byte"):
+        sample(model, b"", 5)
+
+
+def test_dynamic_evaluation_learns_from_what_it_has_scored_only(checkpoint):
+    model = load_trained(checkpoint)
+    text = torch.frombuffer(bytearray(b"zq9 " * 600), dtype=torch.uint8)  # unlike the training text: learnable here
+    static, n = split_bpc(model, text, 32, 16)
+    dynamic, m = dynamic_bpc(model, text, 32, DynamicEvalConfig(lr=3e-3))
+    assert n == m == len(text) - 1 and dynamic < static - 1.0
+    before = [p.clone() for p in model.parameters()]
+    dynamic_bpc(model, text, 32, DynamicEvalConfig(lr=3e-3, optimizer="sgd", windows=3, decay=0.01))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the trained model is untouched
+    # The first window is scored before any update: the same as static scoring of it.
+    first = text[:33]
+    assert dynamic_bpc(model, first, 32, DynamicEvalConfig())[0] == pytest.approx(split_bpc(model, first, 32, 1)[0])
+
+
+CASES = {
+    "empty": b"",
+    "one byte": b"x",
+    "random bytes": np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes(),
+    "not on a window boundary": tiny_text(5000)[:32 * 40 + 7],
+    "utf-16": "le modèle d'octets, un test en UTF-16 ".encode("utf-16") * 12,
+    "shorter than a window": b"the byte model",
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_the_round_trip_is_byte_exact_and_the_size_is_the_bpc(checkpoint, name):
+    model, sha = load_trained(checkpoint), file_sha256(checkpoint)
+    data = CASES[name]
+    blob, stats = compress(model, sha, data)
+    out, _ = decompress(model, sha, blob)
+    assert out == data
+    if len(data) >= 1000:
+        bpc, scored = split_bpc(model, torch.frombuffer(bytearray(data), dtype=torch.uint8), 32, 16)
+        ideal = scored * bpc / 8  # bytes of information the model assigns the data
+        lanes = 32  # one stored byte for each lane after the first, and the first byte
+        assert stats.compressed_bytes - stats.header_bytes <= ideal * 1.001 + lanes + 4
+
+
+@pytest.mark.parametrize("settings", [DynamicEvalConfig(lr=3e-3, windows=2),
+                                      DynamicEvalConfig(lr=0.1, optimizer="sgd", stride=12)])
+def test_dynamic_compression_adapts_as_dynamic_evaluation_does(checkpoint, settings):
+    model, sha = load_trained(checkpoint), file_sha256(checkpoint)
+    data = b"zq9 " * 300 + tiny_text(700)
+    blob, stats = compress(model, sha, data, dynamic=settings)
+    out, _ = decompress(model, sha, blob)
+    assert out == data
+    bpc, scored = dynamic_bpc(model, torch.frombuffer(bytearray(data), dtype=torch.uint8), 32, settings)
+    static, _ = compress(model, sha, data)
+    assert stats.compressed_bytes - stats.header_bytes <= scored * bpc / 8 * 1.001 + 5
+    assert stats.compressed_bytes < len(static)  # it learned the repeats
+
+
+def test_decoding_refuses_another_model_another_setup_and_damage(checkpoint, tmp_path, monkeypatch):
+    model, sha = load_trained(checkpoint), file_sha256(checkpoint)
+    blob, _ = compress(model, sha, tiny_text(2000))
+    with pytest.raises(CompressionError, match="compressed with the model of sha256 .*decompress with the same model"):
+        decompress(model, "0" * 64, blob)
+    import chargpt.compression as compression
+
+    monkeypatch.setattr(compression, "environment", lambda: {"torch": "0.0", "device": "cpu", "cpu_capability":
+                                                             "AVX2", "threads": 1})
+    with pytest.raises(CompressionError, match="made on another setup .torch: compressed with '.*', here '0.0'"):
+        decompress(model, sha, blob)
+    monkeypatch.undo()
+    damaged = bytearray(blob)
+    damaged[-20] ^= 0xFF
+    with pytest.raises(CompressionError, match="do not match the sha256"):
+        decompress(model, sha, bytes(damaged))
+    with pytest.raises(CompressionError, match="not a chargpt-compressed file"):
+        decompress(model, sha, b"PK\x03\x04 a zip")
+
+
+def test_the_commands_run_from_a_checkpoint(checkpoint, tmp_path):
+    chargpt = [sys.executable, "-m", "chargpt.cli"]
+    (tmp_path / "in.txt").write_bytes(tiny_text(3000))
+    run = lambda *args: subprocess.run([*chargpt, *args, "--checkpoint", str(checkpoint)], cwd=tmp_path,  # noqa: E731
+                                       capture_output=True, timeout=300)
+    out = run("sample", "--prompt", "the ", "--bytes", "50", "--seed", "2")
+    assert out.returncode == 0 and len(out.stdout) == 50
+    score = json.loads(run("score", "in.txt").stdout)
+    assert score["bytes_scored"] == 2999 and 0 < score["bpc"] < 8 and score["stride"] == 32
+    dynamic = json.loads(run("score", "in.txt", "--dynamic").stdout)
+    assert "bpc_dynamic" in dynamic and dynamic["dynamic"]["optimizer"] == "adam"
+    packed = json.loads(run("compress", "in.txt", "in.cgz").stdout)
+    assert packed["output_bytes"] == (tmp_path / "in.cgz").stat().st_size
+    assert packed["bits_per_byte"] < 8 and run("decompress", "in.cgz", "out.txt").returncode == 0
+    assert (tmp_path / "out.txt").read_bytes() == (tmp_path / "in.txt").read_bytes()
+    missing = subprocess.run([*chargpt, "sample", "--run", "nope"], cwd=tmp_path, capture_output=True, text=True)
+    assert missing.returncode == 1 and "models/nope/model.pt: not found" in missing.stderr
+    assert "dvc pull train@nope" in missing.stderr
+
+
+@pytest.mark.slow
+def test_the_round_trip_on_the_samples_test_split(checkpoint):
+    import bz2
+
+    text = bz2.open(SAMPLE).read()
+    test = text[len(text) - 304_488:]  # the last 5%: the sample's test split
+    model, sha = load_trained(checkpoint), file_sha256(checkpoint)
+    blob, stats = compress(model, sha, test[:60_000])
+    assert decompress(model, sha, blob)[0] == test[:60_000]
+    assert math.isfinite(stats.bits_per_byte)

@@ -29,7 +29,7 @@ import torch
 from chargpt.config import load_run_config, with_overrides
 from chargpt.cuda_graphs import GraphedStep
 from chargpt.corpus import split_corpus
-from chargpt.device import device_name, precision_name
+from chargpt.device import autocast as device_autocast, device_name, precision_name
 from chargpt.evaluation import split_bpc
 from chargpt.loop import LoopConfig, TrainParts, TrainStep, train_loop
 from chargpt.model import GPT
@@ -74,8 +74,8 @@ def train_tokens_per_s(cfg, device, autocast, steps: int, mode: str, batch_size:
     x = torch.randint(0, 256, (batch_size, cfg.model.context), device=device)
     forward = torch.compile(model) if compile_model else model
     scaler = torch.amp.GradScaler(device.type) if autocast == torch.float16 else None
-    step = TrainStep(forward, model.parameters(), opt, grad_clip=cfg.optimizer.grad_clip, autocast_dtype=autocast,
-                     scaler=scaler)
+    step = TrainStep(forward, model.parameters(), opt, grad_clip=cfg.optimizer.grad_clip,
+                     autocast=lambda: device_autocast(device, autocast), scaler=scaler)
     if graphs:
         step = GraphedStep(step, opt, device)
     parts = TrainParts(model, opt, sched, lambda: (x, x), step)

@@ -82,12 +82,12 @@ def _probabilities(logits: torch.Tensor) -> np.ndarray:
     return torch.softmax(logits.double(), dim=-1).numpy()
 
 
-def _code(model: GPT, n: int, context: int, lanes: int, dynamic: DynamicEvalConfig | None, buf: bytearray,
-          code: Callable[[np.ndarray, list[int]], None]) -> None:
+def _code(model: GPT, n: int, context: int, lanes: int, stride: int | None, dynamic: DynamicEvalConfig | None,
+          buf: bytearray, code: Callable[[np.ndarray, list[int]], None]) -> None:
     """Walk the bytes in coding order, computing each one's distribution; `code(probabilities (m, 256), positions)`
     codes the bytes at those positions of `buf` (the encoder reads them, the decoder writes them)."""
-    if dynamic:
-        _code_dynamic(model, n, context, dynamic, buf, code)
+    if dynamic or (stride or context) != context:
+        _code_in_order(model, n, context, dynamic.stride if dynamic else stride, dynamic, buf, code)
         return
     plan, groups, rest = _layout(n, context, lanes)
     T = min(context, n - 1)
@@ -99,8 +99,8 @@ def _code(model: GPT, n: int, context: int, lanes: int, dynamic: DynamicEvalConf
                 x = torch.tensor([[buf[plan[w][0] + q]] for w in active])
                 logits = model.extend(x, cache)[:, -1]  # (lanes, vocab)
                 code(_probabilities(logits), [plan[w][0] + q + 1 for w in active])
-        for w in rest:  # the last, shorter window: its first T - k inputs are bytes already coded
-            _code_window(model, plan[w], T, buf, code)
+    for w in rest:  # the last, shorter window: its first T - k inputs are bytes already coded
+        _code_window(model, plan[w], T, buf, code)
 
 
 def _code_window(model: GPT, window: tuple[int, int], T: int, buf: bytearray,
@@ -116,38 +116,49 @@ def _code_window(model: GPT, window: tuple[int, int], T: int, buf: bytearray,
             code(_probabilities(logits), [start + q + 1])
 
 
-def _code_dynamic(model: GPT, n: int, context: int, settings: DynamicEvalConfig, buf: bytearray,
-                  code: Callable[[np.ndarray, list[int]], None]) -> None:
-    """Dynamic evaluation's walk (chargpt.evaluation.dynamic_bpc): its windows in order, one at a time, and after
-    each group of `settings.windows` the same update on the bytes just coded."""
-    plan = window_plan(n, context, settings.stride or context)
+def _code_in_order(model: GPT, n: int, context: int, stride: int | None, dynamic: DynamicEvalConfig | None,
+                   buf: bytearray, code: Callable[[np.ndarray, list[int]], None]) -> None:
+    """The windows one at a time, in order (sliding windows overlap, so no lane could start without the bytes
+    before it). With `dynamic`, dynamic evaluation's walk (chargpt.evaluation.dynamic_bpc): after each group of
+    `dynamic.windows` windows, the same update on the bytes just coded."""
+    plan = window_plan(n, context, stride or context)
     T = min(context, n - 1)
-    learner = DynamicEvaluation(model, settings)
-    for i in range(0, len(plan), settings.windows):
-        group = plan[i:i + settings.windows]
+    learner = DynamicEvaluation(model, dynamic) if dynamic else None
+    step = dynamic.windows if dynamic else len(plan)
+    for i in range(0, len(plan), step):
+        group = plan[i:i + step]
         for window in group:
-            _code_window(learner.model, window, T, buf, code)
-        chunk = torch.tensor([list(buf[start:start + T + 1]) for start, _ in group])
-        n_scored = torch.tensor([k for _, k in group])
-        learner.update(chunk, torch.arange(T)[None, :] >= (T - n_scored)[:, None])
+            _code_window(learner.model if learner else model, window, T, buf, code)
+        if learner:
+            chunk = torch.tensor([list(buf[start:start + T + 1]) for start, _ in group])
+            n_scored = torch.tensor([k for _, k in group])
+            learner.update(chunk, torch.arange(T)[None, :] >= (T - n_scored)[:, None])
 
 
-def _stored_positions(n: int, context: int, lanes: int, dynamic: bool) -> list[int]:
+def _in_order(context: int, stride: int | None, dynamic: DynamicEvalConfig | None) -> bool:
+    return dynamic is not None or (stride or context) != context
+
+
+def _stored_positions(n: int, context: int, lanes: int, in_order: bool) -> list[int]:
     """The bytes stored as they are: the first, and each lane's first input byte after the first lane."""
     if n < 2:
         return list(range(n))
-    if dynamic:
+    if in_order:
         return [0]
     plan, groups, _ = _layout(n, context, lanes)
     return [0] + [plan[g[0]][0] for g in groups[1:]]
 
 
 def compress(model: GPT, model_sha256: str, data: bytes, dynamic: DynamicEvalConfig | None = None,
-             lanes: int = DEFAULT_LANES) -> tuple[bytes, Stats]:
+             lanes: int = DEFAULT_LANES, stride: int | None = None) -> tuple[bytes, Stats]:
+    """stride: score sliding windows (each byte sees at least context - stride bytes; coded in order, one window at
+    a time); with `dynamic`, its own stride applies."""
     start = time.perf_counter()
     n, context = len(data), model.cfg.context
+    if stride is not None and not 0 < stride <= context:
+        raise ValueError(f"stride {stride} must be between 1 and the model's context ({context})")
     header = {"format": FORMAT, "length": n, "sha256": hashlib.sha256(data).hexdigest(), "model_sha256": model_sha256,
-              "protocol": {"context": context, "lanes": lanes,
+              "protocol": {"context": context, "lanes": lanes, "stride": stride,
                            "dynamic": dynamic.model_dump() if dynamic else None},
               **environment()}
     encoder = constriction.stream.queue.RangeEncoder()
@@ -156,8 +167,8 @@ def compress(model: GPT, model_sha256: str, data: bytes, dynamic: DynamicEvalCon
         def code(probabilities: np.ndarray, positions: list[int]) -> None:
             encoder.encode(np.array([data[p] for p in positions], dtype=np.int32), family, probabilities)
 
-        _code(model, n, context, lanes, dynamic, bytearray(data), code)
-    stored = bytes(data[p] for p in _stored_positions(n, context, lanes, dynamic is not None))
+        _code(model, n, context, lanes, stride, dynamic, bytearray(data), code)
+    stored = bytes(data[p] for p in _stored_positions(n, context, lanes, _in_order(context, stride, dynamic)))
     head = json.dumps(header, sort_keys=True).encode()
     words = encoder.get_compressed().astype("<u4").tobytes()
     out = MAGIC + struct.pack("<I", len(head)) + head + stored + words
@@ -195,7 +206,7 @@ def decompress(model: GPT, model_sha256: str, blob: bytes, source: str = "input"
     header, offset = read_header(blob, source)
     check_setup(header, model_sha256, model_file, source)
     n, context = header["length"], header["protocol"]["context"]
-    lanes, dynamic = header["protocol"]["lanes"], header["protocol"]["dynamic"]
+    lanes, dynamic, stride = header["protocol"]["lanes"], header["protocol"]["dynamic"], header["protocol"]["stride"]
     dynamic = DynamicEvalConfig(**dynamic) if dynamic else None
     if context != model.cfg.context:
         raise CompressionError(f"{source}: coded with context {context}, the model's is {model.cfg.context}")
@@ -203,7 +214,7 @@ def decompress(model: GPT, model_sha256: str, blob: bytes, source: str = "input"
     torch.set_num_threads(header["threads"])
     try:
         buf = bytearray(n)
-        stored = _stored_positions(n, context, lanes, dynamic is not None)
+        stored = _stored_positions(n, context, lanes, _in_order(context, stride, dynamic))
         for i, p in enumerate(stored):
             buf[p] = blob[offset + i]
         words = np.frombuffer(blob[offset + len(stored):], dtype="<u4")
@@ -214,7 +225,7 @@ def decompress(model: GPT, model_sha256: str, blob: bytes, source: str = "input"
                 for p, byte in zip(positions, decoder.decode(family, probabilities)):
                     buf[p] = int(byte)
 
-            _code(model, n, context, lanes, dynamic, buf, code)
+            _code(model, n, context, lanes, stride, dynamic, buf, code)
     finally:
         torch.set_num_threads(previous_threads)
     data = bytes(buf)

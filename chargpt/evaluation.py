@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from chargpt.device import autocast
+
 LN2 = math.log(2)
 
 
@@ -38,7 +40,7 @@ def batch_nats(model: torch.nn.Module, chunk: torch.Tensor, scored: torch.Tensor
                autocast_dtype: torch.dtype | None) -> torch.Tensor:
     """The summed nats (float64) of the scored positions of one batch of windows: chunk (B, T+1) holds the inputs
     and their next bytes, `scored` (B, T) marks the positions each window scores."""
-    with torch.autocast(chunk.device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+    with autocast(chunk.device, autocast_dtype):
         logits, _ = model(chunk[:, :-1])  # (B, T, vocab)
     # float64: over millions of bytes the BPC must not drift by fp32 rounding (a uniform model scores 8.0)
     nats = F.cross_entropy(logits.double().transpose(1, 2), chunk[:, 1:], reduction="none")  # (B, T)

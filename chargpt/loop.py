@@ -73,11 +73,11 @@ class TrainStep:
     gradients hold inf/NaN is skipped by the scaler and reported as such."""
 
     def __init__(self, forward: torch.nn.Module, params: Sequence[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
-                 *, grad_clip: float = 0.0, autocast_dtype: torch.dtype | None = None, micro_batches: int = 1,
-                 scaler: torch.amp.GradScaler | None = None):
+                 *, grad_clip: float = 0.0, autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                 micro_batches: int = 1, scaler: torch.amp.GradScaler | None = None):
+        """autocast: the run's mixed-precision context (chargpt.device.autocast); plain fp32 by default."""
         self.forward, self.params, self.optimizer = forward, list(params), optimizer
-        self.grad_clip, self.autocast_dtype, self.micro_batches, self.scaler = grad_clip, autocast_dtype, micro_batches, scaler
-        self.device_type = self.params[0].device.type
+        self.grad_clip, self.autocast, self.micro_batches, self.scaler = grad_clip, autocast, micro_batches, scaler
 
     def __call__(self, batches: Sequence[Batch]) -> StepResult:
         result = self.run(batches)
@@ -91,8 +91,7 @@ class TrainStep:
             last = i == len(batches) - 1
             # DDP: all-reduce the gradients once per step, on the last micro-batch
             sync = contextlib.nullcontext() if last or not hasattr(self.forward, "no_sync") else self.forward.no_sync()
-            with sync, torch.autocast(self.device_type, dtype=self.autocast_dtype or torch.bfloat16,
-                                      enabled=self.autocast_dtype is not None):
+            with sync, self.autocast():
                 _, micro_loss = self.forward(x, y)
                 scaled = micro_loss / len(batches)
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()

@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from chargpt.config import LRRangeTestConfig, RunConfig
+from chargpt.device import autocast
 from chargpt.loop import RunTooLong
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,6 @@ def range_test(
 ) -> RangeTestResult:
     """max_seconds: stop (RunTooLong) when the sweep would take longer, timed over its iterations 2 to 4."""
     device = next(model.parameters()).device
-    device_type = device.type
     started = None
     model.train()
     lrs, losses, smoothed = [], [], []
@@ -53,7 +53,7 @@ def range_test(
         for group in optimizer.param_groups:
             group["lr"] = lr
         x, y = next_batch()
-        with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+        with autocast(device, autocast_dtype):
             _, loss = model(x, y)
         loss_value = loss.item()  # the test's decision needs it every step
         if not math.isfinite(loss_value):

@@ -12,7 +12,7 @@ import torch
 from chargpt.batches import BatchSampler, load_split
 from chargpt.config import RunConfig, TrainConfig, flatten
 from chargpt.cuda_graphs import GraphedStep
-from chargpt.device import precision_name
+from chargpt.device import autocast, precision_name
 from chargpt.distributed import Ranks
 from chargpt.errors import ConfigError
 from chargpt.evaluation import split_bpc
@@ -99,7 +99,7 @@ class TrainingRun:
 
     def parts(self) -> TrainParts:
         step = TrainStep(self.forward_model, self.model.parameters(), self.optimizer,
-                         grad_clip=self.cfg.optimizer.grad_clip, autocast_dtype=self.autocast,
+                         grad_clip=self.cfg.optimizer.grad_clip, autocast=lambda: autocast(self.device, self.autocast),
                          micro_batches=self.accumulation_steps, scaler=self.scaler)
         if self.execution.cuda_graphs:
             # The auxiliary losses switch off half-way, which changes the model's graph: a new capture.

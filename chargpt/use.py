@@ -3,7 +3,7 @@
     chargpt sample   --run NAME [--prompt TEXT | --prompt-file F] [--bytes N] [--temperature T] [--top-k K]
                      [--seed S] [--output F]
     chargpt score    FILE --run NAME [--stride S] [--dynamic]
-    chargpt compress   IN OUT --run NAME [--dynamic]
+    chargpt compress   IN OUT --run NAME [--stride S] [--dynamic]
     chargpt decompress IN OUT --run NAME
 
 --checkpoint PATH stands for --run NAME everywhere. A clone that did not train the run fetches its model with
@@ -122,6 +122,7 @@ def compress_parser() -> argparse.ArgumentParser:
     parser.add_argument("output")
     _model_arguments(parser)
     parser.add_argument("--dynamic", action="store_true", help="adapt the model as it codes (the run's eval.dynamic)")
+    parser.add_argument("--stride", type=int, help="sliding windows, as `score --stride` (coded one window at a time)")
     return parser
 
 
@@ -129,7 +130,8 @@ def compress_main(argv: list[str] | None = None) -> None:
     args = compress_parser().parse_args(argv)
     path = checkpoint_path(args.run, args.checkpoint)
     data = _read(args.input)
-    blob, stats = compress(load_trained(path), file_sha256(path), data, _dynamic_settings(args) if args.dynamic else None)
+    blob, stats = compress(load_trained(path), file_sha256(path), data,
+                           _dynamic_settings(args) if args.dynamic else None, stride=args.stride)
     write(args.output, blob)
     print(json.dumps({"input_bytes": stats.n_bytes, "output_bytes": stats.compressed_bytes,
                       "header_bytes": stats.header_bytes, "bits_per_byte": round(stats.bits_per_byte, 5),

@@ -2,15 +2,15 @@
 Run it from the project (the repo, or a copy with trained runs):
 
     python docs/screenshots.py plots  [--out docs/dvc_plots.png]
-    python docs/screenshots.py mlflow --runs quickstart quickstart_cosine [--out docs/mlflow_compare.png]
+    python docs/screenshots.py mlflow [--out-dir docs]      # docs/mlflow_runs.png, docs/mlflow_charts.png
 
 plots: `dvc plots show` into a temporary folder, then Debian's chromium (headless) loads the HTML, runs its
 Vega-Lite, and the check passes only if every plot on the page drew a chart (a canvas) and none shows a
 Vega error. The page loads vega from jsdelivr; with --offline (no internet, as on our CI machines) the
 same versions are fetched from the npm registry once (into ~/.cache/chargpt/npm) and the page points at them.
 
-mlflow: starts `mlflow server` on 127.0.0.1 (a free port) over the project's store, opens its compare-runs
-page for the latest MLflow run of each named run, and screenshots it.
+mlflow: publishes the project's saved view (as `chargpt ui` does), starts `mlflow ui` on 127.0.0.1 (a free port)
+over the project's store, and screenshots the two links `chargpt ui` prints, in a fresh browser profile.
 
 Needs: chromium (`apt-get install chromium`), and npm for --offline.
 """
@@ -42,7 +42,9 @@ def chromium() -> str:
 
 
 def browser(*args: str, timeout: float = 120) -> str:
-    cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+    # no background networking: on a closed network chromium's own connections are refused, many at a time
+    cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
            "--virtual-time-budget=20000", *args]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:
@@ -98,19 +100,17 @@ def free_port() -> int:
 
 
 def mlflow(args: argparse.Namespace) -> None:
+    """The first screens a user gets from `chargpt ui`: the saved view of the runs table, and its charts."""
     sys.path.insert(0, str(ROOT))
     from chargpt import compare, tracking
 
-    runs = compare.load_runs(compare.find_project())
-    if runs.empty:
-        sys.exit(f"no runs in {tracking.tracking_uri()}")
-    latest = compare.latest_attempts(runs, args.runs)
-    if latest.empty:
-        sys.exit(f"none of {args.runs} in {tracking.tracking_uri()}")
-    ids, experiment = list(latest["run_id"]), latest["experiment_id"].iloc[0]
+    root = compare.find_project()
+    experiment_id = compare.publish_view(root)
+    if experiment_id is None:
+        sys.exit(f"no runs in {tracking.tracking_uri(root)}")
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", tracking.tracking_uri(), "--workers", "1"],
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", tracking.tracking_uri(root), "--workers", "1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -121,11 +121,13 @@ def mlflow(args: argparse.Namespace) -> None:
             except OSError:
                 time.sleep(0.5)
         else:
-            sys.exit("mlflow server did not answer within 60 s")
-        url = f"{base}/#/compare-runs?runs={json.dumps(ids)}&experiments={json.dumps([experiment])}"
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        browser(f"--screenshot={args.out.resolve()}", "--window-size=1500,1600", url)
-        print(f"compare page of {len(ids)} runs ({', '.join(latest['tags.chargpt.run'])}): {url}\nscreenshot: {args.out}")
+            sys.exit("mlflow ui did not answer within 60 s")
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        for mode, name in (("TABLE", "mlflow_runs.png"), ("CHART", "mlflow_charts.png")):
+            url = base + compare.view_path(experiment_id, mode)
+            browser(f"--screenshot={(args.out_dir / name).resolve()}", "--window-size=1700,1000",
+                    f"--user-data-dir={tempfile.mkdtemp()}", url)  # a fresh profile: what a new user sees
+            print(f"{url}\nscreenshot: {args.out_dir / name}")
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -137,9 +139,8 @@ def main() -> None:
     p = sub.add_parser("plots", help="check that `dvc plots show` renders, and screenshot it")
     p.add_argument("--out", type=Path, default=Path("docs") / "dvc_plots.png")
     p.add_argument("--offline", action="store_true", help="load vega from the npm registry instead of jsdelivr")
-    m = sub.add_parser("mlflow", help="screenshot MLflow's compare-runs page for the named runs")
-    m.add_argument("--runs", nargs="*", help="named runs (default: all)")
-    m.add_argument("--out", type=Path, default=Path("docs") / "mlflow_compare.png")
+    m = sub.add_parser("mlflow", help="screenshot the first screens of `chargpt ui` (runs table and charts)")
+    m.add_argument("--out-dir", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
     plots(args) if args.what == "plots" else mlflow(args)
 

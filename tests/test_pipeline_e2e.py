@@ -162,6 +162,14 @@ def test_mlflow_records_the_run(project):
     nested = {a.path for a in client.list_artifacts(child[0].info.run_id, "lr_range_test")}
     assert "lr_range_test/lr_range_test.csv" in nested
     assert (root / "mlartifacts").is_dir()  # artifacts beside the store, not in a DVC temp dir
+    # The UI's saved view: a model-training experiment, the named runs by test BPC with BPC columns.
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(json.loads(experiment.tags["mlflow.sharedViewState.compare"])["state"])
+    assert view["orderByKey"] == "metrics.`test_bpc`" and view["orderByAsc"] is True
+    assert {"metrics.`val_bpc`", "metrics.`test_bpc`", "metrics.`iterations`"} <= set(view["selectedColumns"])
+    assert "params.`schedule.name`" in view["selectedColumns"]  # it differs between tiny and tiny_cosine
+    assert view["compareRunCharts"][0]["metricKey"] in ("val_bpc", "test_bpc")
+    assert "lr_max" not in run_.data.metrics and "resolved.lr_max" in run_.data.params  # a param, not a metric
 
 
 def test_a_config_error_stops_the_stage_before_any_work(project):
@@ -196,3 +204,22 @@ def test_push_then_a_fresh_clone_pulls_and_trains_nothing(project, tmp_path):
     run(["dvc", "repro", "--force", "--single-item", "evaluate@tiny"], clone, env)
     after = json.loads((clone / "reports/tiny/eval.json").read_text())
     assert after["test_bpc"] == before["test_bpc"] and after["val_bpc"] == before["val_bpc"]
+
+
+def test_dvc_exp_run_changes_one_key_of_a_variant_and_reruns_that_variant_only(project):
+    root, env, corpus = project
+    if not (root / "reports/tiny_cosine/eval.json").exists():
+        pytest.skip("needs test_local_corpus_through_all_five_stages")
+    before = yaml.safe_load((root / "params.yaml").read_text())["runs"]["tiny_cosine"]
+    out = run(["dvc", "exp", "run", "-S", f"data.url={corpus.as_uri()}", "-S", "data.checksums=null",
+               "-S", "runs.tiny_cosine.train.target_bpc=[7.5]", "evaluate@tiny", "evaluate@tiny_cosine"], root, env).stdout
+    after = yaml.safe_load((root / "params.yaml").read_text())["runs"]["tiny_cosine"]
+    assert after == {**before, "train": {**before["train"], "target_bpc": [7.5]}}  # still `base: tiny` + differences
+    assert "Running stage 'train@tiny_cosine'" in out and "Running stage 'train@tiny'" not in out
+    metrics = json.loads((root / "reports/tiny_cosine/train_metrics.json").read_text())
+    assert "iters_to_bpc_7.5" in metrics
+    rows = {r["run"]: r for r in json.loads(run(["chargpt", "compare", "--details", "--diff-from", "tiny",
+                                                 "--format", "json"], root, env).stdout)}
+    assert "schedule.name=cosine" in rows["tiny_cosine"]["config_diff"]  # the resolved config, base included
+    assert "train.target_bpc=[7.5]" in rows["tiny_cosine"]["config_diff"]
+

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from chargpt.device import autocast_dtype
+from chargpt.device import autocast, autocast_dtype
 from chargpt.loop import DivergedError, LoopConfig, LoopHooks, LoopState, TrainParts, TrainStep, train_loop
 
 
@@ -41,7 +41,8 @@ def run_fp16(model, total=10):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     scaler = torch.amp.GradScaler("cpu")
-    step = TrainStep(model, model.parameters(), opt, autocast_dtype=torch.float16, scaler=scaler)
+    step = TrainStep(model, model.parameters(), opt, autocast=lambda: autocast(torch.device("cpu"), torch.float16),
+                     scaler=scaler)
     logged = []
     parts = TrainParts(model, opt, sched, lambda: (torch.zeros(1, 1), torch.zeros(1, 1)), step)
     return train_loop(parts, LoopConfig(total, 5, 5), LoopHooks(on_metrics=lambda s, m: logged.append((s, m)))), logged

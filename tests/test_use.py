@@ -165,6 +165,18 @@ def test_the_round_trip_on_the_samples_test_split(checkpoint):
     text = bz2.open(SAMPLE).read()
     test = text[len(text) - 304_488:]  # the last 5%: the sample's test split
     model, sha = load_trained(checkpoint), file_sha256(checkpoint)
-    blob, stats = compress(model, sha, test[:60_000])
-    assert decompress(model, sha, blob)[0] == test[:60_000]
+    blob, stats = compress(model, sha, test)
+    assert decompress(model, sha, blob)[0] == test
+    bpc, scored = split_bpc(model, torch.frombuffer(bytearray(test), dtype=torch.uint8), 32, 64)
+    assert stats.compressed_bytes - stats.header_bytes <= scored * bpc / 8 * 1.001 + 32
     assert math.isfinite(stats.bits_per_byte)
+
+
+def test_sliding_windows_compress_as_score_with_a_stride_scores(checkpoint):
+    model, sha = load_trained(checkpoint), file_sha256(checkpoint)
+    data = tiny_text(3000)
+    blob, stats = compress(model, sha, data, stride=12)
+    assert decompress(model, sha, blob)[0] == data
+    bpc, scored = split_bpc(model, torch.frombuffer(bytearray(data), dtype=torch.uint8), 32, 16, stride=12)
+    assert stats.compressed_bytes - stats.header_bytes <= scored * bpc / 8 * 1.001 + 5
+    assert len(blob) < len(compress(model, sha, data)[0])  # more context per byte: fewer bits

@@ -38,6 +38,27 @@ def muon_ns_dtype(cfg: OptimizerConfig, model: torch.nn.Module) -> torch.dtype:
     return torch.bfloat16 if has_native_bf16(next(model.parameters()).device) else torch.float32
 
 
+def _has_tensor_hyperparameters(optimizer: torch.optim.Optimizer, momentum_key: str) -> bool:
+    def momentum(g):
+        return g[momentum_key][0] if momentum_key == "betas" else g[momentum_key]
+
+    return any(isinstance(g["lr"], torch.Tensor) or isinstance(momentum(g), torch.Tensor) for g in optimizer.param_groups)
+
+
+def _tensor_step_groups(optimizer: torch.optim.Optimizer, closure, unsupported: tuple[str, ...]):
+    """The groups of a tensor-hyperparameter step, each with its parameters that have gradients."""
+    name = type(optimizer).__name__
+    if closure is not None:
+        raise ValueError(f"{name}.step with tensor hyperparameters takes no closure")
+    for group in optimizer.param_groups:
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            continue
+        if any(group[key] for key in unsupported):
+            raise ValueError(f"{name} with tensor hyperparameters supports none of {', '.join(unsupported)}")
+        yield group, params
+
+
 class SGD(torch.optim.SGD):
     """torch.optim.SGD, plus a step for LR and momentum held as 0-dim tensors (what a CUDA graph replays).
 
@@ -47,17 +68,9 @@ class SGD(torch.optim.SGD):
 
     @torch.no_grad()
     def step(self, closure=None):
-        if not any(isinstance(g["lr"], torch.Tensor) or isinstance(g["momentum"], torch.Tensor)
-                   for g in self.param_groups):
+        if not _has_tensor_hyperparameters(self, "momentum"):
             return super().step(closure)
-        if closure is not None:
-            raise ValueError("SGD.step with tensor hyperparameters takes no closure")
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            if group["dampening"] or group["maximize"]:
-                raise ValueError("SGD with tensor hyperparameters supports neither dampening nor maximize")
+        for group, params in _tensor_step_groups(self, closure, unsupported=("dampening", "maximize")):
             lr, momentum = group["lr"], group["momentum"]
             grads = [p.grad for p in params]
             if group["weight_decay"]:
@@ -77,23 +90,16 @@ class SGD(torch.optim.SGD):
 class AdamW(torch.optim.AdamW):
     """torch.optim.AdamW, plus a step for LR and beta1 held as 0-dim tensors that a CUDA graph can capture.
 
-    With float hyperparameters it is torch's step. torch's own tensor-beta path passes `1 - beta1` where a Python
-    number is expected (a host read, which a capture refuses), so this computes the same update (decoupled weight
-    decay, bias-corrected moments, per-parameter step counts on the device) with ops that take tensors."""
+    With float hyperparameters it is torch's step. With tensors it computes the same update (decoupled weight decay,
+    bias-corrected moments, per-parameter step counts on the device) with ops that take tensors, reading none of
+    them on the host (a test checks that): a step through torch's capturable path with tensor betas failed to
+    capture on an H100 (docs/gpu.md), cause not isolated."""
 
     @torch.no_grad()
     def step(self, closure=None):
-        if not any(isinstance(g["lr"], torch.Tensor) or isinstance(g["betas"][0], torch.Tensor)
-                   for g in self.param_groups):
+        if not _has_tensor_hyperparameters(self, "betas"):
             return super().step(closure)
-        if closure is not None:
-            raise ValueError("AdamW.step with tensor hyperparameters takes no closure")
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            if group["amsgrad"] or group["maximize"]:
-                raise ValueError("AdamW with tensor hyperparameters supports neither amsgrad nor maximize")
+        for group, params in _tensor_step_groups(self, closure, unsupported=("amsgrad", "maximize")):
             lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             for p in params:
                 state = self.state[p]

@@ -62,7 +62,12 @@ def test_every_shipped_sweep_grid_is_valid_for_its_run():
 
     grids = sorted((REPO / "bench/grids").glob("*.yaml"))
     assert grids
-    base = load_run_config("quickstart_adamw", REPO / "params.yaml")
+    # The run each grid varies, as bench/gpu_check.sh passes it (--run); the rest vary quickstart_adamw.
+    runs = {"t12_recipes.yaml": "final", "precision_numerics.yaml": "quickstart"}
+    script = (REPO / "bench/gpu_check.sh").read_text()
+    for grid, run in runs.items():
+        assert f"--run {run} --grid bench/grids/{grid}" in script
     for grid in grids:
+        base = load_run_config(runs.get(grid.name, "quickstart_adamw"), REPO / "params.yaml")
         for variant in yaml.safe_load(grid.read_text()):
             with_overrides(base, variant["set"])

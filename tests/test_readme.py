@@ -56,3 +56,13 @@ def test_the_figure_check_catches_a_stale_figure():
     assert not matches("2.1222", numbers) and not matches("33.4%", numbers)
     assert FIGURE.findall("test 2.1228 BPC, 890,865 tokens/s at 32.2% of the peak, torch 2.13.0") == \
         ["2.1228", "890,865", "32.2%"]
+
+
+def test_every_test_the_fault_catalogue_names_exists():
+    text = (REPO / "docs/faults.md").read_text()
+    named = re.findall(r"tests/(test_\w+\.py)(?:::(\w+))?", text)
+    assert len(named) >= 24
+    for file, test in named:
+        path = REPO / "tests" / file
+        assert path.is_file(), file
+        assert not test or re.search(rf"def {test}\b", path.read_text()), f"{file}::{test}"

@@ -41,11 +41,11 @@ def chromium() -> str:
     sys.exit("no chromium on PATH: apt-get install chromium")
 
 
-def browser(*args: str, timeout: float = 120) -> str:
+def browser(*args: str, timeout: float = 180, budget_ms: int = 20000) -> str:
     # no background networking: on a closed network chromium's own connections are refused, many at a time
     cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--virtual-time-budget=20000", *args]
+           f"--virtual-time-budget={budget_ms}", *args]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:
         sys.exit(f"chromium failed ({out.returncode}): {out.stderr[-2000:]}")
@@ -125,8 +125,8 @@ def mlflow(args: argparse.Namespace) -> None:
         args.out_dir.mkdir(parents=True, exist_ok=True)
         for mode, name in (("TABLE", "mlflow_runs.png"), ("CHART", "mlflow_charts.png")):
             url = base + compare.view_path(experiment_id, mode)
-            browser(f"--screenshot={(args.out_dir / name).resolve()}", "--window-size=1700,1000",
-                    f"--user-data-dir={tempfile.mkdtemp()}", url)  # a fresh profile: what a new user sees
+            browser(f"--screenshot={(args.out_dir / name).resolve()}", "--window-size=1920,1080",
+                    f"--user-data-dir={tempfile.mkdtemp()}", url, budget_ms=60000)  # a fresh profile: a new user
             print(f"{url}\nscreenshot: {args.out_dir / name}")
     finally:
         server.terminate()

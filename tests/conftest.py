@@ -32,8 +32,8 @@ TINY_COSINE_RUN = {"base": "tiny", "schedule": {"name": "cosine", "lr_min": 1.0e
 
 # Scheduling hint for pytest-xdist (whole files per worker, in collection order): the longest files start first,
 # so the short ones fill in around them instead of one long file running alone at the end.
-LONGEST_FIRST = ["test_pipeline_e2e.py", "test_distributed.py", "test_queue.py", "test_resume.py",
-                 "test_mlflow_server.py", "test_config_fuzz.py", "test_faults.py", "test_bench.py"]
+LONGEST_FIRST = ["test_pipeline_e2e.py", "test_distributed.py", "test_queue.py", "test_resume.py", "test_use.py",
+                 "test_faults.py", "test_mlflow_server.py", "test_config_fuzz.py", "test_bench.py"]
 
 
 def pytest_collection_modifyitems(items):

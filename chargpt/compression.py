@@ -1,16 +1,17 @@
 """A lossless compressor whose size is the model's BPC: range coding (constriction) driven by the next-byte
 distribution of a trained model.
 
-The bytes are scored exactly as `evaluate` scores a split (chargpt.evaluation.window_plan, stride = context): the
-first byte is stored as it is, and every other byte is coded with the probability the model gives it from the
-bytes before it in its window. So the coded size is the file's BPC x its length / 8, plus the header and, for
+The bytes are scored exactly as `evaluate` scores a split (chargpt.evaluation.window_plan; consecutive windows,
+or sliding ones with `stride`): the first byte is stored as it is, and every other byte is coded with the
+probability the model gives it from the bytes before it in its window. So the coded size is the file's BPC x its length / 8, plus the header and, for
 the parallel decoding below, one stored byte per lane.
 
 Decoding must see bit for bit the probabilities the encoder saw. Both compute them the same way: the windows are
 cut into `lanes` runs of consecutive windows that are coded side by side, a position at a time, each new byte
 fed through the model once (a KV cache). A lane's first input byte is the last byte of the lane before it, which
-the decoder does not have yet: it is stored. With `dynamic`, the windows go one lane, in order, and the model
-learns from each group of windows after coding them, exactly as dynamic evaluation scores them.
+the decoder does not have yet: it is stored. Sliding windows overlap, so they go one at a time, in order; with
+`dynamic` too, and the model learns from each group of windows after coding them, exactly as dynamic evaluation
+scores them.
 
 The same arithmetic on another machine can round differently (another torch build, CPU instruction set or thread
 count), and one different rounding makes the rest of the output garbage. So the header pins what decoding needs:

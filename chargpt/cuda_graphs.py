@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
+from chargpt.errors import GraphCaptureError
 from chargpt.loop import Batch, StepResult, TrainStep
 
 SCHEDULED = ("lr", "momentum", "betas")
@@ -56,10 +57,6 @@ class DeviceHyperparams:
         finally:
             for group, values in zip(self.groups, saved):
                 group.update(values)  # also Muon's momentum, which MuonWithAdamW's step set from beta1's tensor
-
-
-class GraphCaptureError(RuntimeError):
-    pass
 
 
 class GraphedStep:

@@ -17,4 +17,8 @@ class TrackingError(RuntimeError):
     """An MLflow store that cannot be reached or read; the message names it and what to do."""
 
 
-STAGE_ERRORS = (ConfigError, DataError, CheckpointError, TrackingError)
+class GraphCaptureError(RuntimeError):
+    """A training step that cannot be captured in a CUDA graph here; the message says what to set instead."""
+
+
+STAGE_ERRORS = (ConfigError, DataError, CheckpointError, TrackingError, GraphCaptureError)

@@ -36,7 +36,7 @@ import torch
 
 from chargpt.config import DynamicEvalConfig
 from chargpt.errors import CheckpointError
-from chargpt.evaluation import DynamicEvaluation, window_plan
+from chargpt.evaluation import DynamicEvaluation, scored_mask, window_plan
 from chargpt.io import atomic_open
 from chargpt.model import GPT, KVCache
 
@@ -132,8 +132,7 @@ def _code_in_order(model: GPT, n: int, context: int, stride: int | None, dynamic
             _code_window(learner.model if learner else model, window, T, buf, code)
         if learner:
             chunk = torch.tensor([list(buf[start:start + T + 1]) for start, _ in group])
-            n_scored = torch.tensor([k for _, k in group])
-            learner.update(chunk, torch.arange(T)[None, :] >= (T - n_scored)[:, None])
+            learner.update(chunk, scored_mask(T, torch.tensor([k for _, k in group])))
 
 
 def _in_order(context: int, stride: int | None, dynamic: DynamicEvalConfig | None) -> bool:

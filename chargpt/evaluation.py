@@ -71,6 +71,21 @@ class GraphedBatchNats:
         return self.nats
 
 
+def scored_mask(T: int, n_scored: torch.Tensor) -> torch.Tensor:
+    """(B, T): the last n_scored[b] positions of each window, the ones it scores."""
+    return torch.arange(T)[None, :] >= (T - n_scored)[:, None]
+
+
+def window_batches(data: torch.Tensor, plan: list[tuple[int, int]], T: int, size: int, device: torch.device):
+    """The windows of `plan` (window_plan's, of length T) in order, `size` at a time: (chunk (B, T+1), the inputs and
+    their next bytes; scored (B, T))."""
+    offsets = torch.arange(T + 1)
+    for i in range(0, len(plan), size):
+        starts = torch.tensor([s for s, _ in plan[i:i + size]])
+        n_scored = torch.tensor([k for _, k in plan[i:i + size]])
+        yield data[starts[:, None] + offsets].long().to(device), scored_mask(T, n_scored).to(device)
+
+
 @torch.inference_mode()
 def split_bpc(
     model: torch.nn.Module,
@@ -87,20 +102,16 @@ def split_bpc(
     the full batches' forward from a CUDA graph."""
     plan = window_plan(len(data), context, stride or context)
     T = min(context, len(data) - 1)
-    offsets = torch.arange(T + 1)
     was_training = model.training
     model.eval()
     graphed = None
     if cuda_graphs and device.type == "cuda" and len(plan) >= batch_size:
         graphed = GraphedBatchNats(model, (batch_size, T + 1), device, autocast_dtype)
     total_nats = torch.zeros((), dtype=torch.float64, device=device)
-    batches = range(0, len(plan), batch_size)
-    for i in tqdm(batches, desc="eval", disable=not progress, mininterval=1.0):
-        starts = torch.tensor([s for s, _ in plan[i:i + batch_size]])
-        n_scored = torch.tensor([k for _, k in plan[i:i + batch_size]])
-        chunk = data[starts[:, None] + offsets].long().to(device)  # (B, T+1)
-        scored = (torch.arange(T)[None, :] >= (T - n_scored)[:, None]).to(device)  # last n_scored positions of each row
-        full = len(starts) == batch_size
+    batches = window_batches(data, plan, T, batch_size, device)
+    for chunk, scored in tqdm(batches, desc="eval", disable=not progress, mininterval=1.0,
+                              total=math.ceil(len(plan) / batch_size)):
+        full = len(chunk) == batch_size
         total_nats += graphed(chunk, scored) if graphed and full else batch_nats(model, chunk, scored, autocast_dtype)
     model.train(was_training)
     n_bytes = len(data) - 1
@@ -144,15 +155,11 @@ def dynamic_bpc(model: torch.nn.Module, data: torch.Tensor, context: int, settin
     bytes it scored."""
     plan = window_plan(len(data), context, settings.stride or context)
     T = min(context, len(data) - 1)
-    offsets = torch.arange(T + 1)
     dynamic = DynamicEvaluation(model, settings)
     total_nats = torch.zeros((), dtype=torch.float64, device=device)
-    groups = range(0, len(plan), settings.windows)
-    for i in tqdm(groups, desc="dynamic eval", disable=not progress, mininterval=1.0):
-        starts = torch.tensor([s for s, _ in plan[i:i + settings.windows]])
-        n_scored = torch.tensor([k for _, k in plan[i:i + settings.windows]])
-        chunk = data[starts[:, None] + offsets].long().to(device)  # (B, T+1)
-        scored = (torch.arange(T)[None, :] >= (T - n_scored)[:, None]).to(device)
+    groups = window_batches(data, plan, T, settings.windows, device)
+    for chunk, scored in tqdm(groups, desc="dynamic eval", disable=not progress, mininterval=1.0,
+                              total=math.ceil(len(plan) / settings.windows)):
         with torch.no_grad():
             total_nats += batch_nats(dynamic.model, chunk, scored, None)
         dynamic.update(chunk, scored)

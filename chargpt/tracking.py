@@ -21,7 +21,7 @@ import sqlalchemy.exc
 import torch
 from filelock import FileLock
 
-from chargpt.device import cpu_model
+from chargpt.device import cpu_model, device_name
 from chargpt.errors import TrackingError
 from chargpt.io import read_json
 
@@ -147,10 +147,9 @@ def hardware(device: torch.device) -> str:
 
 
 def run_tags(run_name: str, stage: str, device: torch.device, data_meta: dict | None = None) -> dict[str, str]:
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     fallback = {"tracking_fallback_from": os.environ["CHARGPT_TRACKING_FALLBACK_FROM"]} \
         if "CHARGPT_TRACKING_FALLBACK_FROM" in os.environ else {}
-    return {"chargpt.run": run_name, "dvc_stage": stage, "device": device_name, "hardware": hardware(device),
+    return {"chargpt.run": run_name, "dvc_stage": stage, "device": device_name(device), "hardware": hardware(device),
             "torch_version": torch.__version__,
             **git_tags(), **data_tags(data_meta), **fallback}
 

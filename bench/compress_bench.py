@@ -19,7 +19,7 @@ import torch
 
 from chargpt.compression import compress, decompress
 from chargpt.config import DynamicEvalConfig
-from chargpt.evaluation import dynamic_bpc, split_bpc
+from chargpt.evaluation import dynamic_score, split_score
 from chargpt.inference import file_sha256, load_trained
 
 
@@ -41,8 +41,8 @@ def main() -> None:
     restored, _ = decompress(model, sha, blob)
     decompress_s = time.perf_counter() - start
     tensor = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    score = dynamic_bpc(model, tensor, model.cfg.context, dynamic)[0] if dynamic else \
-        split_bpc(model, tensor, model.cfg.context, 64, args.stride)[0]
+    score = (dynamic_score(model, tensor, model.cfg.context, dynamic) if dynamic else
+             split_score(model, tensor, model.cfg.context, 64, args.stride)).bpc
     row = {"file": str(args.file), "model_sha256": sha, "stride": args.stride,
            "dynamic": dynamic.model_dump() if dynamic else None, "input_bytes": len(data),
            "output_bytes": len(blob), "header_bytes": stats.header_bytes, "bpc_compressed": len(blob) * 8 / len(data),

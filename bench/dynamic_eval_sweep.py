@@ -18,7 +18,7 @@ import torch
 
 from chargpt.batches import load_split
 from chargpt.config import DynamicEvalConfig
-from chargpt.evaluation import dynamic_bpc, split_bpc
+from chargpt.evaluation import dynamic_score, split_score
 from chargpt.inference import file_sha256, load_trained
 
 
@@ -33,13 +33,14 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, data = load_trained(args.checkpoint), load_split(args.split)
-    static, _ = split_bpc(model, data, model.cfg.context, 64)
+    static = split_score(model, data, model.cfg.context, 64)
     for text in args.settings:
         settings = DynamicEvalConfig(**json.loads(text))
         start = time.perf_counter()
-        bpc, scored = dynamic_bpc(model, data, model.cfg.context, settings)
+        score = dynamic_score(model, data, model.cfg.context, settings)
         row = {"split": str(args.split), "model_sha256": file_sha256(args.checkpoint), "dynamic": settings.model_dump(),
-               "bpc_dynamic": bpc, "bpc_static": static, "bytes": scored,
+               "bpc_dynamic": score.bpc, "bpc_static": static.bpc, "accuracy_dynamic": score.accuracy,
+               "accuracy_static": static.accuracy, "bytes": score.bytes_scored,
                "seconds": round(time.perf_counter() - start, 1), "threads": torch.get_num_threads()}
         print(json.dumps(row), flush=True)
         if args.out:

@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# #13's GPU figures in one prepared run (at most 8 minutes on a bare H100), for a session lent a GPU:
-#   1. T12 (`final`) training throughput and MFU: eager, torch.compile, CUDA graphs, and both, at batch 32 (and
-#      64), SGD and AdamW; evaluation eager and from a CUDA graph;
-#   2. the numerics: the quickstart trained in IEEE fp32, TF32, bf16 and fp16 from the same seed and LR, and in
-#      bf16 replayed from a CUDA graph (bench/grids/precision_numerics.yaml); each must end within 0.02 BPC of fp32;
-#   3. the T12 recipes at 1200 steps on the sample (bench/grids/t12_recipes.yaml): the seed's SGD, SGD at the
-#      range test's LR, without clipping, with GPT-2's positions, AdamW and Muon; target <= 1.60 test BPC.
-# Parts 2 and 3 share the GPU (their figures are BPC, not speed). One part failing does not stop the others.
+# The GPU figures in one prepared run (at most 8 minutes on a bare H100/H200), for a session lent a GPU:
+#   0. the user's path: `dvc exp run` of the seed's final model (runs.final) on the sample, cut to 1200 steps, through
+#      lr_range_test, train and evaluate (bench/seed_final_dvc.sh): each stage's seconds, val/test BPC and accuracy;
+#   1. training throughput and MFU of the seed's final model (T12's shape, 2 heads, tied, no biases): eager,
+#      torch.compile, CUDA graphs, and both, at batch 16 (the seed's) and 32, SGD; AdamW and Muon compiled, with and
+#      without graphs (so that each optimizer's capture is checked); evaluation eager and from a CUDA graph;
+#   2. the seed's final and its optimizer variants at 19.7M training bytes (bench/grids/seed_final_recipes.yaml:
+#      2400 steps at batch 16), and the T12 recipes of #13 at 1200 steps of batch 32 (bench/grids/t12_recipes.yaml,
+#      variants of runs.t12); target <= 1.60 test BPC.
+# Part 2's sweeps share the GPU (their figures are BPC, not speed). One part failing does not stop the others.
 # Every figure is kept under <out dir>, and bench/gpu_report.py prints them as one table at the end.
 #
 #   bench/gpu_check.sh <splits dir> <out dir>
 #
 # <splits dir>: a preprocess output (train.bin, val.bin, test.bin), e.g. data/processed of the Wikipedia sample
-# (`dvc repro preprocess` with -S data.url=file://$PWD/../shared/data/enwiki-sample.xml.bz2 -S data.checksums=null).
-# Without a GPU it skips part 1 and trains on the CPU; CHECK_SET adds overrides to parts 2 and 3 so that the
-# script can be tried there, e.g. CHECK_SET="train.iterations=20 train.eval_interval=10 eval.max_bytes=20000".
+# (`dvc exp run -S data.url=samples/enwiki-sample.xml.bz2 -S data.checksums=null preprocess`).
+# Without a GPU it skips part 1 and trains on the CPU; CHECK_SET adds overrides to part 2, and SEED_SET `dvc exp run`
+# assignments to part 0, so that the script can be tried there, e.g.
+#   CHECK_SET="train.iterations=20 train.eval_interval=10 eval.max_bytes=20000 model.n_layer=1"
+#   SEED_SET="-S +runs.final.model.n_layer=1 -S runs.final.lr_range_test.iterations=40" ITERATIONS=4 EVAL_BYTES=2000
 set -uo pipefail
 cd "$(dirname "$0")/.."
 splits=${1:?usage: bench/gpu_check.sh <splits dir> <out dir>}
@@ -38,37 +42,42 @@ else
   cuda=0
 fi
 
+stamp "0. the user's path: dvc exp run of final"
+# shellcheck disable=SC2086 # SEED_SET is a list of -S assignments
+bench/seed_final_dvc.sh "$out" ${SEED_SET:-} | tail -1
+
 if [ "$cuda" = 1 ]; then
   stamp "1. throughput"
   # --isolate: each figure in a process of its own (a failed capture would poison the ones after it).
   tp=(python3 bench/throughput.py --run final --steps 30 --preprocess-mb 0 --no-fp32-baseline --isolate
       --json "$out/throughput.jsonl" --set eval.batch_size=64)
-  "${tp[@]}" --modes eager,graphs,compile,compile+graphs --batch-sizes 32,64 --eval-bytes 2000000 \
+  "${tp[@]}" --modes eager,graphs,compile,compile+graphs --batch-sizes 16,32 --eval-bytes 2000000 \
     2>"$out/throughput_sgd.err" | tee "$out/throughput_sgd.txt"
-  "${tp[@]}" --set optimizer.name=adamw --modes compile,compile+graphs --batch-sizes 32 --eval-bytes 0 \
-    2>"$out/throughput_adamw.err" | tee "$out/throughput_adamw.txt"
+  for optimizer in adamw muon; do
+    "${tp[@]}" --set optimizer.name=$optimizer --modes compile,compile+graphs --batch-sizes 16,32 --eval-bytes 0 \
+      2>"$out/throughput_$optimizer.err" | tee "$out/throughput_$optimizer.txt"
+  done
   device_set=(--set train.device=cuda)
 else
   device_set=()
 fi
-# Parts 2 and 3 run eagerly (no compile minutes per process, no capture): their figures are BPC. The numerics grid
-# has one variant with the step replayed from a CUDA graph, which must train as the plain step does.
-exec_set=(--set train.compile=false --set train.cuda_graphs=false)
+# Part 2 runs eagerly (no compile minutes per process, no capture): its figures are BPC. Evaluation on consecutive
+# windows (eval.stride=null), as every T12 figure before: the seed's stride 1 is part 0's.
+exec_set=(--set train.compile=false --set train.cuda_graphs=false --set train.checkpoint_every=0
+          --set eval.batch_size=64 --set eval.stride=null)
 
-stamp "2 and 3. numerics and recipes"
-# lr_max: the quickstart's LR range test suggestion on the sample (the numerics runs share it, so only the precision
-# differs); the recipes run their own range tests where they say lr_max=auto.
-python3 bench/recipe_sweep.py --run quickstart --grid bench/grids/precision_numerics.yaml --data-dir "$splits" \
-  --out "$out/precision_numerics.jsonl" --workers 5 --threads 1 --set schedule.lr_max=8.812e-3 \
-  --set train.checkpoint_every=0 "${device_set[@]}" "${exec_set[@]}" "${check_set[@]}" \
-  >"$out/precision_numerics.log" 2>&1 &
-numerics=$!
-python3 bench/recipe_sweep.py --run final --grid bench/grids/t12_recipes.yaml --data-dir "$splits" \
+stamp "2. recipes at 19.7M training bytes"
+python3 bench/recipe_sweep.py --run final --grid bench/grids/seed_final_recipes.yaml --data-dir "$splits" \
+  --out "$out/seed_final_recipes.jsonl" --workers 4 --threads 2 --set train.iterations=2400 \
+  --set train.eval_interval=400 "${device_set[@]}" "${exec_set[@]}" "${check_set[@]}" \
+  >"$out/seed_final_recipes.log" 2>&1 &
+seed_recipes=$!
+python3 bench/recipe_sweep.py --run t12 --grid bench/grids/t12_recipes.yaml --data-dir "$splits" \
   --out "$out/t12_recipes.jsonl" --workers 4 --threads 2 --set train.iterations=1200 --set train.eval_interval=200 \
-  --set train.checkpoint_every=0 --set eval.batch_size=64 "${device_set[@]}" "${exec_set[@]}" "${check_set[@]}" \
+  "${device_set[@]}" "${exec_set[@]}" "${check_set[@]}" \
   2>&1 | tee "$out/t12_recipes.log" | grep --line-buffered '^\['
-wait "$numerics"
-grep '^\[' "$out/precision_numerics.log"
+wait "$seed_recipes"
+grep '^\[' "$out/seed_final_recipes.log"
 stamp "done"
 
 python3 bench/gpu_report.py "$out" | tee "$out/report.md"

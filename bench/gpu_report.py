@@ -1,10 +1,11 @@
-"""The one table of bench/gpu_check.sh: every figure it measured, against #13's targets.
+"""The one table of bench/gpu_check.sh: every figure it measured, against #23's targets.
 
     python bench/gpu_report.py <out dir>
 
-Reads <out dir>/throughput.jsonl (bench/throughput.py --json), precision_numerics.jsonl and t12_recipes.jsonl
-(bench/recipe_sweep.py) and prints markdown: T12 throughput and MFU per mode and batch, evaluation, the
-quickstart's numerics per precision, and the T12 recipes at 1200 steps.
+Reads <out dir>/seed_final_dvc.json (bench/seed_final_dvc.sh), throughput.jsonl (bench/throughput.py --json),
+precision_numerics.jsonl, seed_final_recipes.jsonl and t12_recipes.jsonl (bench/recipe_sweep.py) and prints
+markdown: the seed's final through `dvc exp run`, throughput and MFU per mode and batch, evaluation, the
+quickstart's numerics per precision (where measured), and the recipes.
 """
 
 from __future__ import annotations
@@ -70,23 +71,49 @@ def numerics_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def recipes_table(rows: list[dict]) -> list[str]:
+def seed_final_table(result: dict | None) -> list[str]:
+    if result is None:
+        return ["(not run)"]
+    lines = ["| stage | seconds |", "|---|---|"]
+    lines += [f"| {stage} | {seconds} |" for stage, seconds in result["stage_seconds"].items()]
+    if result["exit_status"]:
+        lines += ["", f"FAILED in {result['failed_in']} (exit {result['exit_status']}): "
+                      + " / ".join(result.get("last_lines", []))[-400:]]
+    ev, train, lr = result.get("eval", {}), result.get("train_metrics", {}), result.get("lr_range_test", {})
+    if lr:
+        lines += ["", f"LR range test ({lr['method']}): suggested {lr.get('suggested_lr_min', float('nan')):.4g} -> "
+                      f"{lr['suggested_lr']:.4g}; the schedule's {lr['schedule_lr_min']} -> {lr['schedule_lr_max']}"]
+    if train:
+        lines += [f"training: {train['iterations']} steps, {train['tokens_per_second']:,.0f} tokens/s, "
+                  f"val probe {train['val_probe_bpc']:.5f} BPC, {train['val_probe_accuracy']:.2%}"]
+    for split in ("val", "test"):
+        name = next((k.removesuffix("_bpc") for k in ev if k.startswith(split) and k.endswith("_bpc")), None)
+        if name:
+            lines.append(f"{name} (stride {ev['protocol']['stride']}, {ev[name + '_bytes_scored']:,} bytes): "
+                         f"{ev[name + '_bpc']:.5f} BPC, accuracy {ev[name + '_accuracy']:.2%}, "
+                         f"{ev[name + '_seconds']} s")
+    return lines
+
+
+def recipes_table(rows: list[dict], steps: int = 1200) -> list[str]:
     if not rows:
         return ["(no recipe figures)"]
-    lines = ["| T12 recipe (1200 steps) | lr_max | val probe at 200 / 600 / 1200 | mean grad norm | clipped | val BPC | "
-             "test BPC | <= 1.60 |", "|---|---|---|---|---|---|---|---|"]
+    marks = (steps // 6, steps // 2, steps)
+    lines = [f"| recipe ({steps} steps) | lr_max | val probe at {' / '.join(map(str, marks))} | mean grad norm | "
+             "clipped | val BPC | test BPC | test accuracy | <= 1.60 |", "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: r.get("test_bpc", 99)):
         if "error" in r:
-            lines.append(f"| {r['name']} | FAILED: {r['error'][:120]} | | | | | | |")
+            lines.append(f"| {r['name']} | FAILED: {r['error'][:120]} | | | | | | | |")
             continue
         probe = {p["step"]: p["val_probe_bpc"] for p in r["curve"] if "val_probe_bpc" in p}
         mean = lambda key: [p[key] for p in r["curve"] if key in p]  # noqa: E731
         norms, clipped = mean("grad_norm"), mean("clipped_fraction")
-        probes = " / ".join(format(probe[s], ".2f") if s in probe else "-" for s in (200, 600, 1200))
+        probes = " / ".join(format(probe[s], ".2f") if s in probe else "-" for s in marks)
         lines.append(f"| {r['name']} | {r['lr_max']:.3g} | {probes} | "
                      f"{format(sum(norms) / len(norms), '.3g') if norms else '-'} | "
                      f"{format(sum(clipped) / len(clipped), '.0%') if clipped else '-'} | {r['val_bpc']:.4f} | "
-                     f"{r['test_bpc']:.4f} | {'yes' if r['test_bpc'] <= RECIPE_TARGET else 'no'} |")
+                     f"{r['test_bpc']:.4f} | {format(r['test_accuracy'], '.2%') if 'test_accuracy' in r else '-'} | "
+                     f"{'yes' if r['test_bpc'] <= RECIPE_TARGET else 'no'} |")
     return lines
 
 
@@ -94,10 +121,15 @@ def main() -> None:
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     out = Path(sys.argv[1])
-    sections = [("Throughput", throughput_table(read_jsonl(out / "throughput.jsonl"))),
+    seed = out / "seed_final_dvc.json"
+    sections = [("The seed's final through `dvc exp run` on the sample (cut to fit)",
+                 seed_final_table(json.loads(seed.read_text()) if seed.exists() else None)),
+                ("Throughput", throughput_table(read_jsonl(out / "throughput.jsonl"))),
                 ("Numerics (the quickstart, same seed and LR, whole val/test splits)",
                  numerics_table(read_jsonl(out / "precision_numerics.jsonl"))),
-                ("T12 recipes on the Wikipedia sample", recipes_table(read_jsonl(out / "t12_recipes.jsonl")))]
+                ("The seed's final and its variants at 19.7M training bytes (batch 16)",
+                 recipes_table(read_jsonl(out / "seed_final_recipes.jsonl"), steps=2400)),
+                ("T12 recipes on the Wikipedia sample (batch 32)", recipes_table(read_jsonl(out / "t12_recipes.jsonl")))]
     for title, lines in sections:
         print(f"\n### {title}\n")
         print("\n".join(lines))

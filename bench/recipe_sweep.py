@@ -32,7 +32,7 @@ import yaml
 from chargpt.config import load_run_config, with_overrides
 from chargpt.errors import ConfigError
 from chargpt.batches import load_split
-from chargpt.evaluation import split_bpc
+from chargpt.evaluation import split_score
 from chargpt.device import device_name, precision_name
 from chargpt.lr_range import run_range_test
 from chargpt.runtime import autocast_dtype, prepare
@@ -62,9 +62,10 @@ def run_variant(params: str, run: str, name: str, assignments: list[str], data_d
     state = train_loop(tr.parts(), tr.loop_config(), hooks)
     scores = {}
     for split in ("val", "test"):
-        scores[f"{split}_bpc"], _ = split_bpc(tr.forward_model, load_split(data / f"{split}.bin"), cfg.model.context,
-                                              cfg.eval.batch_size, device=device, autocast_dtype=tr.autocast,
-                                              cuda_graphs=tr.execution.cuda_graphs)
+        score = split_score(tr.forward_model, load_split(data / f"{split}.bin"), cfg.model.context,
+                            cfg.eval.batch_size, device=device, autocast_dtype=tr.autocast,
+                            cuda_graphs=tr.execution.cuda_graphs)
+        scores |= {f"{split}_bpc": score.bpc, f"{split}_accuracy": score.accuracy}
     return {"name": name, "set": assignments, "iterations": state.step, "tokens": state.tokens, "lr_max": lr_max,
             "train_seconds": round(state.seconds, 2), **scores, "n_params": tr.model.num_params(),
             "execution": {"precision": precision_name(tr.autocast), "compile": tr.execution.compile,

@@ -30,7 +30,7 @@ from chargpt.config import load_run_config, with_overrides
 from chargpt.cuda_graphs import GraphedStep
 from chargpt.corpus import split_corpus
 from chargpt.device import autocast as device_autocast, device_name, precision_name
-from chargpt.evaluation import split_bpc
+from chargpt.evaluation import split_score
 from chargpt.loop import LoopConfig, TrainParts, TrainStep, train_loop
 from chargpt.model import GPT
 from chargpt.optimizers import build_optimizer
@@ -99,11 +99,11 @@ def eval_tokens_per_s(cfg, device, autocast, n_bytes: int, compile_model: bool, 
     model = GPT(cfg.model).to(device)
     model = torch.compile(model) if compile_model else model
     data = torch.randint(0, 256, (n_bytes,), dtype=torch.uint8)
-    run = lambda d: split_bpc(model, d, cfg.model.context, cfg.eval.batch_size, device=device,  # noqa: E731
-                              autocast_dtype=autocast, cuda_graphs=graphs)
+    run = lambda d: split_score(model, d, cfg.model.context, cfg.eval.batch_size, device=device,  # noqa: E731
+                                autocast_dtype=autocast, cuda_graphs=graphs)
     run(data[: cfg.model.context * cfg.eval.batch_size * 2 + 1])  # warm-up
     t = time.perf_counter()
-    _, scored = run(data)
+    scored = run(data).bytes_scored
     return scored / (time.perf_counter() - t)
 
 

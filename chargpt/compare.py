@@ -3,7 +3,7 @@
     chargpt compare [--format markdown|csv|json] [--output FILE] [--runs NAME ...] [--details] [--diff-from RUN]
 
 Columns: the recipe (optimizer, schedule, LR range, momentum range, weight decay), the iterations, val and test
-BPC, the iterations to each BPC target any run logged (iters_to_bpc_<t>), and the training wall time.
+BPC and next-byte accuracy, the iterations to each BPC target any run logged (iters_to_bpc_<t>), and the training wall time.
 --details adds the hardware (the run's device tag) and the command that reproduces the row; --diff-from RUN
 adds each run's config as its difference from RUN's (the params that differ, as section.key=value).
 """
@@ -37,6 +37,8 @@ COLUMNS = {  # output column -> MLflow field; None: derived from several fields
     "iterations": "metrics.iterations",
     "val_bpc": "metrics.val_bpc",
     "test_bpc": "metrics.test_bpc",
+    "val_accuracy": "metrics.val_accuracy",
+    "test_accuracy": "metrics.test_accuracy",
     "train_seconds": "metrics.train_seconds",
     "status": "status",
 }
@@ -107,7 +109,8 @@ def comparison_table(runs: pd.DataFrame, names: list[str] | None = None) -> pd.D
                      key=lambda c: -float(c.removeprefix(TARGET_PREFIX)))
     for column in targets:
         table[column.removeprefix("metrics.")] = latest[column].astype("Int64")
-    dynamic = [c for c in ("val_bpc_dynamic", "test_bpc_dynamic") if f"metrics.{c}" in latest]
+    dynamic = [c for c in ("val_bpc_dynamic", "test_bpc_dynamic", "val_accuracy_dynamic", "test_accuracy_dynamic")
+               if f"metrics.{c}" in latest]
     for column in dynamic:  # beside the static figures, never in their place
         table[column] = latest[f"metrics.{column}"]
     order = [*list(COLUMNS)[:-2], *dynamic, *(c.removeprefix("metrics.") for c in targets), "train_seconds", "status"]
@@ -155,8 +158,8 @@ def detailed_table(runs: pd.DataFrame, names: list[str] | None, diff_from: str |
 
 VIEW_KEY = "compare"  # MLflow's shared view: the experiment tag mlflow.sharedViewState.<key>, opened by URL
 # The view's metric columns: few, so that the varied params fit on the first screen beside them.
-SUMMARY_METRICS = ["val_bpc", "test_bpc", "test_bpc_dynamic", "iterations"]
-CHART_METRICS = ["test_bpc", "val_bpc", "test_bpc_dynamic", "val_bpc_dynamic"]
+SUMMARY_METRICS = ["val_bpc", "test_bpc", "test_accuracy", "test_bpc_dynamic", "iterations"]
+CHART_METRICS = ["test_bpc", "val_bpc", "test_bpc_dynamic", "val_bpc_dynamic", "test_accuracy", "val_accuracy"]
 
 
 def varied_params(latest: pd.DataFrame) -> list[str]:
@@ -185,7 +188,8 @@ def publish_view(root: Path) -> str | None:
                                     "lineSmoothness": 0, "metricSectionId": section, "runsCountToCompare": 20,
                                     "deleted": False, "isGenerated": False}
     charts = [bar(m, "chargpt-bpc") for m in CHART_METRICS if f"metrics.{m}" in latest]
-    charts += [line("val_probe_bpc", "chargpt-bpc"), line("train_loss", "chargpt-training")]
+    charts += [line("val_probe_bpc", "chargpt-bpc"), line("val_probe_accuracy", "chargpt-bpc"),
+               line("train_loss", "chargpt-training")]
     view = {"searchFilter": "tags.dvc_stage LIKE 'train@%'",  # the named runs, not their nested LR range tests
             "orderByKey": "metrics.`test_bpc`", "orderByAsc": True, "startTime": "ALL", "lifecycleFilter": "Active",
             "datasetsFilter": [], "modelVersionFilter": "All Runs", "selectedColumns": columns, "columnOrder": columns,

@@ -120,7 +120,7 @@ def _code_window(model: GPT, window: tuple[int, int], T: int, buf: bytearray,
 def _code_in_order(model: GPT, n: int, context: int, stride: int | None, dynamic: DynamicEvalConfig | None,
                    buf: bytearray, code: Callable[[np.ndarray, list[int]], None]) -> None:
     """The windows one at a time, in order (sliding windows overlap, so no lane could start without the bytes
-    before it). With `dynamic`, dynamic evaluation's walk (chargpt.evaluation.dynamic_bpc): after each group of
+    before it). With `dynamic`, dynamic evaluation's walk (chargpt.evaluation.dynamic_score): after each group of
     `dynamic.windows` windows, the same update on the bytes just coded."""
     plan = window_plan(n, context, stride or context)
     T = min(context, n - 1)

@@ -74,6 +74,9 @@ class ModelConfig(_Section):
     # input: one, added to the byte embedding only (GPT-2's).
     positions: Literal["per_layer", "input"] = "per_layer"
     vocab_size: Literal[256] = 256  # bytes, no remapping
+    bias: bool = True  # biases in the Linear layers (LayerNorm keeps its own); the seed's model has none
+    # The output head shares the byte embedding's matrix (Press & Wolf 2017), as the seed's model does.
+    tie_embeddings: bool = False
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:
@@ -126,6 +129,12 @@ class ScheduleConfig(_Section):
 
 
 class LRRangeTestConfig(_Section):
+    """exponential_loss: the LR grows exponentially, the smoothed training loss is tracked, and the suggested max LR
+    is the LR at its minimum / min_loss_divisor. linear_accuracy (Smith 2017, as the seed ran it): the LR grows
+    linearly, the next-byte accuracy on held-out val windows is measured every eval_interval steps, and the test
+    suggests lr_min where the accuracy starts to rise and lr_max where it flattens (docs/pipeline.md)."""
+
+    method: Literal["exponential_loss", "linear_accuracy"] = "exponential_loss"
     lr_start: PositiveFloat = 1e-5
     lr_end: PositiveFloat = 10.0
     iterations: Annotated[int, Field(ge=10)] = 200
@@ -135,11 +144,23 @@ class LRRangeTestConfig(_Section):
     # just before the loss turns up; the minimum itself is already too aggressive).
     min_loss_divisor: Annotated[float, Field(ge=1)] = 10.0
     skip_start: Annotated[int, Field(ge=0)] = 10  # the first points are noise from the EMA warm-up
+    # linear_accuracy only: measure val accuracy every eval_interval steps, on eval_batches batches of val windows;
+    # suggest lr_min where the accuracy first gains rise_fraction of its whole rise (first point to peak), and
+    # lr_max where it first gains flat_fraction of it (what is left of the rise is the flat part).
+    eval_interval: PositiveInt = 10
+    eval_batches: PositiveInt = 4
+    rise_fraction: Fraction = 0.1
+    flat_fraction: Fraction = 0.9
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> LRRangeTestConfig:
         if self.lr_start >= self.lr_end:
             raise ValueError(f"lr_start: {self.lr_start} must be below lr_end ({self.lr_end})")
+        if self.rise_fraction >= self.flat_fraction:
+            raise ValueError(f"rise_fraction: {self.rise_fraction} must be below flat_fraction ({self.flat_fraction})")
+        if self.method == "linear_accuracy" and self.iterations // self.eval_interval < 3:
+            raise ValueError(f"eval_interval: {self.eval_interval} gives {self.iterations // self.eval_interval} "
+                             f"accuracy point(s) over {self.iterations} iterations; linear_accuracy needs at least 3")
         if self.skip_start >= self.iterations:
             raise ValueError(f"skip_start: {self.skip_start} must be below iterations ({self.iterations})")
         if 1 / (1 - self.smoothing) > self.iterations / 2:

@@ -40,11 +40,16 @@ RUNS_HEADER = """\
 PLOTS = {
     "val_bpc": ("train_curve.tsv", "val_probe_bpc", "runs_overlay", "Validation BPC (val probe) by run", "step",
                 "step", "val probe BPC (bits per byte)"),
+    "val_accuracy": ("train_curve.tsv", "val_probe_accuracy", "runs_overlay", "Validation next-byte accuracy (val "
+                     "probe) by run", "step", "step", "val probe accuracy (top-1)"),
     "train_loss": ("train_curve.tsv", "train_loss", "runs_overlay", "Training loss by run", "step", "step",
                    "train loss (nats per byte)"),
     "lr_range_test": ("lr_range_test.csv", "smoothed_loss", "lr_range_log",
                       "LR range test by run (dashed rule: the suggested max LR)", "lr", "learning rate (log scale)",
                       "smoothed training loss (nats per byte)"),
+    "lr_range_accuracy": ("lr_range_test.csv", "val_accuracy", "runs_overlay",
+                          "LR range test, linear_accuracy runs: val accuracy against the LR", "lr", "learning rate",
+                          "val next-byte accuracy (top-1)"),
 }
 
 
@@ -126,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     path = Path(args.dvc_yaml)
     root = path.resolve().parent
-    runs_path = root / RUNS_FILE
+    runs_path = path.parent / RUNS_FILE  # named as dvc.yaml is, relative or absolute
     wanted = dict(zip((path, runs_path), render(path.read_text(), load_params(args.params), root)))
     stale = [p for p, text in wanted.items() if not p.exists() or p.read_text() != text]
     if args.check:

@@ -21,4 +21,8 @@ class GraphCaptureError(RuntimeError):
     """A training step that cannot be captured in a CUDA graph here; the message says what to set instead."""
 
 
-STAGE_ERRORS = (ConfigError, DataError, CheckpointError, TrackingError, GraphCaptureError)
+class RangeTestError(RuntimeError):
+    """An LR range test whose curve suggests no LR (it diverged at once, or the accuracy never rose); says why."""
+
+
+STAGE_ERRORS = (ConfigError, DataError, CheckpointError, TrackingError, GraphCaptureError, RangeTestError)

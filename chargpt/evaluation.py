@@ -1,16 +1,20 @@
-"""Bits per character over a whole split.
+"""Bits per byte and next-byte accuracy over a whole split.
 
 Protocol: byte j of a split (j = 1 .. N-1) is predicted from the bytes before it within one window of at
 most `context` bytes; every such byte is scored exactly once (byte 0 has no context and is not scored).
 With stride = context the windows are consecutive and non-overlapping. With a smaller stride, each window
 after the first advances by `stride` bytes and scores only its last `stride` bytes, so every byte past the
-first window sees at least context - stride bytes of history (sliding-window evaluation).
+first window sees at least context - stride bytes of history (sliding-window evaluation). With stride 1 every
+byte after the first window is predicted from the full context before it: the seed's protocol.
+
+The accuracy is top-1: the share of the same scored bytes whose likeliest byte under the model is the true one.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -36,19 +40,37 @@ def window_plan(n: int, context: int, stride: int) -> list[tuple[int, int]]:
     return plan
 
 
-def batch_nats(model: torch.nn.Module, chunk: torch.Tensor, scored: torch.Tensor,
-               autocast_dtype: torch.dtype | None) -> torch.Tensor:
-    """The summed nats (float64) of the scored positions of one batch of windows: chunk (B, T+1) holds the inputs
-    and their next bytes, `scored` (B, T) marks the positions each window scores."""
+@dataclass(frozen=True)
+class Score:
+    """A model's score on a text under the window protocol above."""
+
+    bpc: float  # bits per byte
+    accuracy: float  # top-1 next-byte accuracy, over the same bytes
+    bytes_scored: int
+
+    @classmethod
+    def from_totals(cls, totals: torch.Tensor, n_bytes: int) -> Score:
+        """From batch_totals summed over a text: (nats, correct predictions) over its n_bytes scored bytes."""
+        nats, correct = totals.tolist()
+        return cls(nats / (n_bytes * LN2), correct / n_bytes, n_bytes)
+
+
+def batch_totals(model: torch.nn.Module, chunk: torch.Tensor, scored: torch.Tensor,
+                 autocast_dtype: torch.dtype | None) -> torch.Tensor:
+    """(2,) float64: the summed nats, and the count of bytes the model's top-1 prediction gets right, over the scored
+    positions of one batch of windows: chunk (B, T+1) holds the inputs and their next bytes, `scored` (B, T) marks
+    the positions each window scores."""
     with autocast(chunk.device, autocast_dtype):
         logits, _ = model(chunk[:, :-1])  # (B, T, vocab)
+    targets = chunk[:, 1:]
     # float64: over millions of bytes the BPC must not drift by fp32 rounding (a uniform model scores 8.0)
-    nats = F.cross_entropy(logits.double().transpose(1, 2), chunk[:, 1:], reduction="none")  # (B, T)
-    return torch.where(scored, nats, 0.0).sum(dtype=torch.float64)
+    nats = F.cross_entropy(logits.double().transpose(1, 2), targets, reduction="none")  # (B, T)
+    correct = (logits.argmax(dim=-1) == targets) & scored  # (B, T)
+    return torch.stack((torch.where(scored, nats, 0.0).sum(dtype=torch.float64), correct.sum(dtype=torch.float64)))
 
 
-class GraphedBatchNats:
-    """batch_nats for full batches of one shape, captured in a CUDA graph once and replayed (no launch gaps)."""
+class GraphedBatchTotals:
+    """batch_totals for full batches of one shape, captured in a CUDA graph once and replayed (no launch gaps)."""
 
     def __init__(self, model: torch.nn.Module, shape: tuple[int, int], device: torch.device,
                  autocast_dtype: torch.dtype | None):
@@ -58,17 +80,17 @@ class GraphedBatchNats:
         stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream):
             for _ in range(2):  # warm-up: lazily created state (and torch.compile's kernels) before capture
-                batch_nats(model, self.chunk, self.scored, autocast_dtype)
+                batch_totals(model, self.chunk, self.scored, autocast_dtype)
         torch.cuda.current_stream(device).wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.nats = batch_nats(model, self.chunk, self.scored, autocast_dtype)
+            self.totals = batch_totals(model, self.chunk, self.scored, autocast_dtype)
 
     def __call__(self, chunk: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
         self.chunk.copy_(chunk, non_blocking=True)
         self.scored.copy_(scored, non_blocking=True)
         self.graph.replay()
-        return self.nats
+        return self.totals
 
 
 def scored_mask(T: int, n_scored: torch.Tensor) -> torch.Tensor:
@@ -87,7 +109,7 @@ def window_batches(data: torch.Tensor, plan: list[tuple[int, int]], T: int, size
 
 
 @torch.inference_mode()
-def split_bpc(
+def split_score(
     model: torch.nn.Module,
     data: torch.Tensor,
     context: int,
@@ -97,25 +119,24 @@ def split_bpc(
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
     cuda_graphs: bool = False,
-) -> tuple[float, int]:
-    """(bits per byte, bytes scored) of `model` on the flat uint8 tensor `data`. cuda_graphs: on CUDA, replay
-    the full batches' forward from a CUDA graph."""
+) -> Score:
+    """The score of `model` on the flat uint8 tensor `data`. cuda_graphs: on CUDA, replay the full batches' forward
+    from a CUDA graph."""
     plan = window_plan(len(data), context, stride or context)
     T = min(context, len(data) - 1)
     was_training = model.training
     model.eval()
     graphed = None
     if cuda_graphs and device.type == "cuda" and len(plan) >= batch_size:
-        graphed = GraphedBatchNats(model, (batch_size, T + 1), device, autocast_dtype)
-    total_nats = torch.zeros((), dtype=torch.float64, device=device)
+        graphed = GraphedBatchTotals(model, (batch_size, T + 1), device, autocast_dtype)
+    totals = torch.zeros(2, dtype=torch.float64, device=device)
     batches = window_batches(data, plan, T, batch_size, device)
     for chunk, scored in tqdm(batches, desc="eval", disable=not progress, mininterval=1.0,
                               total=math.ceil(len(plan) / batch_size)):
         full = len(chunk) == batch_size
-        total_nats += graphed(chunk, scored) if graphed and full else batch_nats(model, chunk, scored, autocast_dtype)
+        totals += graphed(chunk, scored) if graphed and full else batch_totals(model, chunk, scored, autocast_dtype)
     model.train(was_training)
-    n_bytes = len(data) - 1
-    return total_nats.item() / (n_bytes * LN2), n_bytes
+    return Score.from_totals(totals, len(data) - 1)
 
 
 class DynamicEvaluation:
@@ -148,20 +169,19 @@ class DynamicEvaluation:
                     p.lerp_(p0, self.settings.decay)
 
 
-def dynamic_bpc(model: torch.nn.Module, data: torch.Tensor, context: int, settings,
-                device: torch.device = torch.device("cpu"), progress: bool = False) -> tuple[float, int]:
-    """(bits per byte, bytes scored) of `data` with dynamic evaluation: the windows of the static protocol (stride:
+def dynamic_score(model: torch.nn.Module, data: torch.Tensor, context: int, settings,
+                  device: torch.device = torch.device("cpu"), progress: bool = False) -> Score:
+    """The score of `data` with dynamic evaluation: the windows of the static protocol (stride:
     settings.stride) in order, `settings.windows` at a time, each group scored before the model learns from the
     bytes it scored."""
     plan = window_plan(len(data), context, settings.stride or context)
     T = min(context, len(data) - 1)
     dynamic = DynamicEvaluation(model, settings)
-    total_nats = torch.zeros((), dtype=torch.float64, device=device)
+    totals = torch.zeros(2, dtype=torch.float64, device=device)
     groups = window_batches(data, plan, T, settings.windows, device)
     for chunk, scored in tqdm(groups, desc="dynamic eval", disable=not progress, mininterval=1.0,
                               total=math.ceil(len(plan) / settings.windows)):
         with torch.no_grad():
-            total_nats += batch_nats(dynamic.model, chunk, scored, None)
+            totals += batch_totals(dynamic.model, chunk, scored, None)
         dynamic.update(chunk, scored)
-    n_bytes = len(data) - 1
-    return total_nats.item() / (n_bytes * LN2), n_bytes
+    return Score.from_totals(totals, len(data) - 1)

@@ -8,13 +8,14 @@ context / 2 bytes of history and at most context - 1.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 from pathlib import Path
 
 import torch
 
 from chargpt.checkpoint import load_model
-from chargpt.errors import CheckpointError
+from chargpt.errors import CheckpointError, ConfigError
 from chargpt.model import GPT, KVCache
 from chargpt.runtime import model_path
 
@@ -25,9 +26,26 @@ def checkpoint_path(run: str | None, checkpoint: str | Path | None, root: Path =
         return Path(checkpoint)
     path = root / model_path(run)
     if not path.is_file():
+        defined = _defined_runs(root / "params.yaml")
+        if defined is not None and run not in defined:
+            close = difflib.get_close_matches(run, defined, n=1)
+            raise CheckpointError(f"run {run!r} is not defined in {root / 'params.yaml'}"
+                                  + (f"; did you mean {close[0]!r}?" if close else f"; defined: {sorted(defined)}"))
         raise CheckpointError(f"{path}: not found: run {run!r} has not been trained here. Train it (dvc repro "
                               f"train@{run}) or fetch it from the DVC remote (dvc pull train@{run})")
     return path
+
+
+def _defined_runs(params: Path) -> list[str] | None:
+    """The named runs of a project's params.yaml, or None where there is none to read."""
+    from chargpt.config import load_params, run_sources
+
+    if not params.is_file():
+        return None
+    try:
+        return list(run_sources(load_params(params)))
+    except ConfigError:
+        return None
 
 
 def load_trained(path: Path) -> GPT:

@@ -1,5 +1,13 @@
-"""Smith's LR range test: grow the LR exponentially from lr_start to lr_end, smooth the loss, stop once
-the smoothed loss exceeds `divergence` x its best, and suggest a maximum LR for the 1cycle policy."""
+"""Smith's LR range test, two ways (lr_range_test.method):
+
+- exponential_loss: grow the LR exponentially from lr_start to lr_end, smooth the training loss, stop once it exceeds
+  `divergence` x its best, and suggest a maximum LR: the LR at the smoothed loss's minimum / min_loss_divisor.
+- linear_accuracy (Smith 2017, as the seed ran it): grow the LR linearly from lr_start to lr_end and measure the
+  next-byte accuracy on held-out val windows every eval_interval steps. The accuracy's rise is measured from its
+  first point to its peak; the suggested lr_min is where it first gains rise_fraction of that rise ("the point at
+  which the accuracy begins to increase"), the suggested lr_max where it first gains flat_fraction of it ("the point
+  at which the accuracy curve flattens").
+"""
 
 from __future__ import annotations
 
@@ -7,13 +15,14 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm import tqdm
 
 from chargpt.config import LRRangeTestConfig, RunConfig
 from chargpt.device import autocast
+from chargpt.errors import RangeTestError
 from chargpt.loop import RunTooLong
 
 log = logging.getLogger(__name__)
@@ -24,14 +33,39 @@ class RangeTestResult:
     lrs: list[float]
     losses: list[float]
     smoothed: list[float]
-    suggested_lr: float
+    suggested_lr: float  # the suggested max LR (what schedule.lr_max: auto takes)
     lr_at_min_loss: float
     stopped_early: bool
     rule: str
+    suggested_lr_min: float | None = None  # linear_accuracy only
+    accuracy_steps: list[int] = field(default_factory=list)  # linear_accuracy: the steps after which it measured
+    accuracies: list[float] = field(default_factory=list)  # and the val accuracy there
 
 
 def lr_at(cfg: LRRangeTestConfig, i: int) -> float:
-    return cfg.lr_start * (cfg.lr_end / cfg.lr_start) ** (i / (cfg.iterations - 1))
+    fraction = i / (cfg.iterations - 1)
+    if cfg.method == "linear_accuracy":
+        return cfg.lr_start + (cfg.lr_end - cfg.lr_start) * fraction
+    return cfg.lr_start * (cfg.lr_end / cfg.lr_start) ** fraction
+
+
+def accuracy_bounds(lrs: list[float], accuracies: list[float], rise_fraction: float, flat_fraction: float
+                    ) -> tuple[float, float]:
+    """(lr_min, lr_max) from an accuracy-against-LR curve: the first LRs at which the accuracy has gained
+    rise_fraction and flat_fraction of its rise from the first point to the peak (points past the peak, where a
+    too-high LR pulls it down, are not looked at)."""
+    peak = max(range(len(accuracies)), key=accuracies.__getitem__)
+    rise = accuracies[peak] - accuracies[0]
+    if peak == 0 or rise <= 0:
+        raise RangeTestError(f"the val accuracy never rose above its first point ({accuracies[0]:.4f} at lr "
+                             f"{lrs[0]:.3g}) over {len(accuracies)} points up to lr {lrs[-1]:.3g}; no LR range can be "
+                             f"suggested (raise lr_range_test.lr_end or iterations)")
+
+    def first_reaching(fraction: float) -> float:
+        level = accuracies[0] + fraction * rise
+        return next(lr for lr, a in zip(lrs[:peak + 1], accuracies[:peak + 1]) if a >= level)
+
+    return first_reaching(rise_fraction), first_reaching(flat_fraction)
 
 
 def range_test(
@@ -41,12 +75,16 @@ def range_test(
     cfg: LRRangeTestConfig,
     autocast_dtype: torch.dtype | None = None,
     max_seconds: float | None = None,
+    accuracy: Callable[[], float] | None = None,
 ) -> RangeTestResult:
-    """max_seconds: stop (RunTooLong) when the sweep would take longer, timed over its iterations 2 to 4."""
+    """max_seconds: stop (RunTooLong) when the sweep would take longer, timed over its iterations 2 to 4.
+    accuracy: the val accuracy of the model now (linear_accuracy needs it)."""
+    if cfg.method == "linear_accuracy" and accuracy is None:
+        raise ValueError("lr_range_test.method linear_accuracy needs an accuracy probe")
     device = next(model.parameters()).device
     started = None
     model.train()
-    lrs, losses, smoothed = [], [], []
+    lrs, losses, smoothed, accuracy_steps, accuracies = [], [], [], [], []
     avg, best, stopped_early = 0.0, math.inf, False
     for i in tqdm(range(cfg.iterations), desc="lr range test", mininterval=2.0):
         lr = lr_at(cfg, i)
@@ -66,6 +104,9 @@ def range_test(
         avg = cfg.smoothing * avg + (1 - cfg.smoothing) * loss_value
         value = avg / (1 - cfg.smoothing ** (i + 1))  # bias-corrected EMA
         lrs.append(lr), losses.append(loss_value), smoothed.append(value)
+        if cfg.method == "linear_accuracy" and (i + 1) % cfg.eval_interval == 0:
+            accuracy_steps.append(i), accuracies.append(accuracy())
+            model.train()
         if max_seconds is not None and i in (0, 3):  # loss.item() above synced the device
             if i == 0:
                 started = time.perf_counter()
@@ -79,20 +120,34 @@ def range_test(
                 break
     usable = range(cfg.skip_start, len(smoothed))
     if not usable:
-        raise RuntimeError(f"the LR range test diverged within its first {cfg.skip_start} steps (lr_start "
-                           f"{cfg.lr_start} too high?); no LR can be suggested")
+        raise RangeTestError(f"the LR range test diverged within its first {cfg.skip_start} steps (lr_range_test."
+                             f"lr_start {cfg.lr_start} too high?); no LR can be suggested")
     i_min = min(usable, key=smoothed.__getitem__)
-    return RangeTestResult(
+    result = RangeTestResult(
         lrs=lrs, losses=losses, smoothed=smoothed,
         suggested_lr=lrs[i_min] / cfg.min_loss_divisor, lr_at_min_loss=lrs[i_min], stopped_early=stopped_early,
         rule=f"lr at the minimum of the smoothed loss / {cfg.min_loss_divisor:g}",
     )
+    if cfg.method == "linear_accuracy":
+        if len(accuracies) < 2:
+            raise RangeTestError(f"the LR range test stopped after {len(lrs)} steps, with {len(accuracies)} accuracy "
+                                 f"point(s) (one every lr_range_test.eval_interval: {cfg.eval_interval}); lower "
+                                 f"eval_interval or lr_end")
+        result.accuracy_steps, result.accuracies = accuracy_steps, accuracies
+        result.suggested_lr_min, result.suggested_lr = accuracy_bounds(
+            [lrs[s] for s in accuracy_steps], accuracies, cfg.rise_fraction, cfg.flat_fraction)
+        result.rule = (f"val accuracy against a linear LR: lr_min where it first gains {cfg.rise_fraction:g} of its "
+                       f"rise to the peak, lr_max where it first gains {cfg.flat_fraction:g} of it")
+    return result
 
 
 def run_range_test(cfg: RunConfig, device: torch.device, train_split: torch.Tensor,
-                   autocast_dtype: torch.dtype | None, max_seconds: float | None = None) -> RangeTestResult:
-    """The LR range test of a run: its own model, optimizer and batches, from its seed."""
+                   autocast_dtype: torch.dtype | None, max_seconds: float | None = None,
+                   val_split: torch.Tensor | None = None) -> RangeTestResult:
+    """The LR range test of a run: its own model, optimizer and batches, from its seed. linear_accuracy measures
+    the accuracy on the first lr_range_test.eval_batches x train.batch_size windows of val_split."""
     from chargpt.batches import BatchSampler
+    from chargpt.evaluation import split_score
     from chargpt.model import GPT
     from chargpt.optimizers import build_optimizer
 
@@ -102,4 +157,14 @@ def run_range_test(cfg: RunConfig, device: torch.device, train_split: torch.Tens
         model.set_aux_loss_progress(0.0)  # the objective of the run's first steps, which the range test stands for
     optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.lr_range_test.lr_start, momentum=cfg.schedule.momentum_max)
     sampler = BatchSampler(train_split, cfg.model.context, cfg.train.batch_size, cfg.train.seed, device)
-    return range_test(model, optimizer, sampler.next, cfg.lr_range_test, autocast_dtype, max_seconds)
+    accuracy = None
+    if cfg.lr_range_test.method == "linear_accuracy":
+        if val_split is None:
+            raise ValueError("lr_range_test.method linear_accuracy needs the val split")
+        held_out = val_split[: cfg.lr_range_test.eval_batches * cfg.train.batch_size * cfg.model.context + 1]
+
+        def accuracy() -> float:
+            return split_score(model, held_out, cfg.model.context, cfg.train.batch_size, device=device,
+                               autocast_dtype=autocast_dtype).accuracy
+
+    return range_test(model, optimizer, sampler.next, cfg.lr_range_test, autocast_dtype, max_seconds, accuracy)

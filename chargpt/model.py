@@ -5,6 +5,7 @@
   (Al-Rfou et al.: timing information at every layer, since a deep stack otherwise forgets it);
 - ReLU feed-forward and dropout, as in the paper;
 - causal attention through F.scaled_dot_product_attention (flash / memory-efficient kernels where present);
+- optionally no biases in the Linear layers, and the output head tied to the byte embedding (the seed's model);
 - optionally Al-Rfou et al.'s intermediate-layer losses (`set_aux_loss_progress`): while training, every block
   but the last also predicts the next byte, through the shared final LayerNorm and head.
 """
@@ -24,8 +25,8 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_head, self.dropout = cfg.n_head, cfg.dropout
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.proj.is_residual_projection = True
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
@@ -70,8 +71,8 @@ class KVCache:
 class FeedForward(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.up = nn.Linear(cfg.d_model, cfg.d_ff)
-        self.down = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
         self.down.is_residual_projection = True
         self.dropout = nn.Dropout(cfg.dropout)
 
@@ -115,6 +116,11 @@ class GPT(nn.Module):
         self.register_buffer("aux_progress", torch.zeros(()), persistent=False)
         self.aux_active = False
         self.apply(self._init_weights)
+        if cfg.tie_embeddings:
+            # One (vocab, C) matrix embeds bytes and scores them, with the embedding's N(0, 0.02) init (GPT-2's).
+            # Tied after init so the head's init cannot overwrite it; parameters() then yields it once, so the
+            # optimizer decays and steps it once, with the embeddings (not Muon's block matrices).
+            self.head.weight = self.tok_emb.weight
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):

@@ -167,20 +167,28 @@ def run_exists(run_id: str | None) -> bool:
 def log_range_test(csv_path: Path, json_path: Path, png_path: Path, run_name: str) -> None:
     """The LR range test as a nested run of the active run: its curve as step metrics, its plot and files."""
     curve, summary = pd.read_csv(csv_path), read_json(json_path)
+    # The suggestion on the training run itself, beside the schedule's bounds it used (resolved.*: not recipe).
+    mlflow.log_params({param: summary[key] for key, param in (("suggested_lr_min", "resolved.range_test_lr_min"),
+                                                              ("suggested_lr", "resolved.range_test_lr_max"))
+                       if key in summary})
     with mlflow.start_run(run_name=f"{run_name}/lr_range_test", nested=True, tags={"chargpt.run": run_name}):
         mlflow.log_params(summary)
         client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
+        columns = [c for c in ("lr", "loss", "smoothed_loss", "val_accuracy") if c in curve]
         metrics = [mlflow.entities.Metric(key, float(row[key]), 0, int(row["step"]))
-                   for row in curve.to_dict("records") for key in ("lr", "loss", "smoothed_loss")]
+                   for row in curve.to_dict("records") for key in columns if not pd.isna(row[key])]
         for i in range(0, len(metrics), 1000):  # the REST API takes at most 1000 metrics a batch
             client.log_batch(run_id, metrics=metrics[i:i + 1000])
         for path in (csv_path, json_path, png_path):
             mlflow.log_artifact(str(path), artifact_path="lr_range_test")
 
 
+STEP_METRICS = ("val_probe_bpc", "val_probe_accuracy")  # logged at every eval interval already
+
+
 def log_training_outputs(metrics: dict, reports: Path, step: int) -> None:
     """A finished training run's final metrics (targets never reached left out) and its curve and plots."""
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k != "val_probe_bpc" and v is not None}, step=step)
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k not in STEP_METRICS and v is not None}, step=step)
     for name in ("train_curve.tsv", "train_curve.png", "lr_range_test.png"):
         mlflow.log_artifact(str(reports / name), artifact_path="plots" if name.endswith(".png") else None)
 

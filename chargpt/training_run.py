@@ -15,7 +15,7 @@ from chargpt.cuda_graphs import GraphedStep
 from chargpt.device import autocast, precision_name
 from chargpt.distributed import Ranks
 from chargpt.errors import ConfigError
-from chargpt.evaluation import split_bpc
+from chargpt.evaluation import split_score
 from chargpt.io import write_json, write_table
 from chargpt.loop import LoopConfig, LoopHooks, LoopState, TrainParts, TrainStep
 from chargpt.model import GPT
@@ -24,7 +24,8 @@ from chargpt.plots import plot_training_curve
 from chargpt.runtime import time_limit_seconds
 from chargpt.schedule import build_scheduler
 
-CURVE_COLUMNS = ["step", "lr", "momentum", "train_loss", "grad_norm", "clipped_fraction", "val_probe_bpc"]
+CURVE_COLUMNS = ["step", "lr", "momentum", "train_loss", "grad_norm", "clipped_fraction", "val_probe_bpc",
+                 "val_probe_accuracy"]
 UNIFORM_BPC = 8.0  # a uniform guess over the 256 byte values
 
 
@@ -125,9 +126,9 @@ class TrainingRun:
     def probe(self) -> dict[str, float]:
         # Rank 0 alone probes (the others wait at the next all-reduce): through the plain model, not DDP's wrapper.
         model = self.model if self.ranks.enabled else self.forward_model
-        bpc, _ = split_bpc(model, self.val_probe, self.cfg.model.context, self.cfg.eval.batch_size,
-                           device=self.device, autocast_dtype=self.autocast, cuda_graphs=self.execution.cuda_graphs)
-        return {"val_probe_bpc": bpc}
+        score = split_score(model, self.val_probe, self.cfg.model.context, self.cfg.eval.batch_size,
+                            device=self.device, autocast_dtype=self.autocast, cuda_graphs=self.execution.cuda_graphs)
+        return {"val_probe_bpc": score.bpc, "val_probe_accuracy": score.accuracy}
 
     def params(self) -> dict[str, Any]:
         muon = getattr(self.optimizer, "muon", None)
@@ -154,7 +155,8 @@ def write_outputs(run: TrainingRun, curve: list[dict], result: LoopState, report
     write_table(reports / "train_curve.tsv", CURVE_COLUMNS, [[r.get(c, "") for c in CURVE_COLUMNS] for r in curve],
                 delimiter="\t")
     plot_training_curve(curve, reports / "train_curve.png", f"training: {run.cfg.name}")
-    metrics = {"val_probe_bpc": curve[-1]["val_probe_bpc"], "iterations": result.step, "tokens": result.tokens,
+    metrics = {"val_probe_bpc": curve[-1]["val_probe_bpc"], "val_probe_accuracy": curve[-1]["val_probe_accuracy"],
+               "iterations": result.step, "tokens": result.tokens,
                "train_seconds": round(result.seconds, 2), "tokens_per_second": round(result.tokens / result.seconds, 1),
                **iterations_to_targets(curve, run.cfg.train.target_bpc)}
     if run.scaler is not None:

@@ -2,7 +2,7 @@
 
     chargpt sample   --run NAME [--prompt TEXT | --prompt-file F] [--bytes N] [--temperature T] [--top-k K]
                      [--seed S] [--output F]
-    chargpt score    FILE --run NAME [--stride S] [--dynamic]
+    chargpt score    FILE --run NAME [--stride S] [--dynamic]      (BPC and next-byte accuracy, as JSON)
     chargpt compress   IN OUT --run NAME [--stride S] [--dynamic]
     chargpt decompress IN OUT --run NAME
 
@@ -23,7 +23,7 @@ import torch
 from chargpt.compression import compress, decompress, write
 from chargpt.config import DynamicEvalConfig, load_run_config
 from chargpt.errors import ConfigError
-from chargpt.evaluation import dynamic_bpc, split_bpc
+from chargpt.evaluation import dynamic_score, split_score
 from chargpt.inference import checkpoint_path, file_sha256, load_trained, sample
 
 
@@ -81,7 +81,7 @@ def sample_main(argv: list[str] | None = None) -> None:
 
 
 def score_parser() -> argparse.ArgumentParser:
-    parser = _parser("score", "The model's bits per byte on a file, with evaluate's protocol.")
+    parser = _parser("score", "The model's bits per byte and next-byte accuracy on a file, with evaluate's protocol.")
     parser.add_argument("file")
     _model_arguments(parser)
     parser.add_argument("--stride", type=int, help="sliding windows: score each window's last STRIDE bytes")
@@ -104,16 +104,18 @@ def score_main(argv: list[str] | None = None) -> None:
         settings = _dynamic_settings(args)
         if args.stride:
             settings = settings.model_copy(update={"stride": args.stride})
-        bpc, scored = dynamic_bpc(model, data, context, settings, progress=True)
+        score = dynamic_score(model, data, context, settings, progress=True)
     else:
         settings = None
-        bpc, scored = split_bpc(model, data, context, args.batch_size, args.stride, progress=True)
+        score = split_score(model, data, context, args.batch_size, args.stride, progress=True)
     seconds = time.perf_counter() - start
-    print(json.dumps({"file": args.file, "bpc" + ("_dynamic" if args.dynamic else ""): round(bpc, 5),
-                      "bytes_scored": scored, "context": context,
+    suffix = "_dynamic" if args.dynamic else ""
+    print(json.dumps({"file": args.file, f"bpc{suffix}": round(score.bpc, 5),
+                      f"accuracy{suffix}": round(score.accuracy, 5), "bytes_scored": score.bytes_scored,
+                      "context": context,
                       "stride": (settings.stride if settings else args.stride) or context,
                       **({"dynamic": settings.model_dump()} if settings else {}), "seconds": round(seconds, 2),
-                      "bytes_per_second": round(scored / seconds, 1)}))
+                      "bytes_per_second": round(score.bytes_scored / seconds, 1)}))
 
 
 def compress_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,5 @@
-"""Stage evaluate@<run>: BPC of the trained model on the whole val and test splits (or a stated prefix), and with
-dynamic evaluation where the run sets eval.dynamic."""
+"""Stage evaluate@<run>: BPC and next-byte accuracy of the trained model on the whole val and test splits (or a
+stated prefix), and with dynamic evaluation where the run sets eval.dynamic."""
 
 import logging
 import time
@@ -11,7 +11,7 @@ from chargpt.checkpoint import load_model
 from chargpt.config import load_run_config
 from chargpt.batches import load_split
 from chargpt.device import precision_name
-from chargpt.evaluation import dynamic_bpc, split_bpc
+from chargpt.evaluation import dynamic_score, split_score
 from chargpt.io import write_json
 from chargpt.runtime import (DATA_DIR, autocast_dtype, model_path, prepare, report_dir, run_stage, run_stage_parser,
                              split_meta)
@@ -35,18 +35,24 @@ def main() -> None:
         # A prefix is reported under its own name, never as the whole-split figure.
         name = f"{split}_prefix" if cfg.eval.max_bytes and len(data) > cfg.eval.max_bytes else split
         data = data[: cfg.eval.max_bytes] if name != split else data
-        bpc, scored = split_bpc(model, data, cfg.model.context, cfg.eval.batch_size, stride, device,
-                                autocast, progress=True)
-        metrics |= {f"{name}_bpc": round(bpc, 5), f"{name}_bytes_scored": scored}
-        log.info("%s: %.4f BPC over %d bytes", name, bpc, scored)
+        start = time.perf_counter()
+        score = split_score(model, data, cfg.model.context, cfg.eval.batch_size, stride, device, autocast,
+                            progress=True)
+        seconds = time.perf_counter() - start
+        metrics |= {f"{name}_bpc": round(score.bpc, 5), f"{name}_accuracy": round(score.accuracy, 5),
+                    f"{name}_bytes_scored": score.bytes_scored, f"{name}_seconds": round(seconds, 1)}
+        log.info("%s: %.5f BPC, accuracy %.2f%%, over %d bytes (%.0f s)", name, score.bpc, 100 * score.accuracy,
+                 score.bytes_scored, seconds)
         if cfg.eval.dynamic:  # beside the static figure, never in its place
             start = time.perf_counter()
-            bpc, _ = dynamic_bpc(model, data, cfg.model.context, cfg.eval.dynamic, device, progress=True)
+            dynamic = dynamic_score(model, data, cfg.model.context, cfg.eval.dynamic, device, progress=True)
             seconds = time.perf_counter() - start
-            metrics |= {f"{name}_bpc_dynamic": round(bpc, 5), f"{name}_dynamic_seconds": round(seconds, 1),
-                        f"{name}_dynamic_bytes_per_second": round(scored / seconds, 1)}
-            log.info("%s: %.4f BPC with dynamic evaluation (%.0f s, %.0f bytes/s)", name, bpc, seconds,
-                     scored / seconds)
+            metrics |= {f"{name}_bpc_dynamic": round(dynamic.bpc, 5),
+                        f"{name}_accuracy_dynamic": round(dynamic.accuracy, 5),
+                        f"{name}_dynamic_seconds": round(seconds, 1),
+                        f"{name}_dynamic_bytes_per_second": round(dynamic.bytes_scored / seconds, 1)}
+            log.info("%s: %.5f BPC, accuracy %.2f%%, with dynamic evaluation (%.0f s, %.0f bytes/s)", name,
+                     dynamic.bpc, 100 * dynamic.accuracy, seconds, dynamic.bytes_scored / seconds)
     metrics["protocol"] = {"context": cfg.model.context, "stride": stride, "precision": precision_name(autocast),
                            "scored": "every byte after the first of each split (or prefix), exactly once",
                            **({"dynamic": cfg.eval.dynamic.model_dump()} if cfg.eval.dynamic else {})}

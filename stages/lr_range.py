@@ -22,25 +22,37 @@ def main() -> None:
     cfg = load_run_config(args.run, args.params)
     check_fits(cfg, split_meta())
     device = prepare(cfg.train)
+    val = load_split(DATA_DIR / "val.bin") if cfg.lr_range_test.method == "linear_accuracy" else None
     try:
         result = run_range_test(cfg, device, load_split(DATA_DIR / "train.bin"), autocast_dtype(cfg.train, device),
-                                time_limit_seconds())
+                                time_limit_seconds(), val)
     except RunTooLong as e:
         log.error("%s", too_long(f"lr_range_test@{args.run}", e, device))
         sys.exit(1)
 
     out = report_dir(args.run)
+    # The schedule's own bounds beside the suggestion: a run with fixed bounds (the seed's) shows what the test says.
+    schedule = {"schedule_lr_min": cfg.schedule.lr_min, "schedule_lr_max": cfg.schedule.lr_max}
+    accuracy = dict(zip(result.accuracy_steps, result.accuracies))
     # suggested_lr on every row: the dvc plots template (.dvc/plots/lr_range_log.json) draws it as a rule.
-    write_table(out / "lr_range_test.csv", ["step", "lr", "loss", "smoothed_loss", "suggested_lr"],
-                [(i, lr, loss, s, result.suggested_lr)
+    write_table(out / "lr_range_test.csv", ["step", "lr", "loss", "smoothed_loss", "val_accuracy", "suggested_lr"],
+                [(i, lr, loss, s, accuracy.get(i, ""), result.suggested_lr)
                  for i, (lr, loss, s) in enumerate(zip(result.lrs, result.losses, result.smoothed))])
-    plot_range_test(result, out / "lr_range_test.png", f"LR range test: {args.run}")
+    plot_range_test(result, out / "lr_range_test.png", f"LR range test: {args.run}", cfg.schedule.lr_min,
+                    cfg.schedule.lr_max)
     write_json(out / "lr_range_test.json", {
-        "suggested_lr": result.suggested_lr, "rule": result.rule, "lr_at_min_loss": result.lr_at_min_loss,
-        "min_smoothed_loss": min(result.smoothed), "iterations_run": len(result.lrs),
-        "stopped_early": result.stopped_early, "lr_start": cfg.lr_range_test.lr_start, "lr_end": cfg.lr_range_test.lr_end,
+        "method": cfg.lr_range_test.method, "suggested_lr": result.suggested_lr,
+        **({"suggested_lr_min": result.suggested_lr_min, "max_val_accuracy": max(result.accuracies)}
+           if result.suggested_lr_min is not None else {}),
+        "rule": result.rule, "lr_at_min_loss": result.lr_at_min_loss, "min_smoothed_loss": min(result.smoothed),
+        "iterations_run": len(result.lrs), "stopped_early": result.stopped_early,
+        "lr_start": cfg.lr_range_test.lr_start, "lr_end": cfg.lr_range_test.lr_end, **schedule,
     })
-    log.info("suggested max LR %.4g (%s)", result.suggested_lr, result.rule)
+    if result.suggested_lr_min is not None:
+        log.info("suggested LR range %.4g -> %.4g (%s); the schedule's: %s -> %s", result.suggested_lr_min,
+                 result.suggested_lr, result.rule, cfg.schedule.lr_min, cfg.schedule.lr_max)
+    else:
+        log.info("suggested max LR %.4g (%s)", result.suggested_lr, result.rule)
 
 
 if __name__ == "__main__":

@@ -97,7 +97,8 @@ def main() -> None:
     if ranks.is_main:
         shutil.rmtree(state_path.parent, ignore_errors=True)  # complete: models/<run>/model.pt holds the run now
         compare.refresh_view(log)
-        log.info("trained %d steps in %.0fs; val probe BPC %.4f", result.step, result.seconds, metrics["val_probe_bpc"])
+        log.info("trained %d steps in %.0fs; val probe BPC %.4f, accuracy %.2f%%", result.step, result.seconds,
+                 metrics["val_probe_bpc"], 100 * metrics["val_probe_accuracy"])
 
 if __name__ == "__main__":
     run_stage(main)

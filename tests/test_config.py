@@ -64,18 +64,72 @@ def test_an_error_names_the_key_where_the_value_is_written(params):
         resolve_run(params, "grid_min1e-3_mom090_wd1e-4")
 
 
-def test_final_run_is_the_seed_recipe(params):
-    cfg = resolve_run(params, "final")
-    assert (cfg.model.n_layer, cfg.model.d_model, cfg.model.n_head, cfg.model.d_ff, cfg.model.context) == (12, 512, 8, 2048, 512)
-    assert (cfg.schedule.lr_min, cfg.schedule.lr_max) == (1e-4, 0.1)
-    assert (cfg.schedule.momentum_max, cfg.schedule.momentum_min) == (0.9, 0.8)
-    assert cfg.optimizer.name == "sgd" and cfg.optimizer.weight_decay == 1e-5
+# The seed's final model, fact for fact (../shared/seed-facts.md; its repository's README.md and train.py).
+SEED_FINAL = {
+    "model": {"n_layer": 12, "d_model": 512, "n_head": 2, "d_ff": 2048, "context": 512, "dropout": 0.2,
+              "bias": False, "tie_embeddings": True, "vocab_size": 256},
+    "optimizer": {"name": "sgd", "nesterov": False, "weight_decay": 1e-5, "grad_clip": 0.0},
+    "schedule": {"name": "onecycle", "lr_min": 1e-4, "lr_max": 0.1, "momentum_max": 0.9, "momentum_min": 0.8,
+                 "three_phase": False, "pct_start": 0.5, "final_div_factor": 1.0, "anneal": "linear"},
+    "lr_range_test": {"method": "linear_accuracy"},
+    "train": {"batch_size": 16, "iterations": 48000, "checkpoint_every": 800},
+    "eval": {"stride": 1},
+}
+
+
+def test_final_run_is_the_seeds_final_model(params):
+    cfg = resolve_run(params, "final").model_dump()
+    for section, values in SEED_FINAL.items():
+        assert {key: cfg[section][key] for key in values} == values, section
+
+
+def test_the_seeds_other_runs_and_the_t12_run(params):
+    final = resolve_run(params, "final").model_dump()
+
+    def differences(run: str) -> dict:
+        cfg = resolve_run(params, run).model_dump()
+        return {f"{s}.{k}": v for s in cfg if s != "name" for k, v in cfg[s].items() if final[s][k] != v}
+
+    assert differences("wd_1e-4") == {"optimizer.weight_decay": 1e-4, "train.iterations": 36000}
+    assert differences("wd_1e-6") == {"optimizer.weight_decay": 1e-6, "train.iterations": 24000}
+    for run, name in (("final_adamw", "adamw"), ("final_muon", "muon")):  # only the optimizer and its LR
+        changed = differences(run)
+        assert changed.pop("optimizer.name") == name and changed.pop("schedule.lr_max") == "auto"
+        assert {k.split(".")[0] for k in changed} == {"lr_range_test"}
+    for name in (n for n in run_sources(params) if n.startswith("grid_")):  # the early runs, on final
+        assert set(differences(name)) <= {"schedule.lr_min", "schedule.momentum_max", "optimizer.weight_decay"}
+    t12 = resolve_run(params, "t12")  # chargpt's final before: Al-Rfou's heads and dropout, the code's defaults
+    assert (t12.model.n_head, t12.model.dropout, t12.model.bias, t12.model.tie_embeddings) == (8, 0.1, True, False)
+    assert t12.model_dump(exclude={"name"}) == RunConfig(name="t12").model_dump(exclude={"name"}) | {
+        "data": t12.data.model_dump()}
+
+
+def test_the_cpu_seed_recipe_is_the_seeds_at_the_quickstarts_size(params):
+    seed, quickstart = resolve_run(params, "quickstart_seed"), resolve_run(params, "quickstart_adamw")
+    assert seed.model.model_copy(update={"n_head": 4, "dropout": 0.0, "bias": True, "tie_embeddings": False}) == \
+        quickstart.model
+    for section in ("optimizer", "schedule"):
+        got = getattr(seed, section).model_dump()
+        assert {k: got[k] for k in SEED_FINAL[section] if k != "lr_max"} == \
+            {k: v for k, v in SEED_FINAL[section].items() if k != "lr_max"}
+    assert seed.lr_range_test.method == "linear_accuracy" and seed.schedule.lr_max == "auto"
+    assert seed.train.iterations == 1800 and seed.train.precision == "fp32"  # the quickstart's budget, pinned fp32
 
 
 def test_ablations_override_only_what_they_name(params):
     assert resolve_run(params, "wd_1e-4").train.iterations == 36000
     assert resolve_run(params, "wd_1e-4").optimizer.weight_decay == 1e-4
     assert resolve_run(params, "wd_1e-6").train.iterations == 24000
+
+
+def test_linear_accuracy_needs_three_accuracy_points_and_ordered_fractions(params):
+    params["runs"]["final"]["lr_range_test"].update(iterations=40, eval_interval=20)
+    with pytest.raises(ConfigError, match=re.escape("runs.final.lr_range_test.eval_interval: 20 gives 2 accuracy "
+                                                    "point(s) over 40 iterations; linear_accuracy needs at least 3")):
+        resolve_run(params, "final")
+    params["runs"]["final"]["lr_range_test"].update(iterations=1000, rise_fraction=0.9, flat_fraction=0.5)
+    with pytest.raises(ConfigError, match="rise_fraction: 0.9 must be below flat_fraction"):
+        resolve_run(params, "final")
 
 
 @pytest.mark.parametrize("mutate, expected", [
@@ -88,17 +142,17 @@ def test_ablations_override_only_what_they_name(params):
     (lambda p: p["schedule"].update(lr_max="max"), "schedule.lr_max"),
     (lambda p: p["data"].update(split=[0.9, 0.05, 0.1]), "data.split: fractions must sum to 1"),
     (lambda p: p["data"].update(checksums={"sha256": "abc"}), "data.checksums.sha256"),
-    (lambda p: p["runs"]["final"].update(model={"context": 0}), "runs.final.model.context: Input should be greater than 0 (got 0)"),
-    (lambda p: p["runs"]["final"].update(modle={}), "unknown section(s) ['modle']"),
-    (lambda p: p["runs"]["final"].update(data={"url": "x"}), "runs.final.data: the corpus and its split are shared"),
+    (lambda p: p["runs"]["t12"].update(model={"context": 0}), "runs.t12.model.context: Input should be greater than 0 (got 0)"),
+    (lambda p: p["runs"]["t12"].update(modle={}), "unknown section(s) ['modle']"),
+    (lambda p: p["runs"]["t12"].update(data={"url": "x"}), "runs.t12.data: the corpus and its split are shared"),
     (lambda p: p["eval"].update(stride=10_000), "eval.stride: 10000 must not exceed model.context (512)"),
-    (lambda p: p["runs"]["final"].update(model={"n_layer": 1}, train={"aux_losses": True}),
-     "runs.final.train.aux_losses: needs intermediate layers, and model.n_layer is 1"),
+    (lambda p: p["runs"]["t12"].update(model={"n_layer": 1}, train={"aux_losses": True}),
+     "runs.t12.train.aux_losses: needs intermediate layers, and model.n_layer is 1"),
 ])
 def test_invalid_params_name_the_key(params, mutate, expected):
     mutate(params)
     with pytest.raises(ConfigError, match=None) as err:
-        resolve_run(params, "final")
+        resolve_run(params, "t12")
     assert expected in str(err.value)
 
 
@@ -137,7 +191,7 @@ def test_a_context_longer_than_the_training_split_is_refused(params):
 def test_lr_range_test_smoothing_must_be_short_against_the_sweep(params):
     params["lr_range_test"].update(iterations=60, smoothing=0.98)
     with pytest.raises(ConfigError, match=r"lr_range_test.smoothing: 0.98 averages over ~50 steps, more than half of iterations \(60\)"):
-        resolve_run(params, "final")
+        resolve_run(params, "t12")
 
 
 def test_overrides_apply_and_validate(params):

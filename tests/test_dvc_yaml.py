@@ -68,8 +68,10 @@ def test_the_runs_file_names_each_runs_entry_and_its_base():
 def test_the_overlay_plots_list_every_run():
     runs = list(yaml.safe_load((REPO / RUNS_FILE).read_text())["pipeline_runs"])
     plots = {k: v for item in yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"] for k, v in item.items()}
-    assert set(plots) == {"val_bpc", "train_loss", "lr_range_test"}
+    assert set(plots) == {"val_bpc", "val_accuracy", "train_loss", "lr_range_test", "lr_range_accuracy"}
     assert list(plots["val_bpc"]["y"]) == [f"reports/{run}/train_curve.tsv" for run in runs]
+    assert set(plots["val_accuracy"]["y"].values()) == {"val_probe_accuracy"}
+    assert set(plots["lr_range_accuracy"]["y"].values()) == {"val_accuracy"} and plots["lr_range_accuracy"]["x"] == "lr"
     assert plots["lr_range_test"]["template"] == "lr_range_log" and plots["lr_range_test"]["x"] == "lr"
 
 

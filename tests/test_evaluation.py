@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from chargpt.config import ModelConfig
-from chargpt.evaluation import split_bpc, window_plan
+from chargpt.config import DynamicEvalConfig
+from chargpt.evaluation import dynamic_score, split_score, window_plan
 from chargpt.model import GPT
 
 
@@ -38,17 +39,52 @@ def test_every_byte_after_the_first_is_scored_exactly_once(n, context, stride):
 def test_uniform_model_scores_exactly_eight_bits():
     data = torch.randint(0, 256, (5000,), dtype=torch.uint8)
     for stride in (None, 7):
-        bpc, n = split_bpc(Uniform(), data, context=64, batch_size=8, stride=stride)
-        assert n == 4999 and bpc == pytest.approx(8.0, abs=1e-9)
+        score = split_score(Uniform(), data, context=64, batch_size=8, stride=stride)
+        assert score.bytes_scored == 4999 and score.bpc == pytest.approx(8.0, abs=1e-9)
 
 
-def test_split_bpc_matches_direct_computation():
+def test_split_score_matches_direct_computation():
     torch.manual_seed(0)
     model = GPT(ModelConfig(n_layer=1, d_model=16, n_head=2, d_ff=32, context=8, dropout=0.0)).eval()
     data = torch.randint(0, 256, (8 * 5 + 1,), dtype=torch.uint8)
-    bpc, _ = split_bpc(model, data, context=8, batch_size=2)
+    score = split_score(model, data, context=8, batch_size=2)
     with torch.no_grad():
         windows = data[:40].view(5, 8).long()
         targets = data[1:41].view(5, 8).long()
-        _, loss = model(windows, targets)
-    assert bpc == pytest.approx(loss.item() / math.log(2), rel=1e-5)
+        logits, loss = model(windows, targets)
+    assert score.bpc == pytest.approx(loss.item() / math.log(2), rel=1e-5)
+    assert score.accuracy == (logits.argmax(-1) == targets).float().mean().item()
+
+
+class NextByteGuesser(torch.nn.Module):
+    """Puts logit 10 on (byte + 1) mod 256 after every byte and 0 on the rest: its accuracy and BPC on any text are
+    known in closed form."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, idx, targets=None):
+        logits = 10.0 * torch.nn.functional.one_hot((idx + 1) % 256, 256).float() + self.dummy
+        loss = None if targets is None else torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets)
+        return logits, loss
+
+
+@pytest.mark.parametrize("stride", [None, 5, 1])
+def test_accuracy_and_bpc_of_a_model_whose_answer_is_known(stride):
+    gen = torch.Generator().manual_seed(0)
+    data = torch.randint(0, 256, (3001,), generator=gen, dtype=torch.uint8)
+    hits = torch.rand(3000, generator=gen) < 0.3  # byte j + 1 follows byte j at these positions
+    for j in range(1, 3001):
+        if hits[j - 1]:
+            data[j] = (int(data[j - 1]) + 1) % 256
+    right = ((data[:-1].long() + 1) % 256 == data[1:].long()).sum().item()
+    normaliser = math.log(math.exp(10) + 255)  # every position's log-sum-exp
+    nats = right * (normaliser - 10) + (3000 - right) * normaliser
+    score = split_score(NextByteGuesser(), data, context=16, batch_size=7, stride=stride)
+    assert score.accuracy == right / 3000 and score.bytes_scored == 3000
+    assert score.bpc == pytest.approx(nats / (3000 * math.log(2)), rel=1e-12)
+    # dynamic evaluation keeps the same protocol: at lr ~0 it scores exactly what the static one does
+    dynamic = dynamic_score(NextByteGuesser(), data, context=16,
+                            settings=DynamicEvalConfig(lr=1e-30, optimizer="sgd", stride=stride))
+    assert dynamic.accuracy == right / 3000 and dynamic.bpc == pytest.approx(score.bpc, rel=1e-12)

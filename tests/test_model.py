@@ -111,3 +111,45 @@ def test_positions_at_the_input_only_is_gpt2s_layout():
     _, loss = at_input(idx, idx)
     loss.backward()
     assert at_input.pos_emb.weight.grad.abs().sum() > 0
+
+
+SEED_SHAPE = ModelConfig(n_layer=2, d_model=32, n_head=2, d_ff=64, context=16, dropout=0.2, bias=False,
+                         tie_embeddings=True)
+
+
+def test_the_seeds_model_has_no_linear_biases_and_one_tied_byte_matrix():
+    torch.manual_seed(0)
+    model = GPT(SEED_SHAPE)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 2 * 4 + 1 and all(m.bias is None for m in linears)
+    assert all(m.bias is not None for m in model.modules() if isinstance(m, torch.nn.LayerNorm))  # LayerNorm keeps its
+    assert model.head.weight is model.tok_emb.weight
+    # counted once: the T12-style count without the Linear biases and without the separate head
+    d, ff, T, V, L = 32, 64, 16, 256, 2
+    per_layer = 3 * d * d + d * d + d * ff + ff * d + 2 * (2 * d) + T * d
+    assert model.num_params() == V * d + L * per_layer + 2 * d
+    assert model.tok_emb.weight.std().item() == pytest.approx(0.02, rel=0.1)  # GPT-2's embedding init, not overwritten
+    # a step through the head moves the embedding: one parameter, two uses
+    before = model.tok_emb.weight.detach().clone()
+    idx = torch.randint(0, 256, (2, 16))
+    model(idx, idx)[1].backward()
+    torch.optim.SGD(model.parameters(), lr=1.0).step()
+    assert not torch.equal(before, model.head.weight) and model.head.weight is model.tok_emb.weight
+
+
+def test_t12_parameter_count_of_the_seeds_model():
+    n = GPT(ModelConfig(n_head=2, dropout=0.2, bias=False, tie_embeddings=True)).num_params()
+    d, ff, T, V, L = 512, 2048, 512, 256, 12
+    assert n == V * d + L * (4 * d * d + 2 * d * ff + 4 * d + T * d) + 2 * d == 41_051_136
+
+
+def test_a_tied_model_survives_a_checkpoint_round_trip(tmp_path):
+    from chargpt.checkpoint import load_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = GPT(SEED_SHAPE)
+    save_checkpoint(tmp_path / "model.pt", model, {"model": SEED_SHAPE.model_dump()}, step=1)
+    loaded, _ = load_model(tmp_path / "model.pt", expected=SEED_SHAPE)
+    assert loaded.head.weight is loaded.tok_emb.weight and torch.equal(loaded.head.weight, model.head.weight)
+    idx = torch.randint(0, 256, (1, 16))
+    assert torch.equal(loaded.eval()(idx)[0], model.eval()(idx)[0])

@@ -41,10 +41,22 @@ def test_local_corpus_through_all_five_stages(project):
     assert train["iterations"] == 30 and train["tokens"] == 30 * 4 * 32
     curve = (root / "reports/tiny/train_curve.tsv").read_text().splitlines()
     assert curve[0].split("\t") == ["step", "lr", "momentum", "train_loss", "grad_norm", "clipped_fraction",
-                                    "val_probe_bpc"] and len(curve) == 1 + 6
+                                    "val_probe_bpc", "val_probe_accuracy"] and len(curve) == 1 + 6
+    assert 0 < train["val_probe_accuracy"] <= 1
     ev = json.loads((root / "reports/tiny/eval.json").read_text())
     assert ev["val_bytes_scored"] == 2_999 and ev["test_bytes_scored"] == 2_999  # whole splits
     assert 0 < ev["test_bpc"] < 8.0  # 30 steps on repetitive text already beat the uniform 8 bits
+    assert 0 < ev["val_accuracy"] <= 1 and 0 < ev["test_accuracy"] <= 1  # beside every BPC
+
+    # The seed's range test (tiny_cosine): both bounds suggested from the val accuracy, beside the fixed schedule's.
+    seed_test = json.loads((root / "reports/tiny_cosine/lr_range_test.json").read_text())
+    assert seed_test["method"] == "linear_accuracy" and lr_test["method"] == "exponential_loss"
+    assert 1e-4 <= seed_test["suggested_lr_min"] <= seed_test["suggested_lr"] <= 0.03
+    assert (seed_test["schedule_lr_min"], seed_test["schedule_lr_max"]) == (1e-4, 3e-3)
+    rows = (root / "reports/tiny_cosine/lr_range_test.csv").read_text().splitlines()
+    accuracy_rows = [r.split(",") for r in rows[1:] if r.split(",")[4]]
+    assert [int(r[0]) for r in accuracy_rows] == [3, 7, 11, 15, 19]  # every eval_interval (4) steps
+    assert torch.load(root / "models/tiny_cosine/model.pt", weights_only=True)["lr_max"] == 3e-3  # fixed: kept
 
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], root, env).stdout)
     files = next(iter(shown.values()))["data"]
@@ -99,8 +111,9 @@ def test_dvc_plots_overlay_every_run(project):
         pytest.skip("needs test_local_corpus_through_all_five_stages")
     shown = json.loads(run(["dvc", "plots", "show", "--json"], root, env).stdout)
     assert not shown.get("errors"), shown.get("errors")
-    assert set(shown["data"]) == {"val_bpc", "train_loss", "lr_range_test"}
+    assert set(shown["data"]) == {"val_bpc", "val_accuracy", "train_loss", "lr_range_test", "lr_range_accuracy"}
     for plot_id, filename, field in (("val_bpc", "train_curve.tsv", "val_probe_bpc"),
+                                     ("val_accuracy", "train_curve.tsv", "val_probe_accuracy"),
                                      ("train_loss", "train_curve.tsv", "train_loss"),
                                      ("lr_range_test", "lr_range_test.csv", "smoothed_loss")):
         (plot,) = shown["data"][plot_id]
@@ -123,6 +136,8 @@ def test_compare_prints_one_row_per_run_with_iterations_to_target(project):
     rows = {r["run"]: r for r in json.loads(out)}
     assert set(rows) == {"tiny", "tiny_cosine"}
     assert rows["tiny_cosine"]["schedule"] == "cosine" and rows["tiny"]["schedule"] == "onecycle"
+    evaluated = json.loads((root / "reports/tiny/eval.json").read_text())
+    assert rows["tiny"]["test_accuracy"] == evaluated["test_accuracy"]
     metrics = json.loads((root / "reports/tiny_cosine/train_metrics.json").read_text())
     curve = [line.split("\t") for line in (root / "reports/tiny_cosine/train_curve.tsv").read_text().splitlines()[1:]]
     first_below_7 = next(int(s) for s, *_, probe in curve if probe and float(probe) <= 7.0)
@@ -147,6 +162,9 @@ def test_mlflow_records_the_run(project):
     assert child[0].data.tags["mlflow.parentRunId"] == run_.info.run_id
     ev = json.loads((root / "reports/tiny/eval.json").read_text())
     assert run_.data.metrics["test_bpc"] == pytest.approx(ev["test_bpc"])
+    assert run_.data.metrics["test_accuracy"] == pytest.approx(ev["test_accuracy"])
+    assert run_.data.metrics["val_accuracy"] == pytest.approx(ev["val_accuracy"])
+    assert [m.step for m in client.get_metric_history(run_.info.run_id, "val_probe_accuracy")] == [10, 20, 30]
     assert run_.data.metrics["iterations"] == 30
     assert run_.data.params["model.n_layer"] == "2" and run_.data.params["optimizer.name"] == "adamw"
     assert run_.data.tags["chargpt.run"] == "tiny" and run_.data.tags["git_commit"]
@@ -166,7 +184,8 @@ def test_mlflow_records_the_run(project):
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     view = json.loads(json.loads(experiment.tags["mlflow.sharedViewState.compare"])["state"])
     assert view["orderByKey"] == "metrics.`test_bpc`" and view["orderByAsc"] is True
-    assert {"metrics.`val_bpc`", "metrics.`test_bpc`", "metrics.`iterations`"} <= set(view["selectedColumns"])
+    assert {"metrics.`val_bpc`", "metrics.`test_bpc`", "metrics.`test_accuracy`", "metrics.`iterations`"} <= \
+        set(view["selectedColumns"])
     assert "params.`schedule.name`" in view["selectedColumns"]  # it differs between tiny and tiny_cosine
     assert view["compareRunCharts"][0]["metricKey"] in ("val_bpc", "test_bpc")
     assert "lr_max" not in run_.data.metrics and "resolved.lr_max" in run_.data.params  # a param, not a metric

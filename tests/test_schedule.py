@@ -196,3 +196,41 @@ def test_a_muon_optimizer_refuses_another_optimizers_state():
     muon = build_optimizer(tiny_gpt(), OptimizerConfig(name="muon"), lr=1e-3, momentum=0.9)
     with pytest.raises(ValueError, match="not a MuonWithAdamW state .keys \\['param_groups', 'state'\\].*optimizer.name"):
         muon.load_state_dict(adamw.state_dict())
+
+
+def test_tied_embeddings_are_decayed_once_and_left_to_adamw_under_muon():
+    from chargpt.config import ModelConfig
+    from chargpt.model import GPT
+
+    model = GPT(ModelConfig(n_layer=2, d_model=32, n_head=2, d_ff=64, context=16, bias=False, tie_embeddings=True))
+    sgd = build_optimizer(model, OptimizerConfig(name="sgd", weight_decay=1e-5), lr=0.1, momentum=0.9)
+    decayed, plain = sgd.param_groups
+    ids = [id(p) for p in decayed["params"]]
+    assert ids.count(id(model.tok_emb.weight)) == 1 and len(ids) == len(set(ids))
+    assert all(p.dim() == 1 for p in plain["params"]) and len(plain["params"]) == 2 * 2 * 2 + 2  # LayerNorms only
+    muon = build_optimizer(model, OptimizerConfig(name="muon", weight_decay=1e-5), lr=0.1, momentum=0.9)
+    muon_ids = {id(p) for g in muon.muon.param_groups for p in g["params"]}
+    adamw_ids = [id(p) for g in muon.adamw.param_groups for p in g["params"]]
+    assert id(model.tok_emb.weight) not in muon_ids and adamw_ids.count(id(model.tok_emb.weight)) == 1
+    assert len(muon_ids) + len(adamw_ids) == len(list(model.parameters()))
+
+
+# The seed's 1cycle over 100 steps: torch's two-phase form with pct_start 0.5 and final_div_factor 1, i.e. LR
+# 1e-4 -> 0.1 linearly until step 49 (0.5 * 100 - 1), then back to 1e-4 at step 99; momentum 0.9 -> 0.8 -> 0.9;
+# no annihilation phase.
+SEED_TABLE = [(0, 1e-4, 0.9), (24, 1e-4 + (0.1 - 1e-4) * 24 / 49, 0.9 - 0.1 * 24 / 49), (49, 0.1, 0.8),
+              (74, 0.1 - (0.1 - 1e-4) * 25 / 50, 0.8 + 0.1 * 25 / 50), (99, 1e-4, 0.9)]
+
+
+def test_the_seeds_schedule_is_two_equal_linear_ramps_with_no_annihilation(params):
+    from chargpt.config import resolve_run
+
+    cfg = resolve_run(params, "final").schedule
+    seen = trace("sgd", cfg, 100)
+    for step, lr, momentum in SEED_TABLE:
+        assert seen[step][0] == pytest.approx(lr, rel=1e-9), f"lr at step {step}"
+        assert seen[step][1] == pytest.approx(momentum, rel=1e-9), f"momentum at step {step}"
+    lrs = [lr for lr, _ in seen]
+    ups, downs = lrs[:50], lrs[49:]
+    assert all(b > a for a, b in zip(ups, ups[1:])) and all(b < a for a, b in zip(downs, downs[1:]))
+    assert min(lrs) == pytest.approx(1e-4)  # never below the start: no final phase

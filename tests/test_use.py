@@ -13,7 +13,7 @@ import torch
 from chargpt.checkpoint import save_checkpoint
 from chargpt.compression import CompressionError, compress, decompress
 from chargpt.config import DynamicEvalConfig, ModelConfig
-from chargpt.evaluation import dynamic_bpc, split_bpc
+from chargpt.evaluation import dynamic_score, split_score
 from chargpt.inference import file_sha256, load_trained, sample
 from chargpt.model import GPT, KVCache
 from conftest import SAMPLE, tiny_text
@@ -69,15 +69,15 @@ def test_sampling_is_reproducible_and_slides_past_the_context(checkpoint):
 def test_dynamic_evaluation_learns_from_what_it_has_scored_only(checkpoint):
     model = load_trained(checkpoint)
     text = torch.frombuffer(bytearray(b"zq9 " * 600), dtype=torch.uint8)  # unlike the training text: learnable here
-    static, n = split_bpc(model, text, 32, 16)
-    dynamic, m = dynamic_bpc(model, text, 32, DynamicEvalConfig(lr=3e-3))
-    assert n == m == len(text) - 1 and dynamic < static - 1.0
+    static, dynamic = split_score(model, text, 32, 16), dynamic_score(model, text, 32, DynamicEvalConfig(lr=3e-3))
+    assert static.bytes_scored == dynamic.bytes_scored == len(text) - 1 and dynamic.bpc < static.bpc - 1.0
+    assert dynamic.accuracy > static.accuracy
     before = [p.clone() for p in model.parameters()]
-    dynamic_bpc(model, text, 32, DynamicEvalConfig(lr=3e-3, optimizer="sgd", windows=3, decay=0.01))
+    dynamic_score(model, text, 32, DynamicEvalConfig(lr=3e-3, optimizer="sgd", windows=3, decay=0.01))
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the trained model is untouched
     # The first window is scored before any update: the same as static scoring of it.
     first = text[:33]
-    assert dynamic_bpc(model, first, 32, DynamicEvalConfig())[0] == pytest.approx(split_bpc(model, first, 32, 1)[0])
+    assert dynamic_score(model, first, 32, DynamicEvalConfig()).bpc == pytest.approx(split_score(model, first, 32, 1).bpc)
 
 
 CASES = {
@@ -98,8 +98,8 @@ def test_the_round_trip_is_byte_exact_and_the_size_is_the_bpc(checkpoint, name):
     out, _ = decompress(model, sha, blob)
     assert out == data
     if len(data) >= 1000:
-        bpc, scored = split_bpc(model, torch.frombuffer(bytearray(data), dtype=torch.uint8), 32, 16)
-        ideal = scored * bpc / 8  # bytes of information the model assigns the data
+        score = split_score(model, torch.frombuffer(bytearray(data), dtype=torch.uint8), 32, 16)
+        ideal = score.bytes_scored * score.bpc / 8  # bytes of information the model assigns the data
         lanes = 32  # one stored byte for each lane after the first, and the first byte
         assert stats.compressed_bytes - stats.header_bytes <= ideal * 1.001 + lanes + 4
 
@@ -112,9 +112,9 @@ def test_dynamic_compression_adapts_as_dynamic_evaluation_does(checkpoint, setti
     blob, stats = compress(model, sha, data, dynamic=settings)
     out, _ = decompress(model, sha, blob)
     assert out == data
-    bpc, scored = dynamic_bpc(model, torch.frombuffer(bytearray(data), dtype=torch.uint8), 32, settings)
+    score = dynamic_score(model, torch.frombuffer(bytearray(data), dtype=torch.uint8), 32, settings)
     static, _ = compress(model, sha, data)
-    assert stats.compressed_bytes - stats.header_bytes <= scored * bpc / 8 * 1.001 + 5
+    assert stats.compressed_bytes - stats.header_bytes <= score.bytes_scored * score.bpc / 8 * 1.001 + 5
     assert stats.compressed_bytes < len(static)  # it learned the repeats
 
 
@@ -147,8 +147,10 @@ def test_the_commands_run_from_a_checkpoint(checkpoint, tmp_path):
     assert out.returncode == 0 and len(out.stdout) == 50
     score = json.loads(run("score", "in.txt").stdout)
     assert score["bytes_scored"] == 2999 and 0 < score["bpc"] < 8 and score["stride"] == 32
+    assert score["accuracy"] == round(split_score(load_trained(checkpoint), torch.frombuffer(bytearray(
+        (tmp_path / "in.txt").read_bytes()), dtype=torch.uint8), 32, 64).accuracy, 5) and 0 < score["accuracy"] < 1
     dynamic = json.loads(run("score", "in.txt", "--dynamic").stdout)
-    assert "bpc_dynamic" in dynamic and dynamic["dynamic"]["optimizer"] == "adam"
+    assert "bpc_dynamic" in dynamic and "accuracy_dynamic" in dynamic and dynamic["dynamic"]["optimizer"] == "adam"
     packed = json.loads(run("compress", "in.txt", "in.cgz").stdout)
     assert packed["output_bytes"] == (tmp_path / "in.cgz").stat().st_size
     assert packed["bits_per_byte"] < 8 and run("decompress", "in.cgz", "out.txt").returncode == 0
@@ -167,8 +169,8 @@ def test_the_round_trip_on_the_samples_test_split(checkpoint):
     model, sha = load_trained(checkpoint), file_sha256(checkpoint)
     blob, stats = compress(model, sha, test)
     assert decompress(model, sha, blob)[0] == test
-    bpc, scored = split_bpc(model, torch.frombuffer(bytearray(test), dtype=torch.uint8), 32, 64)
-    assert stats.compressed_bytes - stats.header_bytes <= scored * bpc / 8 * 1.001 + 32
+    score = split_score(model, torch.frombuffer(bytearray(test), dtype=torch.uint8), 32, 64)
+    assert stats.compressed_bytes - stats.header_bytes <= score.bytes_scored * score.bpc / 8 * 1.001 + 32
     assert math.isfinite(stats.bits_per_byte)
 
 
@@ -177,6 +179,6 @@ def test_sliding_windows_compress_as_score_with_a_stride_scores(checkpoint):
     data = tiny_text(3000)
     blob, stats = compress(model, sha, data, stride=12)
     assert decompress(model, sha, blob)[0] == data
-    bpc, scored = split_bpc(model, torch.frombuffer(bytearray(data), dtype=torch.uint8), 32, 16, stride=12)
-    assert stats.compressed_bytes - stats.header_bytes <= scored * bpc / 8 * 1.001 + 5
+    score = split_score(model, torch.frombuffer(bytearray(data), dtype=torch.uint8), 32, 16, stride=12)
+    assert stats.compressed_bytes - stats.header_bytes <= score.bytes_scored * score.bpc / 8 * 1.001 + 5
     assert len(blob) < len(compress(model, sha, data)[0])  # more context per byte: fewer bits

@@ -1,0 +1,28 @@
+"""The `chargpt` command's manners: a mistyped command or run gets the closest match, in one line."""
+
+import shutil
+
+import pytest
+
+from chargpt import cli
+from chargpt.errors import CheckpointError
+from chargpt.inference import checkpoint_path
+from conftest import REPO
+
+
+def test_a_mistyped_command_gets_the_closest_one():
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["sampel"])
+    message = str(exit_.value)
+    assert message.startswith("chargpt: unknown command 'sampel'; did you mean 'sample'?") and "\n" not in message
+    with pytest.raises(SystemExit, match="unknown command 'xyzzy'; commands: compare, ui, sample"):
+        cli.main(["xyzzy"])
+
+
+def test_a_mistyped_run_gets_the_closest_one_and_an_untrained_run_says_how_to_get_it(tmp_path):
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    with pytest.raises(CheckpointError, match="run 'quikstart' is not defined in .*params.yaml; did you mean "
+                                              "'quickstart'\\?"):
+        checkpoint_path("quikstart", None, tmp_path)
+    with pytest.raises(CheckpointError, match="run 'quickstart' has not been trained here.*dvc pull train@quickstart"):
+        checkpoint_path("quickstart", None, tmp_path)

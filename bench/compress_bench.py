@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from chargpt.compression import compress, decompress
-from chargpt.config import DynamicEvalConfig
-from chargpt.evaluation import dynamic_score, split_score
-from chargpt.inference import file_sha256, load_trained
+from chargpt.evaluation.config import DynamicEvalConfig
+from chargpt.evaluation.scoring import dynamic_score, split_score
+from chargpt.use.compression import compress, decompress
+from chargpt.use.inference import file_sha256, load_trained
 
 
 def main() -> None:
@@ -41,15 +41,27 @@ def main() -> None:
     restored, _ = decompress(model, sha, blob)
     decompress_s = time.perf_counter() - start
     tensor = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    score = (dynamic_score(model, tensor, model.cfg.context, dynamic) if dynamic else
-             split_score(model, tensor, model.cfg.context, 64, args.stride)).bpc
-    row = {"file": str(args.file), "model_sha256": sha, "stride": args.stride,
-           "dynamic": dynamic.model_dump() if dynamic else None, "input_bytes": len(data),
-           "output_bytes": len(blob), "header_bytes": stats.header_bytes, "bpc_compressed": len(blob) * 8 / len(data),
-           "bpc_score": score, "bpc_payload": (len(blob) - stats.header_bytes) * 8 / len(data),
-           "compress_bytes_per_s": round(len(data) / compress_s, 1),
-           "decompress_bytes_per_s": round(len(data) / decompress_s, 1),
-           "threads": torch.get_num_threads(), "round_trip": restored == data}
+    score = (
+        dynamic_score(model, tensor, model.cfg.context, dynamic)
+        if dynamic
+        else split_score(model, tensor, model.cfg.context, 64, args.stride)
+    ).bpc
+    row = {
+        "file": str(args.file),
+        "model_sha256": sha,
+        "stride": args.stride,
+        "dynamic": dynamic.model_dump() if dynamic else None,
+        "input_bytes": len(data),
+        "output_bytes": len(blob),
+        "header_bytes": stats.header_bytes,
+        "bpc_compressed": len(blob) * 8 / len(data),
+        "bpc_score": score,
+        "bpc_payload": (len(blob) - stats.header_bytes) * 8 / len(data),
+        "compress_bytes_per_s": round(len(data) / compress_s, 1),
+        "decompress_bytes_per_s": round(len(data) / decompress_s, 1),
+        "threads": torch.get_num_threads(),
+        "round_trip": restored == data,
+    }
     print(json.dumps(row))
     if args.json:
         with open(args.json, "a") as f:

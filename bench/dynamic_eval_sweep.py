@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from chargpt.batches import load_split
-from chargpt.config import DynamicEvalConfig
-from chargpt.evaluation import dynamic_score, split_score
-from chargpt.inference import file_sha256, load_trained
+from chargpt.data.batches import load_split
+from chargpt.evaluation.config import DynamicEvalConfig
+from chargpt.evaluation.scoring import dynamic_score, split_score
+from chargpt.use.inference import file_sha256, load_trained
 
 
 def main() -> None:
@@ -38,10 +38,18 @@ def main() -> None:
         settings = DynamicEvalConfig(**json.loads(text))
         start = time.perf_counter()
         score = dynamic_score(model, data, model.cfg.context, settings)
-        row = {"split": str(args.split), "model_sha256": file_sha256(args.checkpoint), "dynamic": settings.model_dump(),
-               "bpc_dynamic": score.bpc, "bpc_static": static.bpc, "accuracy_dynamic": score.accuracy,
-               "accuracy_static": static.accuracy, "bytes": score.bytes_scored,
-               "seconds": round(time.perf_counter() - start, 1), "threads": torch.get_num_threads()}
+        row = {
+            "split": str(args.split),
+            "model_sha256": file_sha256(args.checkpoint),
+            "dynamic": settings.model_dump(),
+            "bpc_dynamic": score.bpc,
+            "bpc_static": static.bpc,
+            "accuracy_dynamic": score.accuracy,
+            "accuracy_static": static.accuracy,
+            "bytes": score.bytes_scored,
+            "seconds": round(time.perf_counter() - start, 1),
+            "threads": torch.get_num_threads(),
+        }
         print(json.dumps(row), flush=True)
         if args.out:
             with open(args.out, "a") as f:

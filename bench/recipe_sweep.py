@@ -29,15 +29,15 @@ from pathlib import Path
 import torch
 import yaml
 
-from chargpt.config import load_run_config, with_overrides
-from chargpt.errors import ConfigError
-from chargpt.batches import load_split
-from chargpt.evaluation import split_score
+from chargpt.data.batches import load_split
 from chargpt.device import device_name, precision_name
-from chargpt.lr_range import run_range_test
-from chargpt.runtime import autocast_dtype, prepare
-from chargpt.loop import train_loop
-from chargpt.training_run import TrainingRun
+from chargpt.errors import ConfigError
+from chargpt.evaluation.scoring import split_score
+from chargpt.pipeline.config import load_run_config, with_overrides
+from chargpt.train.loop import train_loop
+from chargpt.train.lr_range import run_range_test
+from chargpt.train.run import TrainingRun
+from chargpt.train.setup import autocast_dtype, prepare
 
 
 def run_variant(params: str, run: str, name: str, assignments: list[str], data_dir: str, threads: int) -> dict:
@@ -51,8 +51,14 @@ def run_variant(params: str, run: str, name: str, assignments: list[str], data_d
     if lr_max == "auto":  # the run's own LR range test, as the lr_range_test stage runs it
         result = run_range_test(cfg, device, load_split(data / "train.bin"), autocast)
         lr_max = result.suggested_lr
-        range_test = {"range_test": {"suggested_lr": lr_max, "lr_at_min_loss": result.lr_at_min_loss,
-                                     "rule": result.rule, "iterations_run": len(result.lrs)}}
+        range_test = {
+            "range_test": {
+                "suggested_lr": lr_max,
+                "lr_at_min_loss": result.lr_at_min_loss,
+                "rule": result.rule,
+                "iterations_run": len(result.lrs),
+            }
+        }
         if lr_max <= cfg.schedule.lr_min:
             raise ConfigError(f"variant {name!r}: the LR range test suggests {lr_max:.3g}, not above lr_min")
         prepare(cfg.train)  # the run starts from its seed, as the train stage does
@@ -62,15 +68,34 @@ def run_variant(params: str, run: str, name: str, assignments: list[str], data_d
     state = train_loop(tr.parts(), tr.loop_config(), hooks)
     scores = {}
     for split in ("val", "test"):
-        score = split_score(tr.forward_model, load_split(data / f"{split}.bin"), cfg.model.context,
-                            cfg.eval.batch_size, device=device, autocast_dtype=tr.autocast,
-                            cuda_graphs=tr.execution.cuda_graphs)
+        score = split_score(
+            tr.forward_model,
+            load_split(data / f"{split}.bin"),
+            cfg.model.context,
+            cfg.eval.batch_size,
+            device=device,
+            autocast_dtype=tr.autocast,
+            cuda_graphs=tr.execution.cuda_graphs,
+        )
         scores |= {f"{split}_bpc": score.bpc, f"{split}_accuracy": score.accuracy}
-    return {"name": name, "set": assignments, "iterations": state.step, "tokens": state.tokens, "lr_max": lr_max,
-            "train_seconds": round(state.seconds, 2), **scores, "n_params": tr.model.num_params(),
-            "execution": {"precision": precision_name(tr.autocast), "compile": tr.execution.compile,
-                          "cuda_graphs": tr.execution.cuda_graphs},
-            "device": device_name(device), **range_test, "curve": curve}
+    return {
+        "name": name,
+        "set": assignments,
+        "iterations": state.step,
+        "tokens": state.tokens,
+        "lr_max": lr_max,
+        "train_seconds": round(state.seconds, 2),
+        **scores,
+        "n_params": tr.model.num_params(),
+        "execution": {
+            "precision": precision_name(tr.autocast),
+            "compile": tr.execution.compile,
+            "cuda_graphs": tr.execution.cuda_graphs,
+        },
+        "device": device_name(device),
+        **range_test,
+        "curve": curve,
+    }
 
 
 def summarize(paths: list[str], top: int | None = None, match: str | None = None) -> str:
@@ -82,8 +107,10 @@ def summarize(paths: list[str], top: int | None = None, match: str | None = None
         if "error" in r:
             lines.append(f"| {r['name']} | | | | {r['error'][:80]} | |")
         else:
-            lines.append(f"| {r['name']} | {r['iterations']} | {r['tokens']:,} | {r['val_bpc']:.3f} | {r['test_bpc']:.3f} "
-                         f"| {r['device']} |")
+            lines.append(
+                f"| {r['name']} | {r['iterations']} | {r['tokens']:,} | {r['val_bpc']:.3f} | {r['test_bpc']:.3f} "
+                f"| {r['device']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -107,8 +134,11 @@ def versus_control(paths: list[str]) -> str:
             kept = best.setdefault(m[1], {}).get(m[2])
             if kept is None or r["val_bpc"] < kept["val_bpc"]:
                 best[m[1]][m[2]] = r
-    lines = ["| shape | steps | 1cycle (best LR) val / test | cosine (best LR) val / test | 1cycle reaches cosine's final val probe at |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| shape | steps | 1cycle (best LR) val / test | cosine (best LR) val / test "
+        "| 1cycle reaches cosine's final val probe at |",
+        "|---|---|---|---|---|",
+    ]
     for shape, pair in sorted(best.items(), key=lambda kv: kv[1].get("1cycle", {}).get("test_bpc", 9)):
         if {"1cycle", "cosine"} - set(pair):
             continue
@@ -118,25 +148,33 @@ def versus_control(paths: list[str]) -> str:
         hit = next((step for step, bpc in probe(one) if bpc <= target), None)
         lr = lambda r: r["name"].rsplit("_lr", 1)[1]  # noqa: E731
         reached = f"step {hit} ({hit / one['iterations']:.0%})" if hit else "never"
-        lines.append(f"| {shape} | {one['iterations']} | {one['val_bpc']:.3f} / {one['test_bpc']:.3f} (lr {lr(one)}) "
-                     f"| {cos['val_bpc']:.3f} / {cos['test_bpc']:.3f} (lr {lr(cos)}) | {reached} (target {target:.3f}) |")
+        lines.append(
+            f"| {shape} | {one['iterations']} | {one['val_bpc']:.3f} / {one['test_bpc']:.3f} (lr {lr(one)}) "
+            f"| {cos['val_bpc']:.3f} / {cos['test_bpc']:.3f} (lr {lr(cos)}) | {reached} (target {target:.3f}) |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def plot_curves(paths: list[str], out: str, match: str | None = None, title: str = "val probe BPC by variant") -> None:
     """The val probe curve of every variant that finished (names matching `match`), one line each, as a PNG."""
-    from chargpt.plots import plot_curves as draw
+    from chargpt.tracking.plots import plot_curves as draw
 
     results = [r for n, r in load_results(paths).items() if "error" not in r and (match is None or re.search(match, n))]
-    curves = {r["name"]: [(p["step"], p["val_probe_bpc"]) for p in r["curve"] if "val_probe_bpc" in p]
-              for r in sorted(results, key=lambda r: r["test_bpc"])}
+    curves = {
+        r["name"]: [(p["step"], p["val_probe_bpc"]) for p in r["curve"] if "val_probe_bpc" in p]
+        for r in sorted(results, key=lambda r: r["test_bpc"])
+    }
     draw(curves, out, title, x_label="step", y_label="val probe BPC (bits per byte)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", default="quickstart_adamw", help="the run the grid varies (the grids in bench/grids: "
-                        "quickstart_adamw, the AdamW recipe their step counts were sized for)")
+    parser.add_argument(
+        "--run",
+        default="quickstart_adamw",
+        help="the run the grid varies (the grids in bench/grids: "
+        "quickstart_adamw, the AdamW recipe their step counts were sized for)",
+    )
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--grid", help="YAML list of {name, set: [section.key=value, ...]}")
     parser.add_argument("--set", action="append", default=[], help="section.key=value applied to every variant")
@@ -148,40 +186,53 @@ def main() -> None:
     parser.add_argument("--top", type=int, help="with --summarize: only the best N")
     parser.add_argument("--plot", metavar="PNG", help="with --summarize: also draw the val probe curves to PNG")
     parser.add_argument("--match", help="with --summarize: only variants whose name matches this regex")
-    parser.add_argument("--versus-control", action="store_true",
-                        help="with --summarize: per shape, the best 1cycle variant against the best cosine control")
+    parser.add_argument(
+        "--versus-control",
+        action="store_true",
+        help="with --summarize: per shape, the best 1cycle variant against the best cosine control",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.summarize:
         if args.plot:
             plot_curves(args.summarize, args.plot, args.match)
-        sys.stdout.write(versus_control(args.summarize) if args.versus_control
-                         else summarize(args.summarize, args.top, args.match))
+        sys.stdout.write(
+            versus_control(args.summarize) if args.versus_control else summarize(args.summarize, args.top, args.match)
+        )
         return
     if not (args.grid and args.out):
         parser.error("--grid and --out are required (or --summarize)")
 
     grid = yaml.safe_load(Path(args.grid).read_text())
-    if not isinstance(grid, list) or not all(isinstance(v, dict) and {"name", "set"} >= set(v) and "name" in v for v in grid):
+    if not isinstance(grid, list) or not all(
+        isinstance(v, dict) and {"name", "set"} >= set(v) and "name" in v for v in grid
+    ):
         sys.exit(f"{args.grid}: expected a list of {{name, set: [section.key=value, ...]}}")
     variants = [(v["name"], [*args.set, *(v.get("set") or [])]) for v in grid]
     base = load_run_config(args.run, args.params)
-    for name, assignments in variants:  # every variant valid before any work starts
+    for _, assignments in variants:  # every variant valid before any work starts
         with_overrides(base, assignments)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     start = time.perf_counter()
     with open(args.out, "a") as out, ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(run_variant, args.params, args.run, name, a, args.data_dir, threads): name
-                   for name, a in variants}
+        futures = {
+            pool.submit(run_variant, args.params, args.run, name, a, args.data_dir, threads): name
+            for name, a in variants
+        }
         for future in as_completed(futures):
             try:
                 result = future.result()
             except Exception as e:  # one diverged or broken variant must not lose the others
-                result = {"name": futures[future], "error": f"{type(e).__name__}: {e}",
-                          "traceback": "".join(traceback.format_exception(e))[-4000:]}
+                result = {
+                    "name": futures[future],
+                    "error": f"{type(e).__name__}: {e}",
+                    "traceback": "".join(traceback.format_exception(e))[-4000:],
+                }
             out.write(json.dumps(result) + "\n")
             out.flush()
-            summary = {k: result.get(k) for k in ("name", "iterations", "val_bpc", "test_bpc", "train_seconds", "error")}
+            summary = {
+                k: result.get(k) for k in ("name", "iterations", "val_bpc", "test_bpc", "train_seconds", "error")
+            }
             print(f"[{time.perf_counter() - start:6.0f}s] {json.dumps(summary)}", flush=True)
 
 

@@ -8,7 +8,7 @@ batch size: training tokens/s, the step time, and model FLOPs utilisation (6N + 
 nanoGPT estimates it) against the measured peak of the run's precision; the same step in plain fp32 eager
 and each mode's speed-up over it; evaluation tokens/s (eager, and replayed from a CUDA graph on CUDA); and
 preprocess MB/s on a generated file. Modes: eager; compile (torch.compile); graphs (the whole step in a CUDA
-graph, chargpt/cuda_graphs.py); compile+graphs. The graph modes need CUDA. --modes defaults to the mode the
+graph, chargpt/train/cuda_graphs.py); compile+graphs. The graph modes need CUDA. --modes defaults to the mode the
 run resolves to on this device. The step is the train stage's: TrainStep (clipping, the run's optimizer)
 under a constant LR.
 """
@@ -26,16 +26,17 @@ from pathlib import Path
 
 import torch
 
-from chargpt.config import load_run_config, with_overrides
-from chargpt.cuda_graphs import GraphedStep
-from chargpt.corpus import split_corpus
-from chargpt.device import autocast as device_autocast, device_name, precision_name
-from chargpt.evaluation import split_score
-from chargpt.loop import LoopConfig, TrainParts, TrainStep, train_loop
-from chargpt.model import GPT
-from chargpt.optimizers import build_optimizer
-from chargpt.runtime import autocast_dtype, select_device
-from chargpt.training_run import Execution
+from chargpt.data.corpus import split_corpus
+from chargpt.device import autocast as device_autocast
+from chargpt.device import device_name, precision_name
+from chargpt.evaluation.scoring import split_score
+from chargpt.model.gpt import GPT
+from chargpt.pipeline.config import load_run_config, with_overrides
+from chargpt.train.cuda_graphs import GraphedStep
+from chargpt.train.loop import LoopConfig, TrainParts, TrainStep, train_loop
+from chargpt.train.optimizers import build_optimizer
+from chargpt.train.run import Execution
+from chargpt.train.setup import autocast_dtype, select_device
 
 # One static graph per batch size, as a training run compiles it (not one dynamic graph for all).
 torch._dynamo.config.automatic_dynamic_shapes = False
@@ -74,8 +75,14 @@ def train_tokens_per_s(cfg, device, autocast, steps: int, mode: str, batch_size:
     x = torch.randint(0, 256, (batch_size, cfg.model.context), device=device)
     forward = torch.compile(model) if compile_model else model
     scaler = torch.amp.GradScaler(device.type) if autocast == torch.float16 else None
-    step = TrainStep(forward, model.parameters(), opt, grad_clip=cfg.optimizer.grad_clip,
-                     autocast=lambda: device_autocast(device, autocast), scaler=scaler)
+    step = TrainStep(
+        forward,
+        model.parameters(),
+        opt,
+        grad_clip=cfg.optimizer.grad_clip,
+        autocast=lambda: device_autocast(device, autocast),
+        scaler=scaler,
+    )
     if graphs:
         step = GraphedStep(step, opt, device)
     parts = TrainParts(model, opt, sched, lambda: (x, x), step)
@@ -99,8 +106,12 @@ def eval_tokens_per_s(cfg, device, autocast, n_bytes: int, compile_model: bool, 
     model = GPT(cfg.model).to(device)
     model = torch.compile(model) if compile_model else model
     data = torch.randint(0, 256, (n_bytes,), dtype=torch.uint8)
-    run = lambda d: split_score(model, d, cfg.model.context, cfg.eval.batch_size, device=device,  # noqa: E731
-                                autocast_dtype=autocast, cuda_graphs=graphs)
+
+    def run(d):
+        return split_score(
+            model, d, cfg.model.context, cfg.eval.batch_size, device=device, autocast_dtype=autocast, cuda_graphs=graphs
+        )
+
     run(data[: cfg.model.context * cfg.eval.batch_size * 2 + 1])  # warm-up
     t = time.perf_counter()
     scored = run(data).bytes_scored
@@ -130,20 +141,32 @@ def main() -> None:
     parser.add_argument("--no-fp32-baseline", action="store_true", help="skip the plain fp32 eager reference")
     parser.add_argument("--eval-bytes", type=int, default=200_000, help="0: skip the evaluation figure")
     parser.add_argument("--preprocess-mb", type=int, default=100, help="0: skip the preprocess figure")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override the run's config, e.g. optimizer.name=adamw (repeatable)")
-    parser.add_argument("--gemm-size", type=int, help="square GEMM size for the peak (default 8192 on CUDA, 1024 on CPU)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override the run's config, e.g. optimizer.name=adamw (repeatable)",
+    )
+    parser.add_argument(
+        "--gemm-size", type=int, help="square GEMM size for the peak (default 8192 on CUDA, 1024 on CPU)"
+    )
     parser.add_argument("--json", metavar="FILE", help="also append each figure to FILE as a JSON line")
-    parser.add_argument("--isolate", action="store_true",
-                        help="measure each mode in a process of its own (a failed CUDA graph capture leaves the "
-                             "process's RNG in capture mode, failing every later measurement)")
+    parser.add_argument(
+        "--isolate",
+        action="store_true",
+        help="measure each mode in a process of its own (a failed CUDA graph capture leaves the "
+        "process's RNG in capture mode, failing every later measurement)",
+    )
     args = parser.parse_args()
 
     def record(**figure) -> None:
         if args.json:
             with open(args.json, "a") as f:
-                f.write(json.dumps({"run": args.run, "set": args.set, "device": name, "torch": torch.__version__,
-                                    **figure}) + "\n")
+                f.write(
+                    json.dumps({"run": args.run, "set": args.set, "device": name, "torch": torch.__version__, **figure})
+                    + "\n"
+                )
 
     cfg = with_overrides(load_run_config(args.run, args.params), args.set)
     device = select_device(cfg.train)
@@ -161,48 +184,80 @@ def main() -> None:
     low = autocast or torch.bfloat16
     peaks = {dt: peak_gemm_tflops(device, dt, n) for dt in (torch.float32, low)}
     name = device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"device: {name}; torch {torch.__version__}; run {args.run!r} {args.set or ''}; precision "
-          f"{precision_name(autocast)}; optimizer {cfg.optimizer.name}; context {cfg.model.context}")
-    print(f"peak GEMM ({n}^2, best of 5): fp32 {peaks[torch.float32]:.3f} TFLOP/s, {precision_name(low)} "
-          f"{peaks[low]:.3f} TFLOP/s")
+    print(
+        f"device: {name}; torch {torch.__version__}; run {args.run!r} {args.set or ''}; precision "
+        f"{precision_name(autocast)}; optimizer {cfg.optimizer.name}; context {cfg.model.context}"
+    )
+    print(
+        f"peak GEMM ({n}^2, best of 5): fp32 {peaks[torch.float32]:.3f} TFLOP/s, {precision_name(low)} "
+        f"{peaks[low]:.3f} TFLOP/s"
+    )
     record(kind="peak", fp32_tflops=peaks[torch.float32], low_precision=precision_name(low), low_tflops=peaks[low])
 
     fpt = flops_per_token(GPT(cfg.model))
     peak = peaks[autocast or torch.float32]
-    baseline = {} if args.no_fp32_baseline else {
-        b: train_tokens_per_s(cfg, device, None, args.steps, "eager", b) for b in batch_sizes}
+    baseline = (
+        {}
+        if args.no_fp32_baseline
+        else {b: train_tokens_per_s(cfg, device, None, args.steps, "eager", b) for b in batch_sizes}
+    )
     for b in batch_sizes:
         for mode in modes:
             try:
                 tps = measure(args.isolate, train_tokens_per_s, cfg, device, autocast, args.steps, mode, b)
             except Exception as e:  # one mode failing (e.g. a capture error) must not lose the others' figures
                 traceback.print_exc()
-                record(kind="train", mode=mode, batch_size=b, optimizer=cfg.optimizer.name, error=f"{type(e).__name__}: {e}")
+                record(
+                    kind="train",
+                    mode=mode,
+                    batch_size=b,
+                    optimizer=cfg.optimizer.name,
+                    error=f"{type(e).__name__}: {e}",
+                )
                 print(f"train {mode} batch {b}x{cfg.model.context}: FAILED {type(e).__name__}: {e}", flush=True)
                 continue
             versus = f"; {tps / baseline[b]:.2f}x plain fp32 eager ({baseline[b]:,.0f})" if baseline else ""
-            record(kind="train", mode=mode, batch_size=b, context=cfg.model.context, optimizer=cfg.optimizer.name,
-                   precision=precision_name(autocast), tokens_per_s=tps, ms_per_step=b * cfg.model.context / tps * 1e3,
-                   mfu=fpt * tps / 1e12 / peak, fp32_eager_tokens_per_s=baseline.get(b))
-            print(f"train {mode} batch {b}x{cfg.model.context}: {tps:,.0f} tokens/s, "
-                  f"{b * cfg.model.context / tps * 1e3:.2f} ms/step, {fpt * tps / 1e12:.3f} TFLOP/s, "
-                  f"MFU {fpt * tps / 1e12 / peak:.1%} of the measured {precision_name(autocast)} peak{versus}", flush=True)
+            record(
+                kind="train",
+                mode=mode,
+                batch_size=b,
+                context=cfg.model.context,
+                optimizer=cfg.optimizer.name,
+                precision=precision_name(autocast),
+                tokens_per_s=tps,
+                ms_per_step=b * cfg.model.context / tps * 1e3,
+                mfu=fpt * tps / 1e12 / peak,
+                fp32_eager_tokens_per_s=baseline.get(b),
+            )
+            print(
+                f"train {mode} batch {b}x{cfg.model.context}: {tps:,.0f} tokens/s, "
+                f"{b * cfg.model.context / tps * 1e3:.2f} ms/step, {fpt * tps / 1e12:.3f} TFLOP/s, "
+                f"MFU {fpt * tps / 1e12 / peak:.1%} of the measured {precision_name(autocast)} peak{versus}",
+                flush=True,
+            )
     if args.eval_bytes:  # eager against a CUDA graph's replay (compile would only add its minutes here)
         compile_model = False
-        for graphs in ([False, True] if device.type == "cuda" else [False]):
+        for graphs in [False, True] if device.type == "cuda" else [False]:
             try:
                 tps = eval_tokens_per_s(cfg, device, autocast, args.eval_bytes, compile_model, graphs)
             except Exception as e:
                 traceback.print_exc()
                 record(kind="eval", compile=compile_model, cuda_graphs=graphs, error=f"{type(e).__name__}: {e}")
                 continue
-            record(kind="eval", compile=compile_model, cuda_graphs=graphs, batch_size=cfg.eval.batch_size, tokens_per_s=tps)
-            print(f"eval {'compile' if compile_model else 'eager'}{'+graphs' if graphs else ''} batch "
-                  f"{cfg.eval.batch_size}: {tps:,.0f} tokens/s", flush=True)
+            record(
+                kind="eval", compile=compile_model, cuda_graphs=graphs, batch_size=cfg.eval.batch_size, tokens_per_s=tps
+            )
+            print(
+                f"eval {'compile' if compile_model else 'eager'}{'+graphs' if graphs else ''} batch "
+                f"{cfg.eval.batch_size}: {tps:,.0f} tokens/s",
+                flush=True,
+            )
     if args.preprocess_mb:
         speeds = sorted(preprocess_mb_per_s(args.preprocess_mb * 1_000_000))
-        print(f"preprocess: {speeds[len(speeds) // 2]:,.0f} MB/s (median of {len(speeds)}; best {speeds[-1]:,.0f}) "
-              f"on a generated {args.preprocess_mb} MB file")
+        print(
+            f"preprocess: {speeds[len(speeds) // 2]:,.0f} MB/s (median of {len(speeds)}; best {speeds[-1]:,.0f}) "
+            f"on a generated {args.preprocess_mb} MB file"
+        )
 
 
 if __name__ == "__main__":

@@ -10,16 +10,48 @@ from chargpt.errors import STAGE_ERRORS
 
 # subcommand -> (module, its parser function, its main(argv) function, what it does)
 COMMANDS = {
-    "compare": ("chargpt.compare", "build_parser", "main", "one row per named run from MLflow: recipe, iterations, "
-                                                           "val/test BPC and accuracy"),
-    "ui": ("chargpt.compare", "ui_parser", "ui_main", "MLflow's UI, opened on the named runs by test BPC and their charts"),
-    "sample": ("chargpt.use", "sample_parser", "sample_main", "bytes drawn from a trained model after a prompt"),
-    "score": ("chargpt.use", "score_parser", "score_main", "a trained model's bits per byte and accuracy on any "
-                                                           "file (static or dynamic evaluation)"),
-    "compress": ("chargpt.use", "compress_parser", "compress_main", "lossless compression driven by a trained model"),
-    "decompress": ("chargpt.use", "decompress_parser", "decompress_main", "restore what `chargpt compress` wrote"),
-    "sync-dvc": ("chargpt.dvc_sync", "build_parser", "main", "write dvc.yaml's code deps, pipeline_runs.yaml and plots "
-                                                             "from the code"),
+    "compare": (
+        "chargpt.tracking.compare",
+        "build_parser",
+        "main",
+        "one row per named run from MLflow: recipe, iterations, val/test BPC and accuracy",
+    ),
+    "ui": (
+        "chargpt.tracking.view",
+        "ui_parser",
+        "ui_main",
+        "MLflow's UI, opened on the named runs by test BPC and their charts",
+    ),
+    "sample": (
+        "chargpt.use.commands",
+        "sample_parser",
+        "sample_main",
+        "bytes drawn from a trained model after a prompt",
+    ),
+    "score": (
+        "chargpt.use.commands",
+        "score_parser",
+        "score_main",
+        "a trained model's bits per byte and accuracy on any file (static or dynamic evaluation)",
+    ),
+    "compress": (
+        "chargpt.use.commands",
+        "compress_parser",
+        "compress_main",
+        "lossless compression driven by a trained model",
+    ),
+    "decompress": (
+        "chargpt.use.commands",
+        "decompress_parser",
+        "decompress_main",
+        "restore what `chargpt compress` wrote",
+    ),
+    "sync-dvc": (
+        "chargpt.pipeline.dvc_sync",
+        "build_parser",
+        "main",
+        "write dvc.yaml's code deps, pipeline_runs.yaml and plots from the code",
+    ),
 }
 
 
@@ -45,8 +77,10 @@ def main(argv: list[str] | None = None) -> None:
     if argv[0] not in COMMANDS:
         close = difflib.get_close_matches(argv[0], COMMANDS, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        sys.exit(f"chargpt: unknown command {argv[0]!r}; {hint}commands: {', '.join(COMMANDS)} (`chargpt` alone "
-                 f"describes each)")
+        sys.exit(
+            f"chargpt: unknown command {argv[0]!r}; {hint}commands: {', '.join(COMMANDS)} (`chargpt` alone "
+            f"describes each)"
+        )
     try:
         _function(argv[0], 2)(argv[1:])
     except STAGE_ERRORS as e:  # bad input: one line naming it

@@ -18,7 +18,6 @@ Needs: chromium (`apt-get install chromium`), and npm for --offline.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import socket
@@ -30,7 +29,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent  # the repo: its chargpt package; the project is the current directory
-CDN = re.compile(r'https://cdn\.jsdelivr\.net/npm/(vega(?:-lite|-embed)?)@([0-9.]+)')
+CDN = re.compile(r"https://cdn\.jsdelivr\.net/npm/(vega(?:-lite|-embed)?)@([0-9.]+)")
 NPM_CACHE = Path.home() / ".cache" / "chargpt" / "npm"
 
 
@@ -43,9 +42,19 @@ def chromium() -> str:
 
 def browser(*args: str, timeout: float = 180, budget_ms: int = 20000) -> str:
     # no background networking: on a closed network chromium's own connections are refused, many at a time
-    cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--virtual-time-budget={budget_ms}", *args]
+    cmd = [
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--virtual-time-budget={budget_ms}",
+        *args,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:
         sys.exit(f"chromium failed ({out.returncode}): {out.stderr[-2000:]}")
@@ -54,6 +63,7 @@ def browser(*args: str, timeout: float = 180, budget_ms: int = 20000) -> str:
 
 def local_vega(html: str) -> str:
     """The page with its jsdelivr scripts replaced by the same versions from the npm registry."""
+
     def local(match: re.Match) -> str:
         package, version = match.group(1), match.group(2)
         folder = NPM_CACHE / f"{package}@{version}"
@@ -61,8 +71,22 @@ def local_vega(html: str) -> str:
         if not bundle.exists():
             folder.mkdir(parents=True, exist_ok=True)
             # --legacy-peer-deps: only the package's own bundle is used, its peers are the other two scripts
-            subprocess.run(["npm", "install", "--no-save", "--no-audit", "--no-fund", "--legacy-peer-deps", "--prefix", str(folder),
-                            f"{package}@{version}"], check=True, capture_output=True, timeout=300)
+            subprocess.run(
+                [
+                    "npm",
+                    "install",
+                    "--no-save",
+                    "--no-audit",
+                    "--no-fund",
+                    "--legacy-peer-deps",
+                    "--prefix",
+                    str(folder),
+                    f"{package}@{version}",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=300,
+            )
         if not bundle.exists():
             sys.exit(f"npm installed {package}@{version} but {bundle} is missing")
         return bundle.as_uri()
@@ -72,8 +96,9 @@ def local_vega(html: str) -> str:
 
 def plots(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        shown = subprocess.run([sys.executable, "-m", "dvc", "plots", "show", "--out", tmp],
-                               capture_output=True, text=True)
+        shown = subprocess.run(
+            [sys.executable, "-m", "dvc", "plots", "show", "--out", tmp], capture_output=True, text=True
+        )
         if shown.returncode != 0:
             sys.exit(f"dvc plots show failed: {shown.stderr}")
         page = Path(tmp) / "index.html"
@@ -102,16 +127,32 @@ def free_port() -> int:
 def mlflow(args: argparse.Namespace) -> None:
     """The first screens a user gets from `chargpt ui`: the saved view of the runs table, and its charts."""
     sys.path.insert(0, str(ROOT))
-    from chargpt import compare, tracking
+    from chargpt.tracking import compare, view
+    from chargpt.tracking import store as tracking
 
     root = compare.find_project()
-    experiment_id = compare.publish_view(root)
+    experiment_id = view.publish_view(root)
     if experiment_id is None:
         sys.exit(f"no runs in {tracking.tracking_uri(root)}")
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", tracking.tracking_uri(root), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            tracking.tracking_uri(root),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         for _ in range(120):
@@ -124,9 +165,14 @@ def mlflow(args: argparse.Namespace) -> None:
             sys.exit("mlflow ui did not answer within 60 s")
         args.out_dir.mkdir(parents=True, exist_ok=True)
         for mode, name in (("TABLE", "mlflow_runs.png"), ("CHART", "mlflow_charts.png")):
-            url = base + compare.view_path(experiment_id, mode)
-            browser(f"--screenshot={(args.out_dir / name).resolve()}", "--window-size=1920,1080",
-                    f"--user-data-dir={tempfile.mkdtemp()}", url, budget_ms=60000)  # a fresh profile: a new user
+            url = base + view.view_path(experiment_id, mode)
+            browser(
+                f"--screenshot={(args.out_dir / name).resolve()}",
+                "--window-size=1920,1080",
+                f"--user-data-dir={tempfile.mkdtemp()}",
+                url,
+                budget_ms=60000,
+            )  # a fresh profile: a new user
             print(f"{url}\nscreenshot: {args.out_dir / name}")
     finally:
         server.terminate()

@@ -3,9 +3,9 @@
 import argparse
 import logging
 
-from chargpt.config import load_data_config
-from chargpt.corpus import download_corpus
-from chargpt.runtime import run_stage
+from chargpt.data.config import load_data_config
+from chargpt.data.corpus import download_corpus
+from chargpt.pipeline.stage import run_stage
 
 log = logging.getLogger("stages.download")
 

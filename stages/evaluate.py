@@ -4,17 +4,15 @@ stated prefix), and with dynamic evaluation where the run sets eval.dynamic."""
 import logging
 import time
 
-import mlflow
-
-from chargpt import compare, tracking
-from chargpt.checkpoint import load_model
-from chargpt.config import load_run_config
-from chargpt.batches import load_split
+from chargpt.data.batches import load_split
 from chargpt.device import precision_name
-from chargpt.evaluation import dynamic_score, split_score
+from chargpt.evaluation.scoring import dynamic_score, split_score
 from chargpt.io import write_json
-from chargpt.runtime import (DATA_DIR, autocast_dtype, model_path, prepare, report_dir, run_stage, run_stage_parser,
-                             split_meta)
+from chargpt.pipeline.config import load_run_config
+from chargpt.pipeline.stage import DATA_DIR, model_path, report_dir, run_stage, run_stage_parser, split_meta
+from chargpt.tracking import store, view
+from chargpt.train.checkpoint import load_model
+from chargpt.train.setup import autocast_dtype, prepare
 
 log = logging.getLogger("stages.evaluate")
 
@@ -24,7 +22,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = load_run_config(args.run, args.params)
-    tracking.setup(cfg.train.on_tracking_unreachable)  # fails fast on an unreachable tracking server
+    store.setup(cfg.train.on_tracking_unreachable)  # fails fast on an unreachable tracking server
     device = prepare(cfg.train)
     model, state = load_model(model_path(args.run), expected=cfg.model)
     model.to(device)
@@ -36,36 +34,59 @@ def main() -> None:
         name = f"{split}_prefix" if cfg.eval.max_bytes and len(data) > cfg.eval.max_bytes else split
         data = data[: cfg.eval.max_bytes] if name != split else data
         start = time.perf_counter()
-        score = split_score(model, data, cfg.model.context, cfg.eval.batch_size, stride, device, autocast,
-                            progress=True)
+        score = split_score(
+            model, data, cfg.model.context, cfg.eval.batch_size, stride, device, autocast, progress=True
+        )
         seconds = time.perf_counter() - start
-        metrics |= {f"{name}_bpc": round(score.bpc, 5), f"{name}_accuracy": round(score.accuracy, 5),
-                    f"{name}_bytes_scored": score.bytes_scored, f"{name}_seconds": round(seconds, 1)}
-        log.info("%s: %.5f BPC, accuracy %.2f%%, over %d bytes (%.0f s)", name, score.bpc, 100 * score.accuracy,
-                 score.bytes_scored, seconds)
+        metrics |= {
+            f"{name}_bpc": round(score.bpc, 5),
+            f"{name}_accuracy": round(score.accuracy, 5),
+            f"{name}_bytes_scored": score.bytes_scored,
+            f"{name}_seconds": round(seconds, 1),
+        }
+        log.info(
+            "%s: %.5f BPC, accuracy %.2f%%, over %d bytes (%.0f s)",
+            name,
+            score.bpc,
+            100 * score.accuracy,
+            score.bytes_scored,
+            seconds,
+        )
         if cfg.eval.dynamic:  # beside the static figure, never in its place
             start = time.perf_counter()
             dynamic = dynamic_score(model, data, cfg.model.context, cfg.eval.dynamic, device, progress=True)
             seconds = time.perf_counter() - start
-            metrics |= {f"{name}_bpc_dynamic": round(dynamic.bpc, 5),
-                        f"{name}_accuracy_dynamic": round(dynamic.accuracy, 5),
-                        f"{name}_dynamic_seconds": round(seconds, 1),
-                        f"{name}_dynamic_bytes_per_second": round(dynamic.bytes_scored / seconds, 1)}
-            log.info("%s: %.5f BPC, accuracy %.2f%%, with dynamic evaluation (%.0f s, %.0f bytes/s)", name,
-                     dynamic.bpc, 100 * dynamic.accuracy, seconds, dynamic.bytes_scored / seconds)
-    metrics["protocol"] = {"context": cfg.model.context, "stride": stride, "precision": precision_name(autocast),
-                           "scored": "every byte after the first of each split (or prefix), exactly once",
-                           **({"dynamic": cfg.eval.dynamic.model_dump()} if cfg.eval.dynamic else {})}
+            metrics |= {
+                f"{name}_bpc_dynamic": round(dynamic.bpc, 5),
+                f"{name}_accuracy_dynamic": round(dynamic.accuracy, 5),
+                f"{name}_dynamic_seconds": round(seconds, 1),
+                f"{name}_dynamic_bytes_per_second": round(dynamic.bytes_scored / seconds, 1),
+            }
+            log.info(
+                "%s: %.5f BPC, accuracy %.2f%%, with dynamic evaluation (%.0f s, %.0f bytes/s)",
+                name,
+                dynamic.bpc,
+                100 * dynamic.accuracy,
+                seconds,
+                dynamic.bytes_scored / seconds,
+            )
+    metrics["protocol"] = {
+        "context": cfg.model.context,
+        "stride": stride,
+        "precision": precision_name(autocast),
+        "scored": "every byte after the first of each split (or prefix), exactly once",
+        **({"dynamic": cfg.eval.dynamic.model_dump()} if cfg.eval.dynamic else {}),
+    }
     write_json(report_dir(args.run) / "eval.json", metrics)
 
     run_id = state.get("mlflow_run_id")  # the training run; absent from a store that did not train this model
-    with tracking.start_run(args.run, f"evaluate@{args.run}", device, run_id if tracking.run_exists(run_id) else None,
-                            split_meta()):
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
-                           step=state["step"])
-        mlflow.log_param("eval.resolved_stride", stride)
-        mlflow.log_artifact(str(report_dir(args.run) / "eval.json"))
-    compare.refresh_view(log)
+    with store.start_run(
+        args.run, f"evaluate@{args.run}", device, run_id if store.run_exists(run_id) else None, split_meta()
+    ) as recorded:
+        recorded.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}, state["step"])
+        recorded.log_params({"eval.resolved_stride": stride})
+        recorded.log_artifact(report_dir(args.run) / "eval.json")
+    view.refresh_view(log)
 
 
 if __name__ == "__main__":

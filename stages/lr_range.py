@@ -3,14 +3,23 @@
 import logging
 import sys
 
-from chargpt.config import load_run_config
-from chargpt.batches import load_split
+from chargpt.data.batches import load_split
+from chargpt.errors import RunTooLong
 from chargpt.io import write_json, write_table
-from chargpt.lr_range import run_range_test
-from chargpt.plots import plot_range_test
-from chargpt.loop import RunTooLong
-from chargpt.runtime import (DATA_DIR, autocast_dtype, check_fits, prepare, report_dir, run_stage, run_stage_parser,
-                             split_meta, time_limit_seconds, too_long)
+from chargpt.pipeline.config import load_run_config
+from chargpt.pipeline.stage import (
+    DATA_DIR,
+    check_fits,
+    report_dir,
+    run_stage,
+    run_stage_parser,
+    split_meta,
+    time_limit_seconds,
+    too_long,
+)
+from chargpt.tracking.plots import plot_range_test
+from chargpt.train.lr_range import run_range_test
+from chargpt.train.setup import autocast_dtype, device_label, prepare
 
 log = logging.getLogger("stages.lr_range_test")
 
@@ -20,14 +29,20 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = load_run_config(args.run, args.params)
-    check_fits(cfg, split_meta())
+    check_fits(cfg.name, cfg.model.context, split_meta())
     device = prepare(cfg.train)
     val = load_split(DATA_DIR / "val.bin") if cfg.lr_range_test.method == "linear_accuracy" else None
     try:
-        result = run_range_test(cfg, device, load_split(DATA_DIR / "train.bin"), autocast_dtype(cfg.train, device),
-                                time_limit_seconds(), val)
+        result = run_range_test(
+            cfg,
+            device,
+            load_split(DATA_DIR / "train.bin"),
+            autocast_dtype(cfg.train, device),
+            time_limit_seconds(),
+            val,
+        )
     except RunTooLong as e:
-        log.error("%s", too_long(f"lr_range_test@{args.run}", e, device))
+        log.error("%s", too_long(f"lr_range_test@{args.run}", e, device_label(device)))
         sys.exit(1)
 
     out = report_dir(args.run)
@@ -35,22 +50,46 @@ def main() -> None:
     schedule = {"schedule_lr_min": cfg.schedule.lr_min, "schedule_lr_max": cfg.schedule.lr_max}
     accuracy = dict(zip(result.accuracy_steps, result.accuracies))
     # suggested_lr on every row: the dvc plots template (.dvc/plots/lr_range_log.json) draws it as a rule.
-    write_table(out / "lr_range_test.csv", ["step", "lr", "loss", "smoothed_loss", "val_accuracy", "suggested_lr"],
-                [(i, lr, loss, s, accuracy.get(i, ""), result.suggested_lr)
-                 for i, (lr, loss, s) in enumerate(zip(result.lrs, result.losses, result.smoothed))])
-    plot_range_test(result, out / "lr_range_test.png", f"LR range test: {args.run}", cfg.schedule.lr_min,
-                    cfg.schedule.lr_max)
-    write_json(out / "lr_range_test.json", {
-        "method": cfg.lr_range_test.method, "suggested_lr": result.suggested_lr,
-        **({"suggested_lr_min": result.suggested_lr_min, "max_val_accuracy": max(result.accuracies)}
-           if result.suggested_lr_min is not None else {}),
-        "rule": result.rule, "lr_at_min_loss": result.lr_at_min_loss, "min_smoothed_loss": min(result.smoothed),
-        "iterations_run": len(result.lrs), "stopped_early": result.stopped_early,
-        "lr_start": cfg.lr_range_test.lr_start, "lr_end": cfg.lr_range_test.lr_end, **schedule,
-    })
+    write_table(
+        out / "lr_range_test.csv",
+        ["step", "lr", "loss", "smoothed_loss", "val_accuracy", "suggested_lr"],
+        [
+            (i, lr, loss, s, accuracy.get(i, ""), result.suggested_lr)
+            for i, (lr, loss, s) in enumerate(zip(result.lrs, result.losses, result.smoothed))
+        ],
+    )
+    plot_range_test(
+        result, out / "lr_range_test.png", f"LR range test: {args.run}", cfg.schedule.lr_min, cfg.schedule.lr_max
+    )
+    write_json(
+        out / "lr_range_test.json",
+        {
+            "method": cfg.lr_range_test.method,
+            "suggested_lr": result.suggested_lr,
+            **(
+                {"suggested_lr_min": result.suggested_lr_min, "max_val_accuracy": max(result.accuracies)}
+                if result.suggested_lr_min is not None
+                else {}
+            ),
+            "rule": result.rule,
+            "lr_at_min_loss": result.lr_at_min_loss,
+            "min_smoothed_loss": min(result.smoothed),
+            "iterations_run": len(result.lrs),
+            "stopped_early": result.stopped_early,
+            "lr_start": cfg.lr_range_test.lr_start,
+            "lr_end": cfg.lr_range_test.lr_end,
+            **schedule,
+        },
+    )
     if result.suggested_lr_min is not None:
-        log.info("suggested LR range %.4g -> %.4g (%s); the schedule's: %s -> %s", result.suggested_lr_min,
-                 result.suggested_lr, result.rule, cfg.schedule.lr_min, cfg.schedule.lr_max)
+        log.info(
+            "suggested LR range %.4g -> %.4g (%s); the schedule's: %s -> %s",
+            result.suggested_lr_min,
+            result.suggested_lr,
+            result.rule,
+            cfg.schedule.lr_min,
+            cfg.schedule.lr_max,
+        )
     else:
         log.info("suggested max LR %.4g (%s)", result.suggested_lr, result.rule)
 

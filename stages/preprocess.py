@@ -4,10 +4,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from chargpt.config import load_data_config
-from chargpt.corpus import split_corpus
+from chargpt.data.config import load_data_config
+from chargpt.data.corpus import split_corpus
 from chargpt.io import read_json, write_json
-from chargpt.runtime import run_stage
+from chargpt.pipeline.stage import run_stage
 
 log = logging.getLogger("stages.preprocess")
 

@@ -27,15 +27,28 @@ TINY_RUN = {
 }
 # An ablation of TINY_RUN (a run named "tiny"): the cosine control, same model and steps.
 # Its LR range test is the seed's (linear LR, val accuracy), reported beside the fixed LR it trains at.
-TINY_COSINE_RUN = {"base": "tiny", "schedule": {"name": "cosine", "lr_min": 1.0e-4, "lr_max": 3.0e-3, "warmup_steps": 5},
-                   "lr_range_test": {"method": "linear_accuracy", "lr_start": 1.0e-4, "lr_end": 0.03, "eval_interval": 4},
-                   "train": {"target_bpc": [7.0, 6.0, 0.5]}}
+TINY_COSINE_RUN = {
+    "base": "tiny",
+    "schedule": {"name": "cosine", "lr_min": 1.0e-4, "lr_max": 3.0e-3, "warmup_steps": 5},
+    "lr_range_test": {"method": "linear_accuracy", "lr_start": 1.0e-4, "lr_end": 0.03, "eval_interval": 4},
+    "train": {"target_bpc": [7.0, 6.0, 0.5]},
+}
 
 
 # Scheduling hint for pytest-xdist (whole files per worker, in collection order): the longest files start first,
 # so the short ones fill in around them instead of one long file running alone at the end.
-LONGEST_FIRST = ["test_pipeline_e2e.py", "test_distributed.py", "test_queue.py", "test_resume.py", "test_use.py",
-                 "test_faults.py", "test_mlflow_server.py", "test_config_fuzz.py", "test_bench.py"]
+LONGEST_FIRST = [
+    "test_pipeline_e2e.py",
+    "test_distributed.py",
+    "test_queue.py",
+    "test_resume.py",
+    "test_tracking.py",
+    "test_use.py",
+    "test_faults.py",
+    "test_mlflow_server.py",
+    "test_config_fuzz.py",
+    "test_bench.py",
+]
 
 
 def pytest_collection_modifyitems(items):
@@ -98,7 +111,10 @@ def make_dvc_project(root: Path, runs: dict, data: dict | None = None) -> tuple[
     params.pop("grids", None)
     params["data"].update(data or {})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    from chargpt.dvc_sync import RUNS_FILE, render  # the project's runs in the pipeline, as `chargpt sync-dvc` does
+    from chargpt.pipeline.dvc_sync import (  # the project's runs in the pipeline, as `chargpt sync-dvc` does
+        RUNS_FILE,
+        render,
+    )
 
     dvc_yaml, runs_file = render((root / "dvc.yaml").read_text(), params, root)
     (root / "dvc.yaml").write_text(dvc_yaml)
@@ -107,8 +123,12 @@ def make_dvc_project(root: Path, runs: dict, data: dict | None = None) -> tuple[
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # `python` in dvc.yaml: this venv
     env["DVC_NO_ANALYTICS"] = "1"
-    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@example.com"], ["git", "config", "user.name", "t"],
-                ["dvc", "init", "-q"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "config", "user.email", "t@example.com"],
+        ["git", "config", "user.name", "t"],
+        ["dvc", "init", "-q"],
+    ):
         run(cmd, root, env)
     shutil.copy(REPO / ".dvc/config", root / ".dvc/config")  # the shipped default remote
     shutil.copytree(REPO / ".dvc/plots", root / ".dvc/plots", dirs_exist_ok=True)  # the shipped plot templates

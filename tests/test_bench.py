@@ -2,7 +2,6 @@ import subprocess
 import sys
 
 import yaml
-
 from conftest import REPO, TINY_RUN
 
 
@@ -10,9 +9,27 @@ def test_throughput_benchmark_prints_its_figures(tmp_path, params):
     del params["grids"]  # its runs build on the repo's runs, replaced here
     params["runs"] = {"tiny": TINY_RUN}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = subprocess.run([sys.executable, str(REPO / "bench/throughput.py"), "--params", str(tmp_path / "params.yaml"),
-                           "--run", "tiny", "--steps", "2", "--eval-bytes", "5000", "--preprocess-mb", "2", "--gemm-size", "256"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench/throughput.py"),
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--run",
+            "tiny",
+            "--steps",
+            "2",
+            "--eval-bytes",
+            "5000",
+            "--preprocess-mb",
+            "2",
+            "--gemm-size",
+            "256",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
     for start in ("device:", "peak GEMM", "train eager batch 4x32:", "eval eager batch 16:", "preprocess:"):
@@ -21,24 +38,46 @@ def test_throughput_benchmark_prints_its_figures(tmp_path, params):
 
 
 def test_recipe_sweep_trains_variants_and_its_tables_read_them(tmp_path, params):
-    from chargpt.corpus import split_corpus
     from conftest import tiny_text
+
+    from chargpt.data.corpus import split_corpus
 
     del params["grids"]  # its runs build on the repo's runs, replaced here
     params["runs"] = {"tiny": {**TINY_RUN, "schedule": {"lr_min": 1.0e-4, "lr_max": 3.0e-3}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / "corpus.bin").write_bytes(tiny_text(40_000))
     split_corpus(tmp_path / "corpus.bin", tmp_path / "data", (0.9, 0.05, 0.05))
-    (tmp_path / "grid.yaml").write_text(yaml.safe_dump([
-        {"name": "s_1cycle_lr3e-3", "set": []},
-        {"name": "s_cosine_lr3e-3", "set": ["schedule.name=cosine", "schedule.warmup_steps=5"]},
-        {"name": "s_1cycle_muon_aux_lr3e-3", "set": ["optimizer.name=muon", "train.aux_losses=true"]},
-        {"name": "broken", "set": ["schedule.lr_max=1e9"]}]))  # diverges: recorded, the others still run
+    (tmp_path / "grid.yaml").write_text(
+        yaml.safe_dump(
+            [
+                {"name": "s_1cycle_lr3e-3", "set": []},
+                {"name": "s_cosine_lr3e-3", "set": ["schedule.name=cosine", "schedule.warmup_steps=5"]},
+                {"name": "s_1cycle_muon_aux_lr3e-3", "set": ["optimizer.name=muon", "train.aux_losses=true"]},
+                {"name": "broken", "set": ["schedule.lr_max=1e9"]},
+            ]
+        )
+    )  # diverges: recorded, the others still run
     sweep = [sys.executable, str(REPO / "bench/recipe_sweep.py")]
-    proc = subprocess.run([*sweep, "--params", str(tmp_path / "params.yaml"), "--run", "tiny", "--grid",
-                           str(tmp_path / "grid.yaml"), "--data-dir", str(tmp_path / "data"), "--out",
-                           str(tmp_path / "out.jsonl"), "--set", "train.checkpoint_every=0"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            *sweep,
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--run",
+            "tiny",
+            "--grid",
+            str(tmp_path / "grid.yaml"),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "out.jsonl"),
+            "--set",
+            "train.checkpoint_every=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     import json
 
@@ -51,14 +90,15 @@ def test_recipe_sweep_trains_variants_and_its_tables_read_them(tmp_path, params)
     table = subprocess.run([*sweep, "--summarize", str(tmp_path / "out.jsonl")], capture_output=True, text=True).stdout
     best = min(("s_1cycle_lr3e-3", "s_cosine_lr3e-3"), key=lambda n: results[n]["test_bpc"])
     assert table.splitlines()[2].startswith(f"| {best} | 30 |") and "broken" in table.splitlines()[-1]
-    versus = subprocess.run([*sweep, "--summarize", str(tmp_path / "out.jsonl"), "--versus-control"],
-                            capture_output=True, text=True).stdout.splitlines()
+    versus = subprocess.run(
+        [*sweep, "--summarize", str(tmp_path / "out.jsonl"), "--versus-control"], capture_output=True, text=True
+    ).stdout.splitlines()
     assert len(versus) == 3 and versus[2].startswith("| s | 30 | ")
 
 
 def test_every_shipped_sweep_grid_is_valid_for_its_run():
     """A config change must not leave a grid that fails on the GPU, after minutes of set-up."""
-    from chargpt.config import load_run_config, with_overrides
+    from chargpt.pipeline.config import load_run_config, with_overrides
 
     grids = sorted((REPO / "bench/grids").glob("*.yaml"))
     assert grids

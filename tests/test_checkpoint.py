@@ -1,10 +1,11 @@
 import pytest
 import torch
 
-from chargpt.checkpoint import load_model, save_checkpoint
 from chargpt.errors import CheckpointError
-from chargpt.config import ModelConfig, RunConfig
-from chargpt.model import GPT
+from chargpt.model.config import ModelConfig
+from chargpt.model.gpt import GPT
+from chargpt.pipeline.config import RunConfig
+from chargpt.train.checkpoint import load_model, save_checkpoint
 
 CFG = ModelConfig(n_layer=1, d_model=16, n_head=2, d_ff=32, context=8, dropout=0.0)
 

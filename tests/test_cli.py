@@ -3,11 +3,11 @@
 import shutil
 
 import pytest
+from conftest import REPO
 
 from chargpt import cli
 from chargpt.errors import CheckpointError
-from chargpt.inference import checkpoint_path
-from conftest import REPO
+from chargpt.use.inference import checkpoint_path
 
 
 def test_a_mistyped_command_gets_the_closest_one():
@@ -21,8 +21,9 @@ def test_a_mistyped_command_gets_the_closest_one():
 
 def test_a_mistyped_run_gets_the_closest_one_and_an_untrained_run_says_how_to_get_it(tmp_path):
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
-    with pytest.raises(CheckpointError, match="run 'quikstart' is not defined in .*params.yaml; did you mean "
-                                              "'quickstart'\\?"):
+    with pytest.raises(
+        CheckpointError, match="run 'quikstart' is not defined in .*params.yaml; did you mean 'quickstart'\\?"
+    ):
         checkpoint_path("quikstart", None, tmp_path)
     with pytest.raises(CheckpointError, match="run 'quickstart' has not been trained here.*dvc pull train@quickstart"):
         checkpoint_path("quickstart", None, tmp_path)

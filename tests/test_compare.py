@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from chargpt import compare
 from conftest import REPO
+
+from chargpt.tracking import compare
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def store(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from chargpt import tracking
+    from chargpt.tracking import store as tracking
 
     for name in ("params.yaml", "dvc.yaml"):  # a project: compare finds it from the current directory
         shutil.copy(REPO / name, tmp_path / name)
@@ -27,12 +27,27 @@ def store(tmp_path, monkeypatch):
 
     def log(name, test_bpc, wd, lr_max, nested=False, schedule="onecycle", targets=None, extra=None):
         with mlflow.start_run(run_name=name, tags={"chargpt.run": name}):
-            mlflow.log_params({"optimizer.name": "sgd", "schedule.name": schedule, "schedule.lr_min": 1e-4,
-                               "resolved.lr_max": lr_max, "schedule.momentum_max": 0.9, "schedule.momentum_min": 0.8,
-                               "optimizer.weight_decay": wd} | (extra or {}))
-            mlflow.log_metrics({"iterations": 100, "train_seconds": 12.5} | (targets or {})
-                               | ({"test_bpc": test_bpc, "val_bpc": test_bpc - 0.01, "test_accuracy": 0.7,
-                                   "val_accuracy": 0.71} if test_bpc else {}))
+            mlflow.log_params(
+                {
+                    "optimizer.name": "sgd",
+                    "schedule.name": schedule,
+                    "schedule.lr_min": 1e-4,
+                    "resolved.lr_max": lr_max,
+                    "schedule.momentum_max": 0.9,
+                    "schedule.momentum_min": 0.8,
+                    "optimizer.weight_decay": wd,
+                }
+                | (extra or {})
+            )
+            mlflow.log_metrics(
+                {"iterations": 100, "train_seconds": 12.5}
+                | (targets or {})
+                | (
+                    {"test_bpc": test_bpc, "val_bpc": test_bpc - 0.01, "test_accuracy": 0.7, "val_accuracy": 0.71}
+                    if test_bpc
+                    else {}
+                )
+            )
             if nested:
                 with mlflow.start_run(run_name=f"{name}/lr_range_test", nested=True, tags={"chargpt.run": name}):
                     mlflow.log_metric("loss", 3.0)
@@ -40,8 +55,15 @@ def store(tmp_path, monkeypatch):
 
     log("wd_1e-4", 1.50, 1e-4, 0.1)  # an older attempt, superseded below
     # final records a key that wd_1e-4 predates, and wd_1e-4 one that final lacks.
-    log("final", 1.20, 1e-5, 0.1, nested=True, targets={"iters_to_bpc_2": 40, "iters_to_bpc_1.5": 90},
-        extra={"train.tf32": True})
+    log(
+        "final",
+        1.20,
+        1e-5,
+        0.1,
+        nested=True,
+        targets={"iters_to_bpc_2": 40, "iters_to_bpc_1.5": 90},
+        extra={"train.tf32": True},
+    )
     log("wd_1e-4", 1.30, 1e-4, 0.1, schedule="cosine", targets={"iters_to_bpc_2": 60}, extra={"train.aux_losses": True})
     log("broken", None, 1e-6, 0.05)  # never evaluated
     yield
@@ -59,17 +81,27 @@ def test_one_row_per_run_latest_attempt_sorted_by_test_bpc(store):
 
 
 def test_only_the_named_runs(store):
-    assert list(compare.comparison_table(compare.load_runs(Path.cwd()), ["broken", "final"])["run"]) == ["final", "broken"]
+    assert list(compare.comparison_table(compare.load_runs(Path.cwd()), ["broken", "final"])["run"]) == [
+        "final",
+        "broken",
+    ]
 
 
 def test_formats(store, tmp_path, capsys):
     compare.main(["--format", "markdown"])
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == ("| run | optimizer | schedule | lr | momentum | weight_decay | iterations | val_bpc | test_bpc "
-                      "| val_accuracy | test_accuracy | iters_to_bpc_2 | iters_to_bpc_1.5 | train_seconds | status |") \
+    assert (
+        out[0]
+        == (
+            "| run | optimizer | schedule | lr | momentum | weight_decay | iterations | val_bpc | test_bpc "
+            "| val_accuracy | test_accuracy | iters_to_bpc_2 | iters_to_bpc_1.5 | train_seconds | status |"
+        )
         and len(out) == 2 + 3
-    assert out[2] == ("| final | sgd | onecycle | 0.0001 -> 0.1 | 0.9 -> 0.8 | 1e-05 | 100 | 1.19 | 1.2 | 0.71 | 0.7 | 40 "
-                      "| 90 | 12.5 | FINISHED |")
+    )
+    assert out[2] == (
+        "| final | sgd | onecycle | 0.0001 -> 0.1 | 0.9 -> 0.8 | 1e-05 | 100 | 1.19 | 1.2 | 0.71 | 0.7 | 40 "
+        "| 90 | 12.5 | FINISHED |"
+    )
     compare.main(["--format", "json", "--output", str(tmp_path / "t.json")])
     rows = json.loads((tmp_path / "t.json").read_text())
     assert [r["run"] for r in rows] == ["final", "wd_1e-4", "broken"] and rows[2]["test_bpc"] is None
@@ -90,21 +122,32 @@ def test_details_add_hardware_command_and_config_diff(store, capsys):
 
 def test_outside_a_project_compare_says_so_and_creates_no_store(tmp_path):
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MLFLOW_")}
-    proc = subprocess.run([sys.executable, "-m", "chargpt.cli", "compare"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "chargpt.cli", "compare"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert proc.returncode == 1 and proc.stdout == ""
-    assert proc.stderr.strip() == (f"chargpt compare: {tmp_path}: not inside a chargpt project (no dvc.yaml and "
-                                   f"params.yaml here or above); run it in the project, or pass --repo")
+    assert proc.stderr.strip() == (
+        f"chargpt compare: {tmp_path}: not inside a chargpt project (no dvc.yaml and "
+        f"params.yaml here or above); run it in the project, or pass --repo"
+    )
     assert list(tmp_path.iterdir()) == []  # no mlflow.db, no lock file
-    inside = subprocess.run([sys.executable, "-m", "chargpt.cli", "compare", "--repo", str(REPO / "tests")],
-                            cwd=tmp_path, env=env, capture_output=True, text=True)
+    inside = subprocess.run(
+        [sys.executable, "-m", "chargpt.cli", "compare", "--repo", str(REPO / "tests")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert inside.returncode == 1 and "no MLflow store: nothing has been recorded" in inside.stderr
     assert list(tmp_path.iterdir()) == [] and not (REPO / "tests/mlflow.db").exists()
 
 
 def test_a_run_name_that_is_not_defined_is_an_error_naming_the_defined_ones(store):
-    with pytest.raises(compare.ConfigError, match=r"--runs: \['quickstart_typo'\] not defined in .*params.yaml nor "
-                                                  r"recorded; defined: \[.*'broken'.*'quickstart'"):
+    with pytest.raises(
+        compare.ConfigError,
+        match=r"--runs: \['quickstart_typo'\] not defined in .*params.yaml nor "
+        r"recorded; defined: \[.*'broken'.*'quickstart'",
+    ):
         compare.main(["--runs", "quickstart_typo"])
 
 

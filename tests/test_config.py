@@ -1,11 +1,11 @@
+import itertools
 import re
 
 import pytest
 
-import itertools
-
-from chargpt.config import RunConfig, load_params, resolve_run, run_sources
 from chargpt.errors import ConfigError
+from chargpt.pipeline.config import RunConfig, load_params, resolve_run, run_sources
+
 
 def test_every_named_run_in_params_yaml_is_valid(params):
     sources = run_sources(params)
@@ -37,12 +37,17 @@ def test_a_run_builds_on_its_base_and_changes_only_what_it_states(params):
     assert variant.train.model_copy(update={"iterations": base.train.iterations}) == base.train
 
 
-@pytest.mark.parametrize("entry, expected", [
-    ({"base": "nope"}, "runs.variant.base: 'nope' is not another run"),
-    ({"base": "variant"}, "runs.variant.base: 'variant' is not another run"),
-    ({"base": "quickstart"}, "runs.variant.base: 'quickstart' builds on 'quickstart_adamw' itself; a base must be a "
-                             "run without a base"),
-])
+@pytest.mark.parametrize(
+    "entry, expected",
+    [
+        ({"base": "nope"}, "runs.variant.base: 'nope' is not another run"),
+        ({"base": "variant"}, "runs.variant.base: 'variant' is not another run"),
+        (
+            {"base": "quickstart"},
+            "runs.variant.base: 'quickstart' builds on 'quickstart_adamw' itself; a base must be a run without a base",
+        ),
+    ],
+)
 def test_a_base_must_be_another_run_without_a_base(params, entry, expected):
     params["runs"]["variant"] = entry
     with pytest.raises(ConfigError, match=re.escape(expected)):
@@ -55,22 +60,46 @@ def test_an_error_names_the_key_where_the_value_is_written(params):
         resolve_run(params, "variant")
     assert str(err.value) == "params.yaml: run 'variant': runs.variant.schedule.lr_min: 0.5 must be below lr_max (0.1)"
     params["runs"]["quickstart_adamw"]["model"]["n_head"] = 5  # set in the base: every run on it names the base
-    with pytest.raises(ConfigError, match=re.escape("run 'quickstart': runs.quickstart_adamw.model.n_head: 5 must "
-                                                    "divide d_model (128)")):
+    with pytest.raises(
+        ConfigError,
+        match=re.escape("run 'quickstart': runs.quickstart_adamw.model.n_head: 5 must divide d_model (128)"),
+    ):
         resolve_run(params, "quickstart")
     params["grids"]["grid"]["axes"]["mom"]["values"]["090"] = 1.5  # and a grid's value, where it is written
-    with pytest.raises(ConfigError, match=re.escape("grids.grid.axes.mom.values.090 (schedule.momentum_max): Input "
-                                                    "should be less than 1 (got 1.5)")):
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "grids.grid.axes.mom.values.090 (schedule.momentum_max): Input should be less than 1 (got 1.5)"
+        ),
+    ):
         resolve_run(params, "grid_min1e-3_mom090_wd1e-4")
 
 
 # The seed's final model, fact for fact (../shared/seed-facts.md; its repository's README.md and train.py).
 SEED_FINAL = {
-    "model": {"n_layer": 12, "d_model": 512, "n_head": 2, "d_ff": 2048, "context": 512, "dropout": 0.2,
-              "bias": False, "tie_embeddings": True, "vocab_size": 256},
+    "model": {
+        "n_layer": 12,
+        "d_model": 512,
+        "n_head": 2,
+        "d_ff": 2048,
+        "context": 512,
+        "dropout": 0.2,
+        "bias": False,
+        "tie_embeddings": True,
+        "vocab_size": 256,
+    },
     "optimizer": {"name": "sgd", "nesterov": False, "weight_decay": 1e-5, "grad_clip": 0.0},
-    "schedule": {"name": "onecycle", "lr_min": 1e-4, "lr_max": 0.1, "momentum_max": 0.9, "momentum_min": 0.8,
-                 "three_phase": False, "pct_start": 0.5, "final_div_factor": 1.0, "anneal": "linear"},
+    "schedule": {
+        "name": "onecycle",
+        "lr_min": 1e-4,
+        "lr_max": 0.1,
+        "momentum_max": 0.9,
+        "momentum_min": 0.8,
+        "three_phase": False,
+        "pct_start": 0.5,
+        "final_div_factor": 1.0,
+        "anneal": "linear",
+    },
     "lr_range_test": {"method": "linear_accuracy"},
     "train": {"batch_size": 16, "iterations": 48000, "checkpoint_every": 800},
     "eval": {"stride": 1},
@@ -101,17 +130,21 @@ def test_the_seeds_other_runs_and_the_t12_run(params):
     t12 = resolve_run(params, "t12")  # chargpt's final before: Al-Rfou's heads and dropout, the code's defaults
     assert (t12.model.n_head, t12.model.dropout, t12.model.bias, t12.model.tie_embeddings) == (8, 0.1, True, False)
     assert t12.model_dump(exclude={"name"}) == RunConfig(name="t12").model_dump(exclude={"name"}) | {
-        "data": t12.data.model_dump()}
+        "data": t12.data.model_dump()
+    }
 
 
 def test_the_cpu_seed_recipe_is_the_seeds_at_the_quickstarts_size(params):
     seed, quickstart = resolve_run(params, "quickstart_seed"), resolve_run(params, "quickstart_adamw")
-    assert seed.model.model_copy(update={"n_head": 4, "dropout": 0.0, "bias": True, "tie_embeddings": False}) == \
-        quickstart.model
+    assert (
+        seed.model.model_copy(update={"n_head": 4, "dropout": 0.0, "bias": True, "tie_embeddings": False})
+        == quickstart.model
+    )
     for section in ("optimizer", "schedule"):
         got = getattr(seed, section).model_dump()
-        assert {k: got[k] for k in SEED_FINAL[section] if k != "lr_max"} == \
-            {k: v for k, v in SEED_FINAL[section].items() if k != "lr_max"}
+        assert {k: got[k] for k in SEED_FINAL[section] if k != "lr_max"} == {
+            k: v for k, v in SEED_FINAL[section].items() if k != "lr_max"
+        }
     assert seed.lr_range_test.method == "linear_accuracy" and seed.schedule.lr_max == "auto"
     assert seed.train.iterations == 1800 and seed.train.precision == "fp32"  # the quickstart's budget, pinned fp32
 
@@ -124,31 +157,44 @@ def test_ablations_override_only_what_they_name(params):
 
 def test_linear_accuracy_needs_three_accuracy_points_and_ordered_fractions(params):
     params["runs"]["final"]["lr_range_test"].update(iterations=40, eval_interval=20)
-    with pytest.raises(ConfigError, match=re.escape("runs.final.lr_range_test.eval_interval: 20 gives 2 accuracy "
-                                                    "point(s) over 40 iterations; linear_accuracy needs at least 3")):
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "runs.final.lr_range_test.eval_interval: 20 gives 2 accuracy "
+            "point(s) over 40 iterations; linear_accuracy needs at least 3"
+        ),
+    ):
         resolve_run(params, "final")
     params["runs"]["final"]["lr_range_test"].update(iterations=1000, rise_fraction=0.9, flat_fraction=0.5)
     with pytest.raises(ConfigError, match="rise_fraction: 0.9 must be below flat_fraction"):
         resolve_run(params, "final")
 
 
-@pytest.mark.parametrize("mutate, expected", [
-    (lambda p: p["model"].update(n_layr=3), "model.n_layr: unknown key"),
-    (lambda p: p["model"].update(n_layer="twelve"), "model.n_layer"),
-    (lambda p: p["model"].update(n_head=7), "model.n_head: 7 must divide d_model (512)"),
-    (lambda p: p["optimizer"].update(weight_decay=-1), "optimizer.weight_decay"),
-    (lambda p: p["optimizer"].update(name="adam"), "optimizer.name"),
-    (lambda p: p["schedule"].update(lr_min=0.5), "schedule.lr_min: 0.5 must be below lr_max (0.1)"),
-    (lambda p: p["schedule"].update(lr_max="max"), "schedule.lr_max"),
-    (lambda p: p["data"].update(split=[0.9, 0.05, 0.1]), "data.split: fractions must sum to 1"),
-    (lambda p: p["data"].update(checksums={"sha256": "abc"}), "data.checksums.sha256"),
-    (lambda p: p["runs"]["t12"].update(model={"context": 0}), "runs.t12.model.context: Input should be greater than 0 (got 0)"),
-    (lambda p: p["runs"]["t12"].update(modle={}), "unknown section(s) ['modle']"),
-    (lambda p: p["runs"]["t12"].update(data={"url": "x"}), "runs.t12.data: the corpus and its split are shared"),
-    (lambda p: p["eval"].update(stride=10_000), "eval.stride: 10000 must not exceed model.context (512)"),
-    (lambda p: p["runs"]["t12"].update(model={"n_layer": 1}, train={"aux_losses": True}),
-     "runs.t12.train.aux_losses: needs intermediate layers, and model.n_layer is 1"),
-])
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda p: p["model"].update(n_layr=3), "model.n_layr: unknown key"),
+        (lambda p: p["model"].update(n_layer="twelve"), "model.n_layer"),
+        (lambda p: p["model"].update(n_head=7), "model.n_head: 7 must divide d_model (512)"),
+        (lambda p: p["optimizer"].update(weight_decay=-1), "optimizer.weight_decay"),
+        (lambda p: p["optimizer"].update(name="adam"), "optimizer.name"),
+        (lambda p: p["schedule"].update(lr_min=0.5), "schedule.lr_min: 0.5 must be below lr_max (0.1)"),
+        (lambda p: p["schedule"].update(lr_max="max"), "schedule.lr_max"),
+        (lambda p: p["data"].update(split=[0.9, 0.05, 0.1]), "data.split: fractions must sum to 1"),
+        (lambda p: p["data"].update(checksums={"sha256": "abc"}), "data.checksums.sha256"),
+        (
+            lambda p: p["runs"]["t12"].update(model={"context": 0}),
+            "runs.t12.model.context: Input should be greater than 0 (got 0)",
+        ),
+        (lambda p: p["runs"]["t12"].update(modle={}), "unknown section(s) ['modle']"),
+        (lambda p: p["runs"]["t12"].update(data={"url": "x"}), "runs.t12.data: the corpus and its split are shared"),
+        (lambda p: p["eval"].update(stride=10_000), "eval.stride: 10000 must not exceed model.context (512)"),
+        (
+            lambda p: p["runs"]["t12"].update(model={"n_layer": 1}, train={"aux_losses": True}),
+            "runs.t12.train.aux_losses: needs intermediate layers, and model.n_layer is 1",
+        ),
+    ],
+)
 def test_invalid_params_name_the_key(params, mutate, expected):
     mutate(params)
     with pytest.raises(ConfigError, match=None) as err:
@@ -178,33 +224,52 @@ def test_missing_and_unknown_sections(tmp_path, params):
 
 
 def test_a_context_longer_than_the_training_split_is_refused(params):
-    from chargpt.runtime import check_fits
+    from chargpt.pipeline.stage import check_fits
 
     cfg = resolve_run(params, "final")  # context 512
     meta = {"splits": {"train": {"bytes": 500}, "val": {"bytes": 30}, "test": {"bytes": 30}}}
     with pytest.raises(ConfigError, match=r"model.context \(512\) needs a train split of at least 513 bytes"):
-        check_fits(cfg, meta)
+        check_fits(cfg.name, cfg.model.context, meta)
     meta["splits"]["train"]["bytes"] = 513
-    check_fits(cfg, meta)
+    check_fits(cfg.name, cfg.model.context, meta)
 
 
 def test_lr_range_test_smoothing_must_be_short_against_the_sweep(params):
     params["lr_range_test"].update(iterations=60, smoothing=0.98)
-    with pytest.raises(ConfigError, match=r"lr_range_test.smoothing: 0.98 averages over ~50 steps, more than half of iterations \(60\)"):
+    with pytest.raises(
+        ConfigError, match=r"lr_range_test.smoothing: 0.98 averages over ~50 steps, more than half of iterations \(60\)"
+    ):
         resolve_run(params, "t12")
 
 
 def test_overrides_apply_and_validate(params):
-    from chargpt.config import with_overrides
+    from chargpt.pipeline.config import with_overrides
 
     base = resolve_run(params, "quickstart")
-    cfg = with_overrides(base, ["model.d_model=64", "model.d_ff=128", "schedule.name=cosine", "schedule.lr_max=2e-3",
-                                "train.target_bpc=[3.0, 2.5]"])
-    assert (cfg.model.d_model, cfg.schedule.name, cfg.schedule.lr_max, cfg.train.target_bpc) == (64, "cosine", 2e-3, [3.0, 2.5])
+    cfg = with_overrides(
+        base,
+        [
+            "model.d_model=64",
+            "model.d_ff=128",
+            "schedule.name=cosine",
+            "schedule.lr_max=2e-3",
+            "train.target_bpc=[3.0, 2.5]",
+        ],
+    )
+    assert (cfg.model.d_model, cfg.schedule.name, cfg.schedule.lr_max, cfg.train.target_bpc) == (
+        64,
+        "cosine",
+        2e-3,
+        [3.0, 2.5],
+    )
     assert cfg.model.n_layer == base.model.n_layer  # untouched keys stay
-    for bad, message in [(["model.n_layr=3"], "model.n_layr: unknown key"), (["modelx.d=1"], "expected section.key=value"),
-                         (["model.n_head=7"], "model.n_head: 7 must divide d_model"), (["data.url=x"], "expected section.key"),
-                         (["schedule.name=cosine", "schedule.warmup_steps=5000"], "schedule.warmup_steps: 5000 must be below")]:
+    for bad, message in [
+        (["model.n_layr=3"], "model.n_layr: unknown key"),
+        (["modelx.d=1"], "expected section.key=value"),
+        (["model.n_head=7"], "model.n_head: 7 must divide d_model"),
+        (["data.url=x"], "expected section.key"),
+        (["schedule.name=cosine", "schedule.warmup_steps=5000"], "schedule.warmup_steps: 5000 must be below"),
+    ]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             with_overrides(base, bad)
 
@@ -212,7 +277,8 @@ def test_overrides_apply_and_validate(params):
 def test_params_yaml_states_every_default_as_the_code_has_it(params):
     """Every key of every section is in params.yaml, with the code's default: DVC tracks what params.yaml says, so a
     default that lived only in the code would be invisible to `dvc status`."""
-    from chargpt.config import RUN_SECTIONS, DataConfig, RunConfig
+    from chargpt.data.config import DataConfig
+    from chargpt.pipeline.config import RUN_SECTIONS, RunConfig
 
     for section in ("data", *RUN_SECTIONS):
         model = DataConfig() if section == "data" else RunConfig.model_fields[section].default

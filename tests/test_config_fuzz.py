@@ -1,15 +1,16 @@
-"""Random mutations of the real params.yaml: each loads, or raises ConfigError naming the problem; never anything else."""
+"""Random mutations of the real params.yaml: each loads, or raises ConfigError naming the problem; never anything
+else."""
 
 import copy
 from pathlib import Path
 
 import yaml
+from conftest import REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chargpt.config import load_all_runs
 from chargpt.errors import ConfigError
-from conftest import REPO
+from chargpt.pipeline.config import load_all_runs
 
 BASE = yaml.safe_load((REPO / "params.yaml").read_text())
 
@@ -22,11 +23,18 @@ def key_paths(node, prefix=()):
 
 
 PATHS = [p for p in key_paths(BASE) if p]
-VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
-                   st.text(max_size=8), st.lists(st.integers(-3, 3), max_size=4),
-                   st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
-MUTATIONS = st.tuples(st.sampled_from(["replace", "delete", "add"]), st.sampled_from(PATHS), VALUES,
-                      st.text(min_size=1, max_size=6))
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.lists(st.integers(-3, 3), max_size=4),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+)
+MUTATIONS = st.tuples(
+    st.sampled_from(["replace", "delete", "add"]), st.sampled_from(PATHS), VALUES, st.text(min_size=1, max_size=6)
+)
 
 
 def mutate(params: dict, mutation) -> dict:

@@ -6,15 +6,17 @@ import copy
 import pytest
 import torch
 
-from chargpt.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig
 from chargpt.errors import ConfigError
-from chargpt.cuda_graphs import DeviceHyperparams, GraphedStep
-from chargpt.loop import TrainStep
-from chargpt.model import GPT
-from chargpt.muon import Muon
-from chargpt.optimizers import SGD, AdamW, build_optimizer
-from chargpt.schedule import build_scheduler
-from chargpt.training_run import Execution
+from chargpt.model.config import ModelConfig
+from chargpt.model.gpt import GPT
+from chargpt.pipeline.config import RunConfig
+from chargpt.train.config import OptimizerConfig, ScheduleConfig
+from chargpt.train.cuda_graphs import DeviceHyperparams, GraphedStep
+from chargpt.train.loop import TrainStep
+from chargpt.train.muon import Muon
+from chargpt.train.optimizers import SGD, AdamW, build_optimizer
+from chargpt.train.run import Execution
+from chargpt.train.schedule import build_scheduler
 
 CPU = torch.device("cpu")
 
@@ -132,8 +134,14 @@ def train(name: str, graphed: bool, steps: int = 20, seen: list | None = None) -
             tensors = step.hyper.tensors[0]
             momentum = tensors["betas"] if "betas" in tensors else tensors["momentum"]
             group = opt.param_groups[0]
-            seen.append((tensors["lr"].item(), momentum.item(), group["lr"],
-                         group["betas"][0] if "betas" in group else group["momentum"]))
+            seen.append(
+                (
+                    tensors["lr"].item(),
+                    momentum.item(),
+                    group["lr"],
+                    group["betas"][0] if "betas" in group else group["momentum"],
+                )
+            )
         if i + 1 < steps:
             sched.step()
     return losses
@@ -158,7 +166,9 @@ def test_hyperparameters_are_tensors_only_inside_the_step():
     opt = build_optimizer(model, OptimizerConfig(name="muon"), lr=1e-3, momentum=0.9)
     hyper = DeviceHyperparams(opt, CPU)
     with hyper.installed():
-        assert all(isinstance(g["lr"], torch.Tensor) and isinstance(g["betas"][0], torch.Tensor) for g in opt.param_groups)
+        assert all(
+            isinstance(g["lr"], torch.Tensor) and isinstance(g["betas"][0], torch.Tensor) for g in opt.param_groups
+        )
         # beta2 is not scheduled, and a step may read it as a number: a host read of a tensor fails a capture
         assert all(type(g["betas"][1]) is float for g in opt.param_groups)
         opt.param_groups[0]["lr"].fill_(5.0)  # a step may do anything with them
@@ -218,8 +228,13 @@ class HostReadForbidden(torch.Tensor):
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
-        if func in (torch.Tensor.item, torch.Tensor.__float__, torch.Tensor.__int__, torch.Tensor.__bool__,
-                    torch.Tensor.tolist):
+        if func in (
+            torch.Tensor.item,
+            torch.Tensor.__float__,
+            torch.Tensor.__int__,
+            torch.Tensor.__bool__,
+            torch.Tensor.tolist,
+        ):
             raise AssertionError(f"the step read a scheduled hyperparameter on the host ({func.__name__})")
         return super().__torch_function__(func, types, args, kwargs or {})
 
@@ -227,8 +242,13 @@ class HostReadForbidden(torch.Tensor):
 @pytest.mark.parametrize("name", ["sgd", "adamw", "muon"])
 def test_the_optimizer_steps_never_read_the_hyperparameter_tensors_on_the_host(name):
     model = tiny_gpt()
-    opt = build_optimizer(model, OptimizerConfig(name=name, weight_decay=1e-2, muon_ns_dtype="fp32"), lr=1e-3,
-                          momentum=0.9, capturable=True)
+    opt = build_optimizer(
+        model,
+        OptimizerConfig(name=name, weight_decay=1e-2, muon_ns_dtype="fp32"),
+        lr=1e-3,
+        momentum=0.9,
+        capturable=True,
+    )
     hyper = DeviceHyperparams(opt, CPU)
     hyper.tensors = [{k: t.as_subclass(HostReadForbidden) for k, t in mirrored.items()} for mirrored in hyper.tensors]
     x = torch.randint(0, 256, (2, 16))

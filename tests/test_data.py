@@ -7,12 +7,12 @@ import zipfile
 
 import pytest
 import torch
-
-from chargpt.config import Checksums, DataConfig
-from chargpt.batches import BatchSampler
-from chargpt.corpus import download_corpus, split_corpus, split_sizes
-from chargpt.errors import DataError
 from conftest import tiny_text
+
+from chargpt.data.batches import BatchSampler
+from chargpt.data.config import Checksums, DataConfig
+from chargpt.data.corpus import download_corpus, split_corpus, split_sizes
+from chargpt.errors import DataError
 
 
 def sha(b: bytes) -> str:
@@ -26,12 +26,15 @@ def make_zip(member: str, payload: bytes) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("n, expected", [
-    (100_000_000, (90_000_000, 5_000_000, 5_000_000)),  # enwik8
-    (6_089_746, (5_480_771, 304_487, 304_488)),         # the Wikipedia sample
-    (1000, (900, 50, 50)),
-    (7, (6, 0, 1)),
-])
+@pytest.mark.parametrize(
+    "n, expected",
+    [
+        (100_000_000, (90_000_000, 5_000_000, 5_000_000)),  # enwik8
+        (6_089_746, (5_480_771, 304_487, 304_488)),  # the Wikipedia sample
+        (1000, (900, 50, 50)),
+        (7, (6, 0, 1)),
+    ],
+)
 def test_split_sizes(n, expected):
     assert split_sizes(n, (0.9, 0.05, 0.05)) == expected
 
@@ -39,7 +42,9 @@ def test_split_sizes(n, expected):
 @pytest.mark.parametrize("copy_in_kernel", ["os", "unsupported", "absent"])
 def test_split_concatenation_is_the_input_byte_for_byte(tmp_path, monkeypatch, copy_in_kernel):
     if copy_in_kernel == "unsupported":  # e.g. the splits on another filesystem than the corpus: copied via mmap
-        monkeypatch.setattr(os, "copy_file_range", lambda *a: (_ for _ in ()).throw(OSError(18, "EXDEV")), raising=False)
+        monkeypatch.setattr(
+            os, "copy_file_range", lambda *a: (_ for _ in ()).throw(OSError(18, "EXDEV")), raising=False
+        )
     elif copy_in_kernel == "absent":  # not Linux
         monkeypatch.delattr(os, "copy_file_range", raising=False)
     payload = bytes(range(256)) * 40 + b"\x00\n\r\xff" * 100  # every byte value, NULs and newlines included
@@ -64,9 +69,16 @@ def test_download_zip_over_http_verifies_every_checksum(http_dir, tmp_path):
     payload = tiny_text(50_000)
     archive = make_zip("enwik8", payload)
     (root / "enwik8.zip").write_bytes(archive)
-    sums = Checksums(archive_size=len(archive), archive_sha256=sha(archive), size=len(payload),
-                     md5=hashlib.md5(payload).hexdigest(), sha256=sha(payload))
-    info = download_corpus(DataConfig(url=f"{base}/enwik8.zip", checksums=sums), tmp_path / "c.bin", tmp_path / "c.json")
+    sums = Checksums(
+        archive_size=len(archive),
+        archive_sha256=sha(archive),
+        size=len(payload),
+        md5=hashlib.md5(payload).hexdigest(),
+        sha256=sha(payload),
+    )
+    info = download_corpus(
+        DataConfig(url=f"{base}/enwik8.zip", checksums=sums), tmp_path / "c.bin", tmp_path / "c.json"
+    )
     assert (tmp_path / "c.bin").read_bytes() == payload
     assert set(info["verified"]) == {"archive_size", "archive_sha256", "size", "md5", "sha256"}
 
@@ -77,15 +89,21 @@ def test_checksum_mismatch_names_expected_and_actual_and_writes_nothing(http_dir
     (root / "enwik8.zip").write_bytes(make_zip("enwik8", payload))
     wrong = "0" * 64
     with pytest.raises(DataError, match=f"corpus sha256 mismatch: expected {wrong}, got {sha(payload)}"):
-        download_corpus(DataConfig(url=f"{base}/enwik8.zip", checksums=Checksums(sha256=wrong)),
-                        tmp_path / "c.bin", tmp_path / "c.json")
+        download_corpus(
+            DataConfig(url=f"{base}/enwik8.zip", checksums=Checksums(sha256=wrong)),
+            tmp_path / "c.bin",
+            tmp_path / "c.json",
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["www"]
 
 
-@pytest.mark.parametrize("name, body, message", [
-    ("enwik8.zip", b"<html>Service unavailable</html>", "not a valid zip archive"),
-    ("enwik8.zip", None, "the archive has no member 'enwik8'"),
-])
+@pytest.mark.parametrize(
+    "name, body, message",
+    [
+        ("enwik8.zip", b"<html>Service unavailable</html>", "not a valid zip archive"),
+        ("enwik8.zip", None, "the archive has no member 'enwik8'"),
+    ],
+)
 def test_bad_archives_fail_cleanly(http_dir, tmp_path, name, body, message):
     root, base = http_dir
     (root / name).write_bytes(body if body is not None else make_zip("other", b"abc"))
@@ -116,8 +134,9 @@ def test_unreachable_server_is_retried_then_named(tmp_path):
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/enwik8.zip"
     with pytest.raises(DataError, match=rf"{url}: download failed after 3 attempts") as err:
-        download_corpus(DataConfig(url=url, retries=2, timeout_s=2), tmp_path / "c.bin", tmp_path / "c.json",
-                        backoff_s=0.01)
+        download_corpus(
+            DataConfig(url=url, retries=2, timeout_s=2), tmp_path / "c.bin", tmp_path / "c.json", backoff_s=0.01
+        )
     assert not (tmp_path / "c.bin").exists()
     # ... and it says how to go on offline, with the sample a clone holds
     assert "dvc exp run -S data.url=samples/enwiki-sample.xml.bz2 -S data.checksums=null" in str(err.value)
@@ -132,7 +151,9 @@ def test_local_corpora_by_file_url_and_path(tmp_path, suffix, pack):
     src = tmp_path / f"corpus{suffix}"
     src.write_bytes(pack(payload))
     for url in (src.as_uri(), str(src)):
-        info = download_corpus(DataConfig(checksums=None, url=url, member=None), tmp_path / "c.bin", tmp_path / "c.json")
+        info = download_corpus(
+            DataConfig(checksums=None, url=url, member=None), tmp_path / "c.bin", tmp_path / "c.json"
+        )
         assert (tmp_path / "c.bin").read_bytes() == payload
         assert info["corpus"]["sha256"] == sha(payload) and info["verified"] == []
 

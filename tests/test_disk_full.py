@@ -5,10 +5,11 @@ import subprocess
 
 import pytest
 
-from chargpt.checkpoint import load_model, save_checkpoint
-from chargpt.config import ModelConfig, RunConfig
-from chargpt.corpus import split_corpus
-from chargpt.model import GPT
+from chargpt.data.corpus import split_corpus
+from chargpt.model.config import ModelConfig
+from chargpt.model.gpt import GPT
+from chargpt.pipeline.config import RunConfig
+from chargpt.train.checkpoint import load_model, save_checkpoint
 
 
 @pytest.fixture

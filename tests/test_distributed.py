@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-
 from conftest import make_dvc_project, run, tiny_text
 
 pytestmark = pytest.mark.slow
@@ -17,8 +16,14 @@ BASE = {
     "lr_range_test": {"lr_start": 1.0e-5, "lr_end": 1.0, "iterations": 12, "skip_start": 2, "smoothing": 0.5},
     # fp32: the processes must agree to float rounding (bf16 autocast, the default on a CPU with native bf16,
     # rounds each process's partial sums apart)
-    "train": {"iterations": 24, "batch_size": 8, "eval_interval": 8, "eval_batches": 2, "log_interval": 4,
-              "precision": "fp32"},
+    "train": {
+        "iterations": 24,
+        "batch_size": 8,
+        "eval_interval": 8,
+        "eval_batches": 2,
+        "log_interval": 4,
+        "precision": "fp32",
+    },
 }
 
 
@@ -31,8 +36,11 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     corpus = root / "corpus.txt"
     corpus.write_bytes(tiny_text(40_000))
-    runs = {"one": with_train(), "two_procs": with_train(nproc=2),
-            "two_procs_accumulate": with_train(nproc=2, micro_batch_size=2)}  # 2 x 2 micro-batches of 2
+    runs = {
+        "one": with_train(),
+        "two_procs": with_train(nproc=2),
+        "two_procs_accumulate": with_train(nproc=2, micro_batch_size=2),
+    }  # 2 x 2 micro-batches of 2
     project, env = make_dvc_project(root / "project", runs, {"url": corpus.as_uri(), "checksums": None})
     out = run(["dvc", "repro", *(f"train@{name}" for name in runs)], project, env).stdout
     assert "Running stage 'train@two_procs'" in out  # dvc runs `python stages/train.py`; it relaunches under torchrun
@@ -66,8 +74,9 @@ def test_only_rank_0_records(trained):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{trained / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("chargpt").experiment_id],
-                              filter_string="tags.`chargpt.run` = 'two_procs'")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("chargpt").experiment_id], filter_string="tags.`chargpt.run` = 'two_procs'"
+    )
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1  # one MLflow run, not one per rank
     assert parents[0].data.params["resolved.processes"] == "2"

@@ -8,8 +8,8 @@ import zipfile
 
 import pytest
 
-from chargpt.config import DataConfig
-from chargpt.corpus import download_corpus
+from chargpt.data.config import DataConfig
+from chargpt.data.corpus import download_corpus
 from chargpt.errors import DataError
 
 PAYLOAD = b"<page>byte-level text</page>\n" * 500
@@ -63,16 +63,23 @@ def server():
 
 
 def download(url, tmp_path, retries=2):
-    return download_corpus(DataConfig(url=url, checksums=None, retries=retries, timeout_s=0.5), tmp_path / "c.bin",
-                           tmp_path / "c.json", backoff_s=0.01)
+    return download_corpus(
+        DataConfig(url=url, checksums=None, retries=retries, timeout_s=0.5),
+        tmp_path / "c.bin",
+        tmp_path / "c.json",
+        backoff_s=0.01,
+    )
 
 
-@pytest.mark.parametrize("path, message, attempts", [
-    ("/500.zip", "download failed after 3 attempts: HTTP 500", 3),
-    ("/slow.zip", "download failed after 3 attempts: .*timed out", 3),
-    ("/short.zip", "download failed after 3 attempts: received \\d+ of \\d+ bytes", 3),
-    ("/html.zip", "expected a zip archive, the server sent 'text/html; charset=utf-8'", 1),
-])
+@pytest.mark.parametrize(
+    "path, message, attempts",
+    [
+        ("/500.zip", "download failed after 3 attempts: HTTP 500", 3),
+        ("/slow.zip", "download failed after 3 attempts: .*timed out", 3),
+        ("/short.zip", "download failed after 3 attempts: received \\d+ of \\d+ bytes", 3),
+        ("/html.zip", "expected a zip archive, the server sent 'text/html; charset=utf-8'", 1),
+    ],
+)
 def test_misbehaving_server_gives_one_clear_error_and_no_output(server, tmp_path, path, message, attempts):
     with pytest.raises(DataError, match=f"^{server}{path}: {message}"):
         download(server + path, tmp_path)

@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from chargpt.config import ModelConfig
-from chargpt.config import DynamicEvalConfig
-from chargpt.evaluation import dynamic_score, split_score, window_plan
-from chargpt.model import GPT
+from chargpt.evaluation.config import DynamicEvalConfig
+from chargpt.evaluation.scoring import dynamic_score, split_score, window_plan
+from chargpt.model.config import ModelConfig
+from chargpt.model.gpt import GPT
 
 
 class Uniform(torch.nn.Module):
@@ -28,8 +28,10 @@ def scored_positions(n: int, context: int, stride: int) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("n, context, stride", [(2, 8, 8), (9, 8, 8), (10, 8, 8), (100, 8, 8), (100, 8, 3),
-                                                (100, 8, 1), (1000, 64, 17), (5, 64, 64)])
+@pytest.mark.parametrize(
+    "n, context, stride",
+    [(2, 8, 8), (9, 8, 8), (10, 8, 8), (100, 8, 8), (100, 8, 3), (100, 8, 1), (1000, 64, 17), (5, 64, 64)],
+)
 def test_every_byte_after_the_first_is_scored_exactly_once(n, context, stride):
     assert scored_positions(n, context, stride) == list(range(1, n))
     T = min(context, n - 1)
@@ -85,6 +87,7 @@ def test_accuracy_and_bpc_of_a_model_whose_answer_is_known(stride):
     assert score.accuracy == right / 3000 and score.bytes_scored == 3000
     assert score.bpc == pytest.approx(nats / (3000 * math.log(2)), rel=1e-12)
     # dynamic evaluation keeps the same protocol: at lr ~0 it scores exactly what the static one does
-    dynamic = dynamic_score(NextByteGuesser(), data, context=16,
-                            settings=DynamicEvalConfig(lr=1e-30, optimizer="sgd", stride=stride))
+    dynamic = dynamic_score(
+        NextByteGuesser(), data, context=16, settings=DynamicEvalConfig(lr=1e-30, optimizer="sgd", stride=stride)
+    )
     assert dynamic.accuracy == right / 3000 and dynamic.bpc == pytest.approx(score.bpc, rel=1e-12)

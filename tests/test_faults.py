@@ -6,7 +6,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO, TINY_RUN
 from test_resume import make_project
 
@@ -15,13 +14,24 @@ pytestmark = pytest.mark.slow
 
 def test_diverging_training_fails_cleanly_and_is_recorded(tmp_path, params):
     del params["grids"]  # its runs build on the repo's runs, replaced here
-    params["runs"] = {"tiny": {**TINY_RUN, "optimizer": {"name": "sgd", "grad_clip": 0.0},
-                               "schedule": {"lr_min": 1.0e-3, "lr_max": 1.0e4},
-                               "train": {**TINY_RUN["train"], "iterations": 200, "checkpoint_every": 1}}}
+    params["runs"] = {
+        "tiny": {
+            **TINY_RUN,
+            "optimizer": {"name": "sgd", "grad_clip": 0.0},
+            "schedule": {"lr_min": 1.0e-3, "lr_max": 1.0e4},
+            "train": {**TINY_RUN["train"], "iterations": 200, "checkpoint_every": 1},
+        }
+    }
     root = tmp_path / "p"
     env = make_project(root, params)
-    proc = subprocess.run([sys.executable, str(REPO / "stages/train.py"), "--run", "tiny"], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "stages/train.py"), "--run", "tiny"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1 and "training diverged at step" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (root / "models/tiny/model.pt").exists()
@@ -31,8 +41,9 @@ def test_diverging_training_fails_cleanly_and_is_recorded(tmp_path, params):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    run = client.search_runs([client.get_experiment_by_name("chargpt").experiment_id],
-                             filter_string="attributes.run_name = 'tiny'")[0]
+    run = client.search_runs(
+        [client.get_experiment_by_name("chargpt").experiment_id], filter_string="attributes.run_name = 'tiny'"
+    )[0]
     assert run.info.status == "FAILED"
     assert int(run.data.tags["diverged_at_step"]) > state["loop"]["step"]
 
@@ -46,35 +57,65 @@ def test_a_run_too_long_for_this_machine_stops_early_and_says_how_to_go_on(tmp_p
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"half a state")
     for stage in ("lr_range.py", "train.py"):
-        proc = subprocess.run([sys.executable, str(REPO / "stages" / stage), "--run", "tiny"], cwd=root, env=env,
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "stages" / stage), "--run", "tiny"],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert "on this CPU: estimated" in proc.stderr and "dvc repro evaluate@quickstart" in proc.stderr
         assert "CHARGPT_MAX_HOURS=1 dvc repro" in proc.stderr
     assert not (root / "models/tiny/model.pt").exists()
     assert not stale.exists() and "removed 1 half-written state file(s)" in proc.stderr  # train removes them first
     env["CHARGPT_MAX_HOURS"] = "0"  # no limit
-    assert subprocess.run([sys.executable, str(REPO / "stages/train.py"), "--run", "tiny"], cwd=root, env=env,
-                          capture_output=True, timeout=300).returncode == 0
+    assert (
+        subprocess.run(
+            [sys.executable, str(REPO / "stages/train.py"), "--run", "tiny"],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            timeout=300,
+        ).returncode
+        == 0
+    )
 
 
 def test_a_finite_blow_up_is_divergence_too(tmp_path, params):
     """SGD at LR 1000 with clipping at 1.0: the loss stays finite, and the run is useless. It fails, no model."""
     del params["grids"]
-    params["runs"] = {"tiny": {**TINY_RUN, "optimizer": {"name": "sgd"}, "schedule": {"lr_min": 1.0e-4, "lr_max": 1000},
-                               "train": {**TINY_RUN["train"], "iterations": 100}}}
+    params["runs"] = {
+        "tiny": {
+            **TINY_RUN,
+            "optimizer": {"name": "sgd"},
+            "schedule": {"lr_min": 1.0e-4, "lr_max": 1000},
+            "train": {**TINY_RUN["train"], "iterations": 100},
+        }
+    }
     root = tmp_path / "p"
     env = make_project(root, params)
-    proc = subprocess.run([sys.executable, str(REPO / "stages/train.py"), "--run", "tiny"], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "stages/train.py"), "--run", "tiny"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     number = r"[\d.e+-]+"
-    assert re.search(rf"training diverged at step \d+: (train loss {number} is more than 1 above the first interval's|"
-                     rf"(train_loss|val_probe_bpc) {number} is above {number})", proc.stderr), proc.stderr
+    assert re.search(
+        rf"training diverged at step \d+: (train loss {number} is more than 1 above the first interval's|"
+        rf"(train_loss|val_probe_bpc) {number} is above {number})",
+        proc.stderr,
+    ), proc.stderr
     assert not (root / "models/tiny/model.pt").exists()
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    run = client.search_runs([client.get_experiment_by_name("chargpt").experiment_id],
-                             filter_string="attributes.run_name = 'tiny'")[0]
+    run = client.search_runs(
+        [client.get_experiment_by_name("chargpt").experiment_id], filter_string="attributes.run_name = 'tiny'"
+    )[0]
     assert run.info.status == "FAILED" and "diverged_at_step" in run.data.tags

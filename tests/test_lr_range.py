@@ -2,13 +2,14 @@ import math
 
 import pytest
 import torch
-
-from chargpt.config import LRRangeTestConfig, ModelConfig
-from chargpt.batches import BatchSampler
-from chargpt.errors import RangeTestError
-from chargpt.lr_range import accuracy_bounds, lr_at, range_test
-from chargpt.model import GPT
 from conftest import tiny_text
+
+from chargpt.data.batches import BatchSampler
+from chargpt.errors import RangeTestError
+from chargpt.model.config import ModelConfig
+from chargpt.model.gpt import GPT
+from chargpt.train.config import LRRangeTestConfig
+from chargpt.train.lr_range import accuracy_bounds, lr_at, range_test
 
 
 def test_lr_grows_exponentially_from_start_to_end():
@@ -62,8 +63,16 @@ def test_range_test_measures_accuracy_every_interval_and_suggests_both_bounds():
     data = torch.frombuffer(bytearray(tiny_text(20_000)), dtype=torch.uint8)
     sampler = BatchSampler(data, 16, 8, seed=0, device=torch.device("cpu"))
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    cfg = LRRangeTestConfig(method="linear_accuracy", lr_start=1e-3, lr_end=0.1, iterations=60, eval_interval=5,
-                            skip_start=3, smoothing=0.8, divergence=100.0)
+    cfg = LRRangeTestConfig(
+        method="linear_accuracy",
+        lr_start=1e-3,
+        lr_end=0.1,
+        iterations=60,
+        eval_interval=5,
+        skip_start=3,
+        smoothing=0.8,
+        divergence=100.0,
+    )
     current = []  # the accuracy "probe" reads the LR the last step took: a known curve of the LR
 
     def probe() -> float:

@@ -9,7 +9,6 @@ import time
 import urllib.request
 
 import pytest
-
 from conftest import TINY_RUN, make_dvc_project, run, tiny_text
 
 pytestmark = pytest.mark.slow
@@ -22,9 +21,25 @@ def mlflow_server(tmp_path):
         port = s.getsockname()[1]
     log = open(tmp_path / "server.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "served")],
-        stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "served"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -69,8 +84,10 @@ def test_a_tiny_pipeline_logs_runs_metrics_and_artifacts_to_the_server(mlflow_se
 
     listed = {a.path for a in client.list_artifacts(tiny.info.run_id)}
     assert {"plots", "train_curve.tsv", "eval.json"} <= listed
-    assert {a.path for a in client.list_artifacts(tiny.info.run_id, "plots")} == {"plots/train_curve.png",
-                                                                                 "plots/lr_range_test.png"}
+    assert {a.path for a in client.list_artifacts(tiny.info.run_id, "plots")} == {
+        "plots/train_curve.png",
+        "plots/lr_range_test.png",
+    }
     fetched = client.download_artifacts(tiny.info.run_id, "eval.json", str(tmp_path))
     assert json.loads(open(fetched).read()) == ev  # served back byte for byte
     assert (tmp_path / "served").is_dir()  # stored by the server, not by the client

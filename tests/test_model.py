@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from chargpt.config import ModelConfig
-from chargpt.model import GPT
+from chargpt.model.config import ModelConfig
+from chargpt.model.gpt import GPT
 
 TINY = ModelConfig(n_layer=2, d_model=32, n_head=4, d_ff=64, context=16, dropout=0.0)
 
@@ -113,8 +113,9 @@ def test_positions_at_the_input_only_is_gpt2s_layout():
     assert at_input.pos_emb.weight.grad.abs().sum() > 0
 
 
-SEED_SHAPE = ModelConfig(n_layer=2, d_model=32, n_head=2, d_ff=64, context=16, dropout=0.2, bias=False,
-                         tie_embeddings=True)
+SEED_SHAPE = ModelConfig(
+    n_layer=2, d_model=32, n_head=2, d_ff=64, context=16, dropout=0.2, bias=False, tie_embeddings=True
+)
 
 
 def test_the_seeds_model_has_no_linear_biases_and_one_tied_byte_matrix():
@@ -144,7 +145,7 @@ def test_t12_parameter_count_of_the_seeds_model():
 
 
 def test_a_tied_model_survives_a_checkpoint_round_trip(tmp_path):
-    from chargpt.checkpoint import load_model, save_checkpoint
+    from chargpt.train.checkpoint import load_model, save_checkpoint
 
     torch.manual_seed(0)
     model = GPT(SEED_SHAPE)

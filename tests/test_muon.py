@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from chargpt.muon import Muon, newton_schulz
+from chargpt.train.muon import Muon, newton_schulz
 
 
 def problem(seed: int = 0, shapes=((48, 16), (16, 40), (24, 24))):

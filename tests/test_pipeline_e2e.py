@@ -5,7 +5,6 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import TINY_COSINE_RUN, TINY_RUN, make_dvc_project, run, tiny_text
 
 pytestmark = pytest.mark.slow
@@ -24,8 +23,21 @@ def project(tmp_path_factory):
 def test_local_corpus_through_all_five_stages(project):
     """The README's offline recipe: a local corpus without editing tracked files, checksums off."""
     root, env, corpus = project
-    out = run(["dvc", "exp", "run", "-S", f"data.url={corpus.as_uri()}", "-S", "data.checksums=null",
-               "evaluate@tiny", "evaluate@tiny_cosine"], root, env).stdout
+    out = run(
+        [
+            "dvc",
+            "exp",
+            "run",
+            "-S",
+            f"data.url={corpus.as_uri()}",
+            "-S",
+            "data.checksums=null",
+            "evaluate@tiny",
+            "evaluate@tiny_cosine",
+        ],
+        root,
+        env,
+    ).stdout
     for stage in ("download", "preprocess", "lr_range_test@tiny", "train@tiny", "evaluate@tiny", "train@tiny_cosine"):
         assert f"Running stage '{stage}'" in out
 
@@ -40,8 +52,20 @@ def test_local_corpus_through_all_five_stages(project):
     assert model["lr_max"] == lr_test["suggested_lr"]  # lr_max: auto takes the range test's suggestion
     assert train["iterations"] == 30 and train["tokens"] == 30 * 4 * 32
     curve = (root / "reports/tiny/train_curve.tsv").read_text().splitlines()
-    assert curve[0].split("\t") == ["step", "lr", "momentum", "train_loss", "grad_norm", "clipped_fraction",
-                                    "val_probe_bpc", "val_probe_accuracy"] and len(curve) == 1 + 6
+    assert (
+        curve[0].split("\t")
+        == [
+            "step",
+            "lr",
+            "momentum",
+            "train_loss",
+            "grad_norm",
+            "clipped_fraction",
+            "val_probe_bpc",
+            "val_probe_accuracy",
+        ]
+        and len(curve) == 1 + 6
+    )
     assert 0 < train["val_probe_accuracy"] <= 1
     ev = json.loads((root / "reports/tiny/eval.json").read_text())
     assert ev["val_bytes_scored"] == 2_999 and ev["test_bytes_scored"] == 2_999  # whole splits
@@ -75,32 +99,47 @@ def stale(root, env) -> set[str]:
     return set(json.loads(run(["dvc", "status", "--json"], root, env).stdout or "{}"))
 
 
+def stale_after_editing(root, env, module: str) -> set[str]:
+    """The stages `dvc status` reports once a line is appended to `module` (restored after)."""
+    path = root / module
+    code = path.read_text()
+    try:
+        path.write_text(code + "\n# one more line\n")
+        return stale(root, env)
+    finally:
+        path.write_text(code)
+
+
 def test_dvc_status_reports_exactly_the_stages_a_change_affects(project):
-    """After a complete run: a code change reports the stages that run that code, a change of the base run reports
-    its variants too, and an eval-only setting reports evaluate and nothing upstream."""
+    """After a complete run: a code change reports the stages that run that code, and only those (reporting code
+    none), a change of the base run reports its variants too, and an eval-only setting reports evaluate alone."""
     root, env, _ = project
     if not (root / "models/tiny_cosine/model.pt").exists():
         pytest.skip("needs test_local_corpus_through_all_five_stages")
     assert stale(root, env) == set()
-    muon, params = root / "chargpt/muon.py", root / "params.yaml"
-    code, settings = muon.read_text(), params.read_text()
-    try:
-        muon.write_text(code + "\n# one more line\n")  # the quickstart's optimizer, imported by train and the range test
-        assert stale(root, env) == {f"{s}@{r}" for s in ("lr_range_test", "train") for r in ("tiny", "tiny_cosine")}
-        muon.write_text(code)
+    per_run = lambda *stages: {f"{s}@{r}" for s in stages for r in ("tiny", "tiny_cosine")}  # noqa: E731
+    # the quickstart's optimizer, imported by train and the range test
+    assert stale_after_editing(root, env, "chargpt/train/muon.py") == per_run("lr_range_test", "train")
+    assert stale_after_editing(root, env, "chargpt/model/gpt.py") == per_run("lr_range_test", "train", "evaluate")
+    assert stale_after_editing(root, env, "chargpt/data/corpus.py") == {"download", "preprocess"}
+    assert stale_after_editing(root, env, "chargpt/train/config.py") == per_run("lr_range_test", "train", "evaluate")
+    for reporting in ("chargpt/tracking/compare.py", "chargpt/tracking/view.py", "chargpt/tracking/store.py",
+                      "chargpt/tracking/plots.py"):  # fmt: skip
+        assert stale_after_editing(root, env, reporting) == set(), reporting
 
+    params = root / "params.yaml"
+    settings = params.read_text()
+    try:
         changed = yaml.safe_load(settings)
         changed["runs"]["tiny"]["optimizer"]["weight_decay"] = 1e-3  # the base of tiny_cosine: both are affected
         params.write_text(yaml.safe_dump(changed, sort_keys=False))
-        assert stale(root, env) == {f"{s}@{r}" for s in ("lr_range_test", "train", "evaluate")
-                                    for r in ("tiny", "tiny_cosine")}
+        assert stale(root, env) == per_run("lr_range_test", "train", "evaluate")
 
         changed = yaml.safe_load(settings)
         changed["eval"]["stride"] = 16  # evaluation only
         params.write_text(yaml.safe_dump(changed, sort_keys=False))
         assert stale(root, env) == {"evaluate@tiny", "evaluate@tiny_cosine"}
     finally:
-        muon.write_text(code)
         params.write_text(settings)
     assert stale(root, env) == set()
 
@@ -112,10 +151,12 @@ def test_dvc_plots_overlay_every_run(project):
     shown = json.loads(run(["dvc", "plots", "show", "--json"], root, env).stdout)
     assert not shown.get("errors"), shown.get("errors")
     assert set(shown["data"]) == {"val_bpc", "val_accuracy", "train_loss", "lr_range_test", "lr_range_accuracy"}
-    for plot_id, filename, field in (("val_bpc", "train_curve.tsv", "val_probe_bpc"),
-                                     ("val_accuracy", "train_curve.tsv", "val_probe_accuracy"),
-                                     ("train_loss", "train_curve.tsv", "train_loss"),
-                                     ("lr_range_test", "lr_range_test.csv", "smoothed_loss")):
+    for plot_id, filename, field in (
+        ("val_bpc", "train_curve.tsv", "val_probe_bpc"),
+        ("val_accuracy", "train_curve.tsv", "val_probe_accuracy"),
+        ("train_loss", "train_curve.tsv", "train_loss"),
+        ("lr_range_test", "lr_range_test.csv", "smoothed_loss"),
+    ):
         (plot,) = shown["data"][plot_id]
         points = plot["content"]["data"]["values"]
         assert {p["filename"] for p in points} == {f"tiny/{filename}", f"tiny_cosine/{filename}"}  # both runs
@@ -125,7 +166,9 @@ def test_dvc_plots_overlay_every_run(project):
     assert lr_spec["layer"][0]["encoding"]["x"]["scale"]["type"] == "log"  # the shipped template: log x
     assert lr_spec["layer"][1]["mark"]["type"] == "rule"  # and the suggested LR marked
     suggested = json.loads((root / "reports/tiny/lr_range_test.json").read_text())["suggested_lr"]
-    assert {float(p["suggested_lr"]) for p in lr_spec["data"]["values"] if p["filename"].startswith("tiny/")} == {suggested}
+    assert {float(p["suggested_lr"]) for p in lr_spec["data"]["values"] if p["filename"].startswith("tiny/")} == {
+        suggested
+    }
 
 
 def test_compare_prints_one_row_per_run_with_iterations_to_target(project):
@@ -184,8 +227,9 @@ def test_mlflow_records_the_run(project):
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     view = json.loads(json.loads(experiment.tags["mlflow.sharedViewState.compare"])["state"])
     assert view["orderByKey"] == "metrics.`test_bpc`" and view["orderByAsc"] is True
-    assert {"metrics.`val_bpc`", "metrics.`test_bpc`", "metrics.`test_accuracy`", "metrics.`iterations`"} <= \
-        set(view["selectedColumns"])
+    assert {"metrics.`val_bpc`", "metrics.`test_bpc`", "metrics.`test_accuracy`", "metrics.`iterations`"} <= set(
+        view["selectedColumns"]
+    )
     assert "params.`schedule.name`" in view["selectedColumns"]  # it differs between tiny and tiny_cosine
     assert view["compareRunCharts"][0]["metricKey"] in ("val_bpc", "test_bpc")
     assert "lr_max" not in run_.data.metrics and "resolved.lr_max" in run_.data.params  # a param, not a metric
@@ -194,8 +238,10 @@ def test_mlflow_records_the_run(project):
 def test_a_config_error_stops_the_stage_before_any_work(project):
     root, env, _ = project
     proc = run([sys.executable, "stages/train.py", "--run", "nope"], root, env, check=False)
-    assert proc.returncode != 0 and "run 'nope' is not defined under runs or grids; defined: ['tiny', 'tiny_cosine']" \
-        in proc.stderr
+    assert (
+        proc.returncode != 0
+        and "run 'nope' is not defined under runs or grids; defined: ['tiny', 'tiny_cosine']" in proc.stderr
+    )
 
 
 def test_push_then_a_fresh_clone_pulls_and_trains_nothing(project, tmp_path):
@@ -230,15 +276,33 @@ def test_dvc_exp_run_changes_one_key_of_a_variant_and_reruns_that_variant_only(p
     if not (root / "reports/tiny_cosine/eval.json").exists():
         pytest.skip("needs test_local_corpus_through_all_five_stages")
     before = yaml.safe_load((root / "params.yaml").read_text())["runs"]["tiny_cosine"]
-    out = run(["dvc", "exp", "run", "-S", f"data.url={corpus.as_uri()}", "-S", "data.checksums=null",
-               "-S", "runs.tiny_cosine.train.target_bpc=[7.5]", "evaluate@tiny", "evaluate@tiny_cosine"], root, env).stdout
+    out = run(
+        [
+            "dvc",
+            "exp",
+            "run",
+            "-S",
+            f"data.url={corpus.as_uri()}",
+            "-S",
+            "data.checksums=null",
+            "-S",
+            "runs.tiny_cosine.train.target_bpc=[7.5]",
+            "evaluate@tiny",
+            "evaluate@tiny_cosine",
+        ],
+        root,
+        env,
+    ).stdout
     after = yaml.safe_load((root / "params.yaml").read_text())["runs"]["tiny_cosine"]
     assert after == {**before, "train": {**before["train"], "target_bpc": [7.5]}}  # still `base: tiny` + differences
     assert "Running stage 'train@tiny_cosine'" in out and "Running stage 'train@tiny'" not in out
     metrics = json.loads((root / "reports/tiny_cosine/train_metrics.json").read_text())
     assert "iters_to_bpc_7.5" in metrics
-    rows = {r["run"]: r for r in json.loads(run(["chargpt", "compare", "--details", "--diff-from", "tiny",
-                                                 "--format", "json"], root, env).stdout)}
+    rows = {
+        r["run"]: r
+        for r in json.loads(
+            run(["chargpt", "compare", "--details", "--diff-from", "tiny", "--format", "json"], root, env).stdout
+        )
+    }
     assert "schedule.name=cosine" in rows["tiny_cosine"]["config_diff"]  # the resolved config, base included
     assert "train.target_bpc=[7.5]" in rows["tiny_cosine"]["config_diff"]
-

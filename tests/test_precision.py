@@ -6,11 +6,14 @@ import pytest
 import torch
 
 from chargpt.device import autocast, autocast_dtype
-from chargpt.loop import DivergedError, LoopConfig, LoopHooks, LoopState, TrainParts, TrainStep, train_loop
+from chargpt.errors import DivergedError
+from chargpt.train.loop import LoopConfig, LoopHooks, LoopState, TrainParts, TrainStep, train_loop
 
 
-@pytest.mark.parametrize("capability, expected", [((7, 5), torch.float16), ((7, 0), torch.float16),
-                                                  ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
+@pytest.mark.parametrize(
+    "capability, expected",
+    [((7, 5), torch.float16), ((7, 0), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)],
+)
 def test_auto_picks_fp16_below_compute_capability_8_and_bf16_from_it(monkeypatch, capability, expected):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert autocast_dtype("auto", torch.device("cuda", 0)) == expected
@@ -41,8 +44,9 @@ def run_fp16(model, total=10):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     scaler = torch.amp.GradScaler("cpu")
-    step = TrainStep(model, model.parameters(), opt, autocast=lambda: autocast(torch.device("cpu"), torch.float16),
-                     scaler=scaler)
+    step = TrainStep(
+        model, model.parameters(), opt, autocast=lambda: autocast(torch.device("cpu"), torch.float16), scaler=scaler
+    )
     logged = []
     parts = TrainParts(model, opt, sched, lambda: (torch.zeros(1, 1), torch.zeros(1, 1)), step)
     return train_loop(parts, LoopConfig(total, 5, 5), LoopHooks(on_metrics=lambda s, m: logged.append((s, m)))), logged
@@ -69,8 +73,9 @@ def test_a_resumed_fp16_run_continues_bit_for_bit_with_its_scaler(tmp_path):
     """The GradScaler's scale and growth tracker are part of the saved state (CPU, fp16 autocast forced)."""
     from dataclasses import asdict
 
-    from chargpt.checkpoint import restore_training_state, save_training_state
     from test_trainer import tiny_training_run
+
+    from chargpt.train.checkpoint import restore_training_state, save_training_state
 
     sections = {"train": {"precision": "fp16", "iterations": 12, "log_interval": 4, "eval_interval": 4}}
 

@@ -3,7 +3,6 @@
 import time
 
 import pytest
-
 from conftest import TINY_RUN, make_dvc_project, run, tiny_text
 
 pytestmark = pytest.mark.slow
@@ -26,9 +25,12 @@ def test_two_queued_experiments_are_both_recorded_completely(tmp_path):
 
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")  # the store at the repo root, not the temp copies
-    runs = client.search_runs([client.get_experiment_by_name("chargpt").experiment_id],
-                              filter_string="attributes.run_name = 'tiny'")
+    client = MlflowClient(
+        tracking_uri=f"sqlite:///{root / 'mlflow.db'}"
+    )  # the store at the repo root, not the temp copies
+    runs = client.search_runs(
+        [client.get_experiment_by_name("chargpt").experiment_id], filter_string="attributes.run_name = 'tiny'"
+    )
     assert sorted(r.data.params["train.seed"] for r in runs) == ["1", "2"]
     for r in runs:
         assert r.info.status == "FINISHED" and "test_bpc" in r.data.metrics

@@ -43,7 +43,8 @@ def test_every_figure_in_the_readme_is_in_a_file_a_command_wrote():
 
 def test_the_readme_is_short_and_its_commands_are_the_ones_ci_runs():
     assert len(README.splitlines()) <= 200
-    setup = "python3.11 -m venv .venv && .venv/bin/pip install -e . && . .venv/bin/activate && dvc repro evaluate@quickstart"
+    setup = "python3.11 -m venv .venv && .venv/bin/pip install -e . && . .venv/bin/activate && dvc repro " \
+        "evaluate@quickstart"  # fmt: skip
     tests = "python3.11 -m venv .venv && .venv/bin/pip install -q -e '.[dev]' && .venv/bin/pytest"
     assert setup in README and tests in README
     assert (REPO / ".ci/run").read_text().strip().splitlines()[-1] == tests
@@ -54,8 +55,11 @@ def test_the_figure_check_catches_a_stale_figure():
     numbers = [2.12285, 0.322, 890865.4]
     assert matches("2.1228", numbers) and matches("32.2%", numbers) and matches("890,865", numbers)
     assert not matches("2.1222", numbers) and not matches("33.4%", numbers)
-    assert FIGURE.findall("test 2.1228 BPC, 890,865 tokens/s at 32.2% of the peak, torch 2.13.0") == \
-        ["2.1228", "890,865", "32.2%"]
+    assert FIGURE.findall("test 2.1228 BPC, 890,865 tokens/s at 32.2% of the peak, torch 2.13.0") == [
+        "2.1228",
+        "890,865",
+        "32.2%",
+    ]
 
 
 def test_every_test_the_fault_catalogue_names_exists():

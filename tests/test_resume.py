@@ -13,18 +13,27 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
-from chargpt.corpus import split_corpus
-from chargpt.io import write_json
 from conftest import REPO, TINY_RUN, tiny_text
 
+from chargpt.data.corpus import split_corpus
+from chargpt.io import write_json
+
 pytestmark = pytest.mark.slow
-RUN = {**TINY_RUN,
-       "model": {"n_layer": 2, "d_model": 64, "n_head": 2, "d_ff": 128, "context": 64, "dropout": 0.1},
-       "schedule": {"lr_min": 1.0e-4, "lr_max": 3.0e-3},
-       "train": {"iterations": 300, "batch_size": 8, "eval_interval": 100, "eval_batches": 2, "log_interval": 10,
-                 "checkpoint_every": 37, "threads": 1,
-                 "aux_losses": True}}  # step-dependent loss weights (layer 1 fades out by step 75) must resume too
+RUN = {
+    **TINY_RUN,
+    "model": {"n_layer": 2, "d_model": 64, "n_head": 2, "d_ff": 128, "context": 64, "dropout": 0.1},
+    "schedule": {"lr_min": 1.0e-4, "lr_max": 3.0e-3},
+    "train": {
+        "iterations": 300,
+        "batch_size": 8,
+        "eval_interval": 100,
+        "eval_batches": 2,
+        "log_interval": 10,
+        "checkpoint_every": 37,
+        "threads": 1,
+        "aux_losses": True,
+    },
+}  # step-dependent loss weights (layer 1 fades out by step 75) must resume too
 
 
 def make_project(root: Path, params: dict) -> dict:
@@ -35,14 +44,25 @@ def make_project(root: Path, params: dict) -> dict:
     write_json(root / "data/processed/meta.json", split_corpus(corpus, root / "data/processed", (0.9, 0.05, 0.05)))
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(REPO / "stages/lr_range.py"), "--run", "tiny"], cwd=root, env=env,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(REPO / "stages/lr_range.py"), "--run", "tiny"],
+        cwd=root,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     return env
 
 
 def train(root: Path, env: dict, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(REPO / "stages/train.py"), "--run", "tiny", *extra], cwd=root, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "stages/train.py"), "--run", "tiny", *extra],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def kill_after_a_checkpoint(proc: subprocess.Popen, state: Path, signum: int, rng: random.Random) -> None:
@@ -109,8 +129,9 @@ def test_killed_and_resumed_run_ends_bitwise_identical(tmp_path, params):
     assert metrics[0]["val_probe_bpc"] == metrics[1]["val_probe_bpc"] and metrics[1]["tokens"] == 300 * 8 * 64
     assert (plain / "reports/tiny/train_curve.tsv").read_text() == (broken / "reports/tiny/train_curve.tsv").read_text()
 
-    runs = client.search_runs([client.get_experiment_by_name("chargpt").experiment_id],
-                              filter_string="attributes.run_name = 'tiny'")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("chargpt").experiment_id], filter_string="attributes.run_name = 'tiny'"
+    )
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # one MLflow run across the three sessions
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")]
     assert steps == list(range(10, 301, 10))  # no gap, no duplicate

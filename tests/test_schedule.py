@@ -3,10 +3,10 @@ import copy as copy_module
 import pytest
 import torch
 
-from chargpt.config import OptimizerConfig, ScheduleConfig
-from chargpt.loop import scheduled_momentum
-from chargpt.optimizers import build_optimizer
-from chargpt.schedule import build_scheduler
+from chargpt.train.config import OptimizerConfig, ScheduleConfig
+from chargpt.train.loop import scheduled_momentum
+from chargpt.train.optimizers import build_optimizer
+from chargpt.train.schedule import build_scheduler
 
 # 100 steps, lr 1e-4 -> 0.1 -> 1e-4 -> 1e-5, momentum 0.9 -> 0.8 -> 0.9, linear ramps, pct_start 0.45:
 # phase 1 ends at step 44 (0.45 * 100 - 1), phase 2 at step 88, phase 3 at step 99.
@@ -28,8 +28,15 @@ def trace(optimizer_name: str, schedule: ScheduleConfig, total: int) -> list[tup
 
 @pytest.mark.parametrize("optimizer_name", ["sgd", "adamw"])
 def test_onecycle_table(optimizer_name):
-    cfg = ScheduleConfig(lr_min=1e-4, lr_max=0.1, momentum_max=0.9, momentum_min=0.8, pct_start=0.45,
-                         final_div_factor=10, anneal="linear")
+    cfg = ScheduleConfig(
+        lr_min=1e-4,
+        lr_max=0.1,
+        momentum_max=0.9,
+        momentum_min=0.8,
+        pct_start=0.45,
+        final_div_factor=10,
+        anneal="linear",
+    )
     seen = trace(optimizer_name, cfg, 100)
     for step, lr, momentum in EXPECTED:
         assert seen[step][0] == pytest.approx(lr, rel=1e-9, abs=1e-12), f"lr at step {step}"
@@ -56,13 +63,23 @@ def test_weight_decay_skips_biases_and_norms():
 
 # The cosine control, 50 steps: warmup 10 steps to 1e-3 (reached at step 9), cosine to the floor 1e-4 at step 49
 # (halfway, step 29: (1e-3 + 1e-4) / 2), beta1 held at 0.9.
-COSINE = [(0, 1e-4), (1, 2e-4), (8, 9e-4), (9, 1e-3), (19, 1e-4 + 9e-4 * (1 + 2 ** -0.5) / 2), (29, 5.5e-4),
-          (39, 1e-4 + 9e-4 * (1 - 2 ** -0.5) / 2), (49, 1e-4)]
+COSINE = [
+    (0, 1e-4),
+    (1, 2e-4),
+    (8, 9e-4),
+    (9, 1e-3),
+    (19, 1e-4 + 9e-4 * (1 + 2**-0.5) / 2),
+    (29, 5.5e-4),
+    (39, 1e-4 + 9e-4 * (1 - 2**-0.5) / 2),
+    (49, 1e-4),
+]
 
 
 def trace_scheduler(schedule: ScheduleConfig, total: int, optimizer_name: str = "adamw"):
     model = torch.nn.Linear(4, 4)
-    opt = build_optimizer(model, OptimizerConfig(name=optimizer_name), lr=schedule.lr_min, momentum=schedule.momentum_max)
+    opt = build_optimizer(
+        model, OptimizerConfig(name=optimizer_name), lr=schedule.lr_min, momentum=schedule.momentum_max
+    )
     sched = build_scheduler(opt, schedule, lr_max=schedule.lr_max, total_steps=total)
     seen = []
     for step in range(total):
@@ -87,7 +104,9 @@ def test_cosine_without_warmup_starts_at_the_peak():
 
 
 def test_two_phase_onecycle_anneals_to_lr_min_over_final_div_factor():
-    cfg = ScheduleConfig(lr_min=1e-4, lr_max=1e-2, three_phase=False, pct_start=0.3, final_div_factor=10, anneal="linear")
+    cfg = ScheduleConfig(
+        lr_min=1e-4, lr_max=1e-2, three_phase=False, pct_start=0.3, final_div_factor=10, anneal="linear"
+    )
     seen, _, _ = trace_scheduler(cfg, 100)
     assert seen[0][0] == pytest.approx(1e-4) and seen[29][0] == pytest.approx(1e-2)  # peak at 0.3 * 100 - 1
     assert seen[29][1] == pytest.approx(0.8)
@@ -122,8 +141,8 @@ def test_three_phase_needs_pct_start_below_half():
 
 
 def tiny_gpt(seed: int = 0):
-    from chargpt.config import ModelConfig
-    from chargpt.model import GPT
+    from chargpt.model.config import ModelConfig
+    from chargpt.model.gpt import GPT
 
     torch.manual_seed(seed)
     return GPT(ModelConfig(n_layer=2, d_model=32, n_head=2, d_ff=64, context=16, dropout=0.0))
@@ -136,9 +155,14 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
     expected = {id(m.weight) for b in model.blocks for m in (b.attn.qkv, b.attn.proj, b.ff.up, b.ff.down)}
     assert muon_params == expected
     decayed, plain = opt.adamw.param_groups
-    assert {id(p) for p in decayed["params"]} == {id(model.tok_emb.weight), id(model.head.weight),
-                                                  *(id(b.pos_emb.weight) for b in model.blocks)}
-    assert decayed["weight_decay"] == 1e-4 and plain["weight_decay"] == 0.0 and all(p.dim() == 1 for p in plain["params"])
+    assert {id(p) for p in decayed["params"]} == {
+        id(model.tok_emb.weight),
+        id(model.head.weight),
+        *(id(b.pos_emb.weight) for b in model.blocks),
+    }
+    assert (
+        decayed["weight_decay"] == 1e-4 and plain["weight_decay"] == 0.0 and all(p.dim() == 1 for p in plain["params"])
+    )
     assert opt.muon.param_groups[0]["weight_decay"] == 1e-4
     assert len(muon_params) + sum(len(g["params"]) for g in opt.adamw.param_groups) == len(list(model.parameters()))
 
@@ -146,8 +170,15 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
 def test_one_onecycle_drives_muon_and_adamw():
     """The 1cycle table reaches both halves: every group's LR, AdamW's beta1 and Muon's momentum."""
     model = tiny_gpt()
-    cfg = ScheduleConfig(lr_min=1e-4, lr_max=0.1, momentum_max=0.9, momentum_min=0.8, pct_start=0.45,
-                         final_div_factor=10, anneal="linear")
+    cfg = ScheduleConfig(
+        lr_min=1e-4,
+        lr_max=0.1,
+        momentum_max=0.9,
+        momentum_min=0.8,
+        pct_start=0.45,
+        final_div_factor=10,
+        anneal="linear",
+    )
     opt = build_optimizer(model, OptimizerConfig(name="muon"), lr=cfg.lr_min, momentum=cfg.momentum_max)
     sched = build_scheduler(opt, cfg, lr_max=cfg.lr_max, total_steps=100)
     expected = {step: (lr, m) for step, lr, m in EXPECTED}
@@ -194,13 +225,15 @@ def test_a_restored_muon_run_continues_bit_for_bit():
 def test_a_muon_optimizer_refuses_another_optimizers_state():
     adamw = build_optimizer(tiny_gpt(), OptimizerConfig(name="adamw"), lr=1e-3, momentum=0.9)
     muon = build_optimizer(tiny_gpt(), OptimizerConfig(name="muon"), lr=1e-3, momentum=0.9)
-    with pytest.raises(ValueError, match="not a MuonWithAdamW state .keys \\['param_groups', 'state'\\].*optimizer.name"):
+    with pytest.raises(
+        ValueError, match="not a MuonWithAdamW state .keys \\['param_groups', 'state'\\].*optimizer.name"
+    ):
         muon.load_state_dict(adamw.state_dict())
 
 
 def test_tied_embeddings_are_decayed_once_and_left_to_adamw_under_muon():
-    from chargpt.config import ModelConfig
-    from chargpt.model import GPT
+    from chargpt.model.config import ModelConfig
+    from chargpt.model.gpt import GPT
 
     model = GPT(ModelConfig(n_layer=2, d_model=32, n_head=2, d_ff=64, context=16, bias=False, tie_embeddings=True))
     sgd = build_optimizer(model, OptimizerConfig(name="sgd", weight_decay=1e-5), lr=0.1, momentum=0.9)
@@ -218,12 +251,17 @@ def test_tied_embeddings_are_decayed_once_and_left_to_adamw_under_muon():
 # The seed's 1cycle over 100 steps: torch's two-phase form with pct_start 0.5 and final_div_factor 1, i.e. LR
 # 1e-4 -> 0.1 linearly until step 49 (0.5 * 100 - 1), then back to 1e-4 at step 99; momentum 0.9 -> 0.8 -> 0.9;
 # no annihilation phase.
-SEED_TABLE = [(0, 1e-4, 0.9), (24, 1e-4 + (0.1 - 1e-4) * 24 / 49, 0.9 - 0.1 * 24 / 49), (49, 0.1, 0.8),
-              (74, 0.1 - (0.1 - 1e-4) * 25 / 50, 0.8 + 0.1 * 25 / 50), (99, 1e-4, 0.9)]
+SEED_TABLE = [
+    (0, 1e-4, 0.9),
+    (24, 1e-4 + (0.1 - 1e-4) * 24 / 49, 0.9 - 0.1 * 24 / 49),
+    (49, 0.1, 0.8),
+    (74, 0.1 - (0.1 - 1e-4) * 25 / 50, 0.8 + 0.1 * 25 / 50),
+    (99, 1e-4, 0.9),
+]
 
 
 def test_the_seeds_schedule_is_two_equal_linear_ramps_with_no_annihilation(params):
-    from chargpt.config import resolve_run
+    from chargpt.pipeline.config import resolve_run
 
     cfg = resolve_run(params, "final").schedule
     seen = trace("sgd", cfg, 100)

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from chargpt.loop import DivergedError, LoopConfig, LoopHooks, LoopState, TrainParts, TrainStep, train_loop
+from chargpt.errors import DivergedError
+from chargpt.train.loop import LoopConfig, LoopHooks, LoopState, TrainParts, TrainStep, train_loop
 
 
 class NanAt(torch.nn.Module):
@@ -23,13 +24,17 @@ def run(model, total=10, checkpoint_every=2, check_every_step=True, stop=lambda:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     saved, logged = [], []
-    cfg = LoopConfig(total, log_interval=5, eval_interval=5, checkpoint_every=checkpoint_every,
-                     check_every_step=check_every_step)
+    cfg = LoopConfig(
+        total, log_interval=5, eval_interval=5, checkpoint_every=checkpoint_every, check_every_step=check_every_step
+    )
     batch = lambda: (torch.zeros(1, 1), torch.zeros(1, 1))  # noqa: E731
     result = None
     parts = TrainParts(model, opt, sched, batch, TrainStep(model, model.parameters(), opt))
-    hooks = LoopHooks(on_metrics=lambda s, m: logged.append((s, m)), on_checkpoint=lambda st: saved.append(st.step),
-                      stop_requested=stop)
+    hooks = LoopHooks(
+        on_metrics=lambda s, m: logged.append((s, m)),
+        on_checkpoint=lambda st: saved.append(st.step),
+        stop_requested=stop,
+    )
     try:
         result = train_loop(parts, cfg, hooks)
     except DivergedError as e:
@@ -59,7 +64,7 @@ def test_a_clean_run_logs_every_interval_and_counts_tokens():
 
 
 def test_a_stop_request_checkpoints_then_raises():
-    from chargpt.loop import Interrupted
+    from chargpt.errors import Interrupted
 
     calls = iter(range(100))
     with pytest.raises(Interrupted, match="SIGTERM after step 3"):
@@ -67,13 +72,21 @@ def test_a_stop_request_checkpoints_then_raises():
 
 
 def test_iterations_to_target_reads_the_val_probe_curve():
-    from chargpt.training_run import iterations_to_targets
+    from chargpt.train.run import iterations_to_targets
 
-    curve = [{"step": 10, "train_loss": 3.0}, {"step": 20, "train_loss": 2.0, "val_probe_bpc": 3.1},
-             {"step": 30, "train_loss": 1.9}, {"step": 40, "train_loss": 1.8, "val_probe_bpc": 2.45},
-             {"step": 60, "train_loss": 1.7, "val_probe_bpc": 2.5}]
+    curve = [
+        {"step": 10, "train_loss": 3.0},
+        {"step": 20, "train_loss": 2.0, "val_probe_bpc": 3.1},
+        {"step": 30, "train_loss": 1.9},
+        {"step": 40, "train_loss": 1.8, "val_probe_bpc": 2.45},
+        {"step": 60, "train_loss": 1.7, "val_probe_bpc": 2.5},
+    ]
     assert iterations_to_targets(curve, [3.0, 2.5, 2.45, 2.0]) == {
-        "iters_to_bpc_3": 40, "iters_to_bpc_2.5": 40, "iters_to_bpc_2.45": 40, "iters_to_bpc_2": None}
+        "iters_to_bpc_3": 40,
+        "iters_to_bpc_2.5": 40,
+        "iters_to_bpc_2.45": 40,
+        "iters_to_bpc_2": None,
+    }
 
 
 def test_before_step_sees_every_step_index_also_after_a_resume():
@@ -88,10 +101,11 @@ def test_before_step_sees_every_step_index_also_after_a_resume():
 
 
 def tiny_training_run(tmp_path, autocast=None, **sections):
-    from chargpt.config import RunConfig
-    from chargpt.corpus import split_corpus
-    from chargpt.training_run import TrainingRun
     from conftest import tiny_text
+
+    from chargpt.data.corpus import split_corpus
+    from chargpt.pipeline.config import RunConfig
+    from chargpt.train.run import TrainingRun
 
     if not (tmp_path / "train.bin").exists():
         (tmp_path / "corpus").write_bytes(tiny_text(20_000))
@@ -140,14 +154,17 @@ def scripted_loop(losses, evaluate=dict, **cfg):
     model = Scripted(losses)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    parts = TrainParts(model, opt, sched, lambda: (torch.zeros(1, 1), torch.zeros(1, 1)),
-                       TrainStep(model, model.parameters(), opt))
+    parts = TrainParts(
+        model, opt, sched, lambda: (torch.zeros(1, 1), torch.zeros(1, 1)), TrainStep(model, model.parameters(), opt)
+    )
     return train_loop(parts, LoopConfig(len(losses), 5, 5, **cfg), LoopHooks(evaluate=evaluate))
 
 
 def test_a_finite_blow_up_of_the_train_loss_is_divergence():
     scripted_loop([5.5] * 5 + [5.0] * 5 + [6.0] * 5, max_loss_rise=1.0)  # within the margin: trains on
-    with pytest.raises(DivergedError, match=r"at step 15: train loss 7.5 is more than 1 above the first interval's 5.5"):
+    with pytest.raises(
+        DivergedError, match=r"at step 15: train loss 7.5 is more than 1 above the first interval's 5.5"
+    ):
         scripted_loop([5.5] * 5 + [5.0] * 5 + [7.5] * 5, max_loss_rise=1.0)
 
 
@@ -165,16 +182,26 @@ class Slow(Scripted):
 
 
 def test_a_run_estimated_over_its_time_limit_stops_after_its_first_steps():
-    from chargpt.loop import RunTooLong
+    from chargpt.errors import RunTooLong
 
     model = Slow([5.0] * 1000)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    parts = TrainParts(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
-                       lambda: (torch.zeros(1, 1), torch.zeros(1, 1)), TrainStep(model, model.parameters(), opt))
-    with pytest.raises(RunTooLong, match=r"estimated 0.0 hours .* x 996 steps left, timed after step 4\), over the "
-                                         r"limit of 0.000278 hours") as err:
+    parts = TrainParts(
+        model,
+        opt,
+        torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+        lambda: (torch.zeros(1, 1), torch.zeros(1, 1)),
+        TrainStep(model, model.parameters(), opt),
+    )
+    with pytest.raises(
+        RunTooLong,
+        match=r"estimated 0.0 hours .* x 996 steps left, timed after step 4\), over the "
+        r"limit of 0.000278 hours",
+    ) as err:
         train_loop(parts, LoopConfig(1000, 50, 50, max_seconds=1.0))
     assert 5 < err.value.estimate < 60  # ~0.01 s a step
     model = Slow([5.0] * 20)
-    train_loop(TrainParts(model, opt, parts.scheduler, parts.next_batch, TrainStep(model, model.parameters(), opt)),
-               LoopConfig(20, 10, 10, max_seconds=1.0))  # 20 steps fit: it trains
+    train_loop(
+        TrainParts(model, opt, parts.scheduler, parts.next_batch, TrainStep(model, model.parameters(), opt)),
+        LoopConfig(20, 10, 10, max_seconds=1.0),
+    )  # 20 steps fit: it trains

@@ -9,14 +9,16 @@ import sys
 import numpy as np
 import pytest
 import torch
-
-from chargpt.checkpoint import save_checkpoint
-from chargpt.compression import CompressionError, compress, decompress
-from chargpt.config import DynamicEvalConfig, ModelConfig
-from chargpt.evaluation import dynamic_score, split_score
-from chargpt.inference import file_sha256, load_trained, sample
-from chargpt.model import GPT, KVCache
 from conftest import SAMPLE, tiny_text
+
+from chargpt.errors import CompressionError
+from chargpt.evaluation.config import DynamicEvalConfig
+from chargpt.evaluation.scoring import dynamic_score, split_score
+from chargpt.model.config import ModelConfig
+from chargpt.model.gpt import GPT, KVCache
+from chargpt.train.checkpoint import save_checkpoint
+from chargpt.use.compression import compress, decompress
+from chargpt.use.inference import file_sha256, load_trained, sample
 
 CONFIG = ModelConfig(n_layer=2, d_model=32, n_head=2, d_ff=64, context=32, dropout=0.0)
 
@@ -46,7 +48,7 @@ def test_the_kv_cache_gives_the_full_windows_logits():
     x = torch.randint(0, 256, (3, 32))
     full, _ = model(x)
     cache = KVCache(CONFIG.n_layer)
-    pieces = [model.extend(x[:, :5], cache)] + [model.extend(x[:, t:t + 1], cache) for t in range(5, 20)]
+    pieces = [model.extend(x[:, :5], cache)] + [model.extend(x[:, t : t + 1], cache) for t in range(5, 20)]
     pieces.append(model.extend(x[:, 20:], cache))  # several positions at once on a non-empty cache
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="exceeds the model's context 32"):
@@ -77,14 +79,16 @@ def test_dynamic_evaluation_learns_from_what_it_has_scored_only(checkpoint):
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the trained model is untouched
     # The first window is scored before any update: the same as static scoring of it.
     first = text[:33]
-    assert dynamic_score(model, first, 32, DynamicEvalConfig()).bpc == pytest.approx(split_score(model, first, 32, 1).bpc)
+    assert dynamic_score(model, first, 32, DynamicEvalConfig()).bpc == pytest.approx(
+        split_score(model, first, 32, 1).bpc
+    )
 
 
 CASES = {
     "empty": b"",
     "one byte": b"x",
     "random bytes": np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes(),
-    "not on a window boundary": tiny_text(5000)[:32 * 40 + 7],
+    "not on a window boundary": tiny_text(5000)[: 32 * 40 + 7],
     "utf-16": "le modèle d'octets, un test en UTF-16 ".encode("utf-16") * 12,
     "shorter than a window": b"the byte model",
 }
@@ -104,8 +108,9 @@ def test_the_round_trip_is_byte_exact_and_the_size_is_the_bpc(checkpoint, name):
         assert stats.compressed_bytes - stats.header_bytes <= ideal * 1.001 + lanes + 4
 
 
-@pytest.mark.parametrize("settings", [DynamicEvalConfig(lr=3e-3, windows=2),
-                                      DynamicEvalConfig(lr=0.1, optimizer="sgd", stride=12)])
+@pytest.mark.parametrize(
+    "settings", [DynamicEvalConfig(lr=3e-3, windows=2), DynamicEvalConfig(lr=0.1, optimizer="sgd", stride=12)]
+)
 def test_dynamic_compression_adapts_as_dynamic_evaluation_does(checkpoint, settings):
     model, sha = load_trained(checkpoint), file_sha256(checkpoint)
     data = b"zq9 " * 300 + tiny_text(700)
@@ -123,10 +128,11 @@ def test_decoding_refuses_another_model_another_setup_and_damage(checkpoint, tmp
     blob, _ = compress(model, sha, tiny_text(2000))
     with pytest.raises(CompressionError, match="compressed with the model of sha256 .*decompress with the same model"):
         decompress(model, "0" * 64, blob)
-    import chargpt.compression as compression
+    import chargpt.use.compression as compression
 
-    monkeypatch.setattr(compression, "environment", lambda: {"torch": "0.0", "device": "cpu", "cpu_capability":
-                                                             "AVX2", "threads": 1})
+    monkeypatch.setattr(
+        compression, "environment", lambda: {"torch": "0.0", "device": "cpu", "cpu_capability": "AVX2", "threads": 1}
+    )
     with pytest.raises(CompressionError, match="made on another setup .torch: compressed with '.*', here '0.0'"):
         decompress(model, sha, blob)
     monkeypatch.undo()
@@ -141,14 +147,29 @@ def test_decoding_refuses_another_model_another_setup_and_damage(checkpoint, tmp
 def test_the_commands_run_from_a_checkpoint(checkpoint, tmp_path):
     chargpt = [sys.executable, "-m", "chargpt.cli"]
     (tmp_path / "in.txt").write_bytes(tiny_text(3000))
-    run = lambda *args: subprocess.run([*chargpt, *args, "--checkpoint", str(checkpoint)], cwd=tmp_path,  # noqa: E731
-                                       capture_output=True, timeout=300)
+
+    def run(*args):
+        return subprocess.run(
+            [*chargpt, *args, "--checkpoint", str(checkpoint)], cwd=tmp_path, capture_output=True, timeout=300
+        )
+
     out = run("sample", "--prompt", "the ", "--bytes", "50", "--seed", "2")
     assert out.returncode == 0 and len(out.stdout) == 50
     score = json.loads(run("score", "in.txt").stdout)
     assert score["bytes_scored"] == 2999 and 0 < score["bpc"] < 8 and score["stride"] == 32
-    assert score["accuracy"] == round(split_score(load_trained(checkpoint), torch.frombuffer(bytearray(
-        (tmp_path / "in.txt").read_bytes()), dtype=torch.uint8), 32, 64).accuracy, 5) and 0 < score["accuracy"] < 1
+    assert (
+        score["accuracy"]
+        == round(
+            split_score(
+                load_trained(checkpoint),
+                torch.frombuffer(bytearray((tmp_path / "in.txt").read_bytes()), dtype=torch.uint8),
+                32,
+                64,
+            ).accuracy,
+            5,
+        )
+        and 0 < score["accuracy"] < 1
+    )
     dynamic = json.loads(run("score", "in.txt", "--dynamic").stdout)
     assert "bpc_dynamic" in dynamic and "accuracy_dynamic" in dynamic and dynamic["dynamic"]["optimizer"] == "adam"
     packed = json.loads(run("compress", "in.txt", "in.cgz").stdout)
@@ -165,7 +186,7 @@ def test_the_round_trip_on_the_samples_test_split(checkpoint):
     import bz2
 
     text = bz2.open(SAMPLE).read()
-    test = text[len(text) - 304_488:]  # the last 5%: the sample's test split
+    test = text[len(text) - 304_488 :]  # the last 5%: the sample's test split
     model, sha = load_trained(checkpoint), file_sha256(checkpoint)
     blob, stats = compress(model, sha, test)
     assert decompress(model, sha, blob)[0] == test

@@ -28,8 +28,17 @@ class BatchSampler:
     accumulation steps trains on exactly the batches of one process, and a checkpoint taken between steps
     holds the position of every rank."""
 
-    def __init__(self, data: torch.Tensor, context: int, batch_size: int, seed: int, device: torch.device,
-                 rank: int = 0, world_size: int = 1, micro_batches: int = 1):
+    def __init__(
+        self,
+        data: torch.Tensor,
+        context: int,
+        batch_size: int,
+        seed: int,
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+        micro_batches: int = 1,
+    ):
         if len(data) < context + 1:
             raise DataError(f"a split of {len(data)} bytes is too short for windows of context {context} + 1")
         self.data, self.context, self.batch_size, self.device = data, context, batch_size, device
@@ -44,7 +53,7 @@ class BatchSampler:
             self._starts = torch.randint(len(self.data) - self.context, (self.batch_size, 1), generator=self.generator)
         piece = self._first_piece + self._next_piece
         self._next_piece = (self._next_piece + 1) % self._micro_batches
-        starts = self._starts[piece * self.micro_size:(piece + 1) * self.micro_size]
+        starts = self._starts[piece * self.micro_size : (piece + 1) * self.micro_size]
         chunk = self.data[starts + self._offsets].long()  # (B, T+1)
         if self.device.type == "cuda":
             chunk = chunk.pin_memory().to(self.device, non_blocking=True)

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from chargpt.config import ModelConfig
+from chargpt.model.config import ModelConfig
 
 
 class CausalSelfAttention(nn.Module):
@@ -36,8 +36,9 @@ class CausalSelfAttention(nn.Module):
         # (B, T, C) -> (B, nh, T, hs)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                               is_causal=True)
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+            )
         else:
             k, v = cache.append(layer, k, v)  # (B, nh, L, hs): the window's earlier positions, then these
             L = k.size(2)
@@ -93,7 +94,7 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         if self.pos_emb is not None:
             start = cache.length if cache is not None else 0
-            x = x + self.pos_emb.weight[start:start + x.size(1)]  # (B, T, C) + (T, C)
+            x = x + self.pos_emb.weight[start : start + x.size(1)]  # (B, T, C) + (T, C)
         x = x + self.attn(self.ln_attn(x), cache, layer)
         return x + self.ff(self.ln_ff(x))
 
@@ -153,8 +154,9 @@ class GPT(nn.Module):
     def num_position_params(self) -> int:
         return sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Embedding) and m is not self.tok_emb)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         T = idx.size(1)
         if T > self.cfg.context:
             raise ValueError(f"sequence length {T} exceeds the model's context {self.cfg.context}")
@@ -186,7 +188,7 @@ class GPT(nn.Module):
             raise ValueError(f"window of {start + t} positions exceeds the model's context {self.cfg.context}")
         x = self.tok_emb(idx)  # (B, t, C)
         if self.pos_emb is not None:
-            x = x + self.pos_emb.weight[start:start + t]
+            x = x + self.pos_emb.weight[start : start + t]
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i)

@@ -1,10 +1,10 @@
 """A lossless compressor whose size is the model's BPC: range coding (constriction) driven by the next-byte
 distribution of a trained model.
 
-The bytes are scored exactly as `evaluate` scores a split (chargpt.evaluation.window_plan; consecutive windows,
+The bytes are scored exactly as `evaluate` scores a split (chargpt.evaluation.scoring.window_plan; consecutive windows,
 or sliding ones with `stride`): the first byte is stored as it is, and every other byte is coded with the
-probability the model gives it from the bytes before it in its window. So the coded size is the file's BPC x its length / 8, plus the header and, for
-the parallel decoding below, one stored byte per lane.
+probability the model gives it from the bytes before it in its window. So the coded size is the file's BPC x its
+length / 8, plus the header and, for the parallel decoding below, one stored byte per lane.
 
 Decoding must see bit for bit the probabilities the encoder saw. Both compute them the same way: the windows are
 cut into `lanes` runs of consecutive windows that are coded side by side, a position at a time, each new byte
@@ -34,25 +34,25 @@ import constriction
 import numpy as np
 import torch
 
-from chargpt.config import DynamicEvalConfig
-from chargpt.errors import CheckpointError
-from chargpt.evaluation import DynamicEvaluation, scored_mask, window_plan
+from chargpt.errors import CompressionError
+from chargpt.evaluation.config import DynamicEvalConfig
+from chargpt.evaluation.scoring import DynamicEvaluation, scored_mask, window_plan
 from chargpt.io import atomic_open
-from chargpt.model import GPT, KVCache
+from chargpt.model.gpt import GPT, KVCache
 
 MAGIC = b"CHARGPT\x00"
 FORMAT = 1
 DEFAULT_LANES = 32
 
 
-class CompressionError(CheckpointError):
-    """A compressed file that cannot be decoded here: not ours, truncated, or made with another model or setup."""
-
-
 def environment() -> dict:
     """What must match between the compressing and the decompressing machine."""
-    return {"torch": torch.__version__, "device": "cpu", "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "threads": torch.get_num_threads()}
+    return {
+        "torch": torch.__version__,
+        "device": "cpu",
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+    }
 
 
 @dataclass
@@ -75,7 +75,7 @@ def _layout(n: int, context: int, lanes: int) -> tuple[list[tuple[int, int]], li
     full = [i for i, (_, k) in enumerate(plan) if k == T]
     rest = [i for i, (_, k) in enumerate(plan) if k != T]
     per_lane = math.ceil(len(full) / max(1, min(lanes, len(full)))) if full else 1
-    groups = [full[i:i + per_lane] for i in range(0, len(full), per_lane)]
+    groups = [full[i : i + per_lane] for i in range(0, len(full), per_lane)]
     return plan, groups, rest
 
 
@@ -83,8 +83,16 @@ def _probabilities(logits: torch.Tensor) -> np.ndarray:
     return torch.softmax(logits.double(), dim=-1).numpy()
 
 
-def _code(model: GPT, n: int, context: int, lanes: int, stride: int | None, dynamic: DynamicEvalConfig | None,
-          buf: bytearray, code: Callable[[np.ndarray, list[int]], None]) -> None:
+def _code(
+    model: GPT,
+    n: int,
+    context: int,
+    lanes: int,
+    stride: int | None,
+    dynamic: DynamicEvalConfig | None,
+    buf: bytearray,
+    code: Callable[[np.ndarray, list[int]], None],
+) -> None:
     """Walk the bytes in coding order, computing each one's distribution; `code(probabilities (m, 256), positions)`
     codes the bytes at those positions of `buf` (the encoder reads them, the decoder writes them)."""
     if dynamic or (stride or context) != context:
@@ -104,34 +112,42 @@ def _code(model: GPT, n: int, context: int, lanes: int, stride: int | None, dyna
         _code_window(model, plan[w], T, buf, code)
 
 
-def _code_window(model: GPT, window: tuple[int, int], T: int, buf: bytearray,
-                 code: Callable[[np.ndarray, list[int]], None]) -> None:
+def _code_window(
+    model: GPT, window: tuple[int, int], T: int, buf: bytearray, code: Callable[[np.ndarray, list[int]], None]
+) -> None:
     """One window (start, scored) alone: its unscored inputs in one pass, then a position at a time."""
     start, k = window
     cache = KVCache(model.cfg.n_layer)
     with torch.no_grad():
-        logits = model.extend(torch.tensor([list(buf[start:start + T - k + 1])]), cache)[:, -1]
+        logits = model.extend(torch.tensor([list(buf[start : start + T - k + 1])]), cache)[:, -1]
         code(_probabilities(logits), [start + T - k + 1])
         for q in range(T - k + 1, T):
             logits = model.extend(torch.tensor([[buf[start + q]]]), cache)[:, -1]
             code(_probabilities(logits), [start + q + 1])
 
 
-def _code_in_order(model: GPT, n: int, context: int, stride: int | None, dynamic: DynamicEvalConfig | None,
-                   buf: bytearray, code: Callable[[np.ndarray, list[int]], None]) -> None:
+def _code_in_order(
+    model: GPT,
+    n: int,
+    context: int,
+    stride: int | None,
+    dynamic: DynamicEvalConfig | None,
+    buf: bytearray,
+    code: Callable[[np.ndarray, list[int]], None],
+) -> None:
     """The windows one at a time, in order (sliding windows overlap, so no lane could start without the bytes
-    before it). With `dynamic`, dynamic evaluation's walk (chargpt.evaluation.dynamic_score): after each group of
-    `dynamic.windows` windows, the same update on the bytes just coded."""
+    before it). With `dynamic`, dynamic evaluation's walk (chargpt.evaluation.scoring.dynamic_score): after each
+    group of `dynamic.windows` windows, the same update on the bytes just coded."""
     plan = window_plan(n, context, stride or context)
     T = min(context, n - 1)
     learner = DynamicEvaluation(model, dynamic) if dynamic else None
     step = dynamic.windows if dynamic else len(plan)
     for i in range(0, len(plan), step):
-        group = plan[i:i + step]
+        group = plan[i : i + step]
         for window in group:
             _code_window(learner.model if learner else model, window, T, buf, code)
         if learner:
-            chunk = torch.tensor([list(buf[start:start + T + 1]) for start, _ in group])
+            chunk = torch.tensor([list(buf[start : start + T + 1]) for start, _ in group])
             learner.update(chunk, scored_mask(T, torch.tensor([k for _, k in group])))
 
 
@@ -149,21 +165,37 @@ def _stored_positions(n: int, context: int, lanes: int, in_order: bool) -> list[
     return [0] + [plan[g[0]][0] for g in groups[1:]]
 
 
-def compress(model: GPT, model_sha256: str, data: bytes, dynamic: DynamicEvalConfig | None = None,
-             lanes: int = DEFAULT_LANES, stride: int | None = None) -> tuple[bytes, Stats]:
+def compress(
+    model: GPT,
+    model_sha256: str,
+    data: bytes,
+    dynamic: DynamicEvalConfig | None = None,
+    lanes: int = DEFAULT_LANES,
+    stride: int | None = None,
+) -> tuple[bytes, Stats]:
     """stride: score sliding windows (each byte sees at least context - stride bytes; coded in order, one window at
     a time); with `dynamic`, its own stride applies."""
     start = time.perf_counter()
     n, context = len(data), model.cfg.context
     if stride is not None and not 0 < stride <= context:
         raise ValueError(f"stride {stride} must be between 1 and the model's context ({context})")
-    header = {"format": FORMAT, "length": n, "sha256": hashlib.sha256(data).hexdigest(), "model_sha256": model_sha256,
-              "protocol": {"context": context, "lanes": lanes, "stride": stride,
-                           "dynamic": dynamic.model_dump() if dynamic else None},
-              **environment()}
+    header = {
+        "format": FORMAT,
+        "length": n,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "model_sha256": model_sha256,
+        "protocol": {
+            "context": context,
+            "lanes": lanes,
+            "stride": stride,
+            "dynamic": dynamic.model_dump() if dynamic else None,
+        },
+        **environment(),
+    }
     encoder = constriction.stream.queue.RangeEncoder()
     family = constriction.stream.model.Categorical(perfect=False)
     if n >= 2:
+
         def code(probabilities: np.ndarray, positions: list[int]) -> None:
             encoder.encode(np.array([data[p] for p in positions], dtype=np.int32), family, probabilities)
 
@@ -180,7 +212,7 @@ def read_header(blob: bytes, source: str) -> tuple[dict, int]:
         raise CompressionError(f"{source}: not a chargpt-compressed file (it does not start with {MAGIC!r})")
     try:
         (size,) = struct.unpack_from("<I", blob, len(MAGIC))
-        header = json.loads(blob[len(MAGIC) + 4:len(MAGIC) + 4 + size])
+        header = json.loads(blob[len(MAGIC) + 4 : len(MAGIC) + 4 + size])
     except (struct.error, ValueError) as e:
         raise CompressionError(f"{source}: unreadable header (truncated?): {e}") from None
     if header.get("format") != FORMAT:
@@ -191,17 +223,22 @@ def read_header(blob: bytes, source: str) -> tuple[dict, int]:
 def check_setup(header: dict, model_sha256: str, model_file: str, source: str) -> None:
     """Refuse to decode with another model or on a setup that may round differently, naming what differs."""
     if header["model_sha256"] != model_sha256:
-        raise CompressionError(f"{source}: compressed with the model of sha256 {header['model_sha256'][:16]}..., and "
-                               f"{model_file} is {model_sha256[:16]}...; decompress with the same model file")
+        raise CompressionError(
+            f"{source}: compressed with the model of sha256 {header['model_sha256'][:16]}..., and "
+            f"{model_file} is {model_sha256[:16]}...; decompress with the same model file"
+        )
     here = environment() | {"threads": header["threads"]}  # the thread count is set from the header
     if diff := {k: (header[k], here[k]) for k in here if header.get(k) != here[k]}:
         listed = ", ".join(f"{k}: compressed with {a!r}, here {b!r}" for k, (a, b) in diff.items())
-        raise CompressionError(f"{source}: made on another setup ({listed}); the model's arithmetic could round "
-                               f"differently here and the output would be wrong. Decompress where it was compressed")
+        raise CompressionError(
+            f"{source}: made on another setup ({listed}); the model's arithmetic could round "
+            f"differently here and the output would be wrong. Decompress where it was compressed"
+        )
 
 
-def decompress(model: GPT, model_sha256: str, blob: bytes, source: str = "input", model_file: str = "model"
-               ) -> tuple[bytes, Stats]:
+def decompress(
+    model: GPT, model_sha256: str, blob: bytes, source: str = "input", model_file: str = "model"
+) -> tuple[bytes, Stats]:
     start = time.perf_counter()
     header, offset = read_header(blob, source)
     check_setup(header, model_sha256, model_file, source)
@@ -217,10 +254,11 @@ def decompress(model: GPT, model_sha256: str, blob: bytes, source: str = "input"
         stored = _stored_positions(n, context, lanes, _in_order(context, stride, dynamic))
         for i, p in enumerate(stored):
             buf[p] = blob[offset + i]
-        words = np.frombuffer(blob[offset + len(stored):], dtype="<u4")
+        words = np.frombuffer(blob[offset + len(stored) :], dtype="<u4")
         decoder = constriction.stream.queue.RangeDecoder(words.astype(np.uint32))
         family = constriction.stream.model.Categorical(perfect=False)
         if n >= 2:
+
             def code(probabilities: np.ndarray, positions: list[int]) -> None:
                 for p, byte in zip(positions, decoder.decode(family, probabilities)):
                     buf[p] = int(byte)
@@ -230,8 +268,10 @@ def decompress(model: GPT, model_sha256: str, blob: bytes, source: str = "input"
         torch.set_num_threads(previous_threads)
     data = bytes(buf)
     if hashlib.sha256(data).hexdigest() != header["sha256"]:
-        raise CompressionError(f"{source}: the decoded bytes do not match the sha256 the compressor recorded; the file "
-                               f"is damaged, or this setup computes the model's probabilities differently")
+        raise CompressionError(
+            f"{source}: the decoded bytes do not match the sha256 the compressor recorded; the file "
+            f"is damaged, or this setup computes the model's probabilities differently"
+        )
     return data, Stats(n, len(blob), offset, time.perf_counter() - start)
 
 

@@ -1,5 +1,5 @@
 """LR schedules: the 1cycle policy on torch's own OneCycleLR (three-phase), and the cosine control on torch's
-LinearLR + CosineAnnealingLR. The optimizers they drive are built in chargpt.optimizers.
+LinearLR + CosineAnnealingLR. The optimizers they drive are built in chargpt.train.optimizers.
 
 Phases over `total_steps` (torch's three_phase=True):
   1. LR lr_min -> lr_max, momentum momentum_max -> momentum_min   (pct_start of the steps)
@@ -13,19 +13,21 @@ from __future__ import annotations
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, OneCycleLR, SequentialLR
 
-from chargpt.config import ScheduleConfig
+from chargpt.train.config import ScheduleConfig
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, lr_max: float, total_steps: int
-                    ) -> LRScheduler:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, lr_max: float, total_steps: int
+) -> LRScheduler:
     """The run's schedule over `total_steps` optimizer steps (the caller steps it after every step but the last)."""
     if cfg.name == "onecycle":
         return build_onecycle(optimizer, cfg, lr_max, total_steps)
     return build_cosine(optimizer, cfg, lr_max, total_steps)
 
 
-def build_cosine(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, lr_max: float, total_steps: int
-                 ) -> SequentialLR:
+def build_cosine(
+    optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, lr_max: float, total_steps: int
+) -> SequentialLR:
     """Step s < warmup: lr_max * (s + 1) / warmup, reaching lr_max at s = warmup - 1; from there a cosine
     down to lr_min at the last step."""
     for group in optimizer.param_groups:
@@ -39,7 +41,9 @@ def build_cosine(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, lr_max: 
     return SequentialLR(optimizer, [warmup, decay], milestones=[peak])
 
 
-def build_onecycle(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, lr_max: float, total_steps: int) -> OneCycleLR:
+def build_onecycle(
+    optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, lr_max: float, total_steps: int
+) -> OneCycleLR:
     return OneCycleLR(
         optimizer,
         max_lr=lr_max,

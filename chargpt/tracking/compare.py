@@ -3,7 +3,8 @@
     chargpt compare [--format markdown|csv|json] [--output FILE] [--runs NAME ...] [--details] [--diff-from RUN]
 
 Columns: the recipe (optimizer, schedule, LR range, momentum range, weight decay), the iterations, val and test
-BPC and next-byte accuracy, the iterations to each BPC target any run logged (iters_to_bpc_<t>), and the training wall time.
+BPC and next-byte accuracy, the iterations to each BPC target any run logged (iters_to_bpc_<t>), and the training
+wall time.
 --details adds the hardware (the run's device tag) and the command that reproduces the row; --diff-from RUN
 adds each run's config as its difference from RUN's (the params that differ, as section.key=value).
 """
@@ -11,21 +12,17 @@ adds each run's config as its difference from RUN's (the params that differ, as 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import math
-import os
 import sys
-import time
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 
-from chargpt import tracking
-from chargpt.config import load_params, run_sources
 from chargpt.errors import ConfigError, TrackingError
 from chargpt.io import atomic_open
+from chargpt.pipeline.config import load_params, run_sources
+from chargpt.tracking import store
 
 COLUMNS = {  # output column -> MLflow field; None: derived from several fields
     "run": "tags.chargpt.run",
@@ -44,33 +41,42 @@ COLUMNS = {  # output column -> MLflow field; None: derived from several fields
 }
 TARGET_PREFIX = "metrics.iters_to_bpc_"
 # Params that describe the run's outcome or bookkeeping, not its recipe: left out of config diffs.
-NOT_RECIPE = ("params.resolved.", "params.model.n_params", "params.train.val_probe_bytes", "params.eval.resolved_stride")
+NOT_RECIPE = (
+    "params.resolved.",
+    "params.model.n_params",
+    "params.train.val_probe_bytes",
+    "params.eval.resolved_stride",
+)
 
 
 def find_project(start: Path | None = None) -> Path:
     """The chargpt project holding `start` (the current directory): the nearest folder with dvc.yaml and params.yaml."""
-    here = tracking.project_root(start)
+    here = store.project_root(start)
     for folder in (here, *here.parents):
         if (folder / "dvc.yaml").is_file() and (folder / "params.yaml").is_file():
             return folder
-    raise TrackingError(f"{here}: not inside a chargpt project (no dvc.yaml and params.yaml here or above); run it "
-                        f"in the project, or pass --repo")
+    raise TrackingError(
+        f"{here}: not inside a chargpt project (no dvc.yaml and params.yaml here or above); run it "
+        f"in the project, or pass --repo"
+    )
 
 
 def load_runs(root: Path) -> pd.DataFrame:
     """Every named run's MLflow runs in the project's experiment (nested LR range tests left out). Reads the store
     only: never creates one."""
-    uri = tracking.tracking_uri(root)
-    if (db := tracking.sqlite_path(uri)) and not Path(db).is_file():
-        raise TrackingError(f"{db}: no MLflow store: nothing has been recorded in {root} yet (`dvc repro "
-                            f"evaluate@quickstart` trains and records a run), or set MLFLOW_TRACKING_URI")
+    uri = store.tracking_uri(root)
+    if (db := store.sqlite_path(uri)) and not Path(db).is_file():
+        raise TrackingError(
+            f"{db}: no MLflow store: nothing has been recorded in {root} yet (`dvc repro "
+            f"evaluate@quickstart` trains and records a run), or set MLFLOW_TRACKING_URI"
+        )
     mlflow.set_tracking_uri(uri)
     try:
-        if mlflow.MlflowClient().get_experiment_by_name(tracking.EXPERIMENT) is None:
+        if mlflow.MlflowClient().get_experiment_by_name(store.EXPERIMENT) is None:
             return pd.DataFrame()
-        runs = mlflow.search_runs(experiment_names=[tracking.EXPERIMENT], output_format="pandas")
-    except tracking.STORE_ERRORS as e:
-        raise tracking.store_error(uri, e) from None
+        runs = mlflow.search_runs(experiment_names=[store.EXPERIMENT], output_format="pandas")
+    except store.STORE_ERRORS as e:
+        raise store.store_error(uri, e) from None
     if runs.empty:
         return runs
     if "tags.mlflow.parentRunId" in runs:
@@ -105,12 +111,16 @@ def comparison_table(runs: pd.DataFrame, names: list[str] | None = None) -> pd.D
     table["momentum"] = [f"{hi}" if s == "cosine" else f"{hi} -> {lo}" for hi, lo, s in zip(mom_max, mom_min, schedule)]
     table["weight_decay"] = pd.to_numeric(table["weight_decay"], errors="coerce")
     table["iterations"] = table["iterations"].astype("Int64")
-    targets = sorted((c for c in latest.columns if c.startswith(TARGET_PREFIX)),
-                     key=lambda c: -float(c.removeprefix(TARGET_PREFIX)))
+    targets = sorted(
+        (c for c in latest.columns if c.startswith(TARGET_PREFIX)), key=lambda c: -float(c.removeprefix(TARGET_PREFIX))
+    )
     for column in targets:
         table[column.removeprefix("metrics.")] = latest[column].astype("Int64")
-    dynamic = [c for c in ("val_bpc_dynamic", "test_bpc_dynamic", "val_accuracy_dynamic", "test_accuracy_dynamic")
-               if f"metrics.{c}" in latest]
+    dynamic = [
+        c
+        for c in ("val_bpc_dynamic", "test_bpc_dynamic", "val_accuracy_dynamic", "test_accuracy_dynamic")
+        if f"metrics.{c}" in latest
+    ]
     for column in dynamic:  # beside the static figures, never in their place
         table[column] = latest[f"metrics.{column}"]
     order = [*list(COLUMNS)[:-2], *dynamic, *(c.removeprefix("metrics.") for c in targets), "train_seconds", "status"]
@@ -119,7 +129,7 @@ def comparison_table(runs: pd.DataFrame, names: list[str] | None = None) -> pd.D
 
 def reproduce_command(row: pd.Series) -> str:
     """The `dvc exp run` that reproduces a run: its corpus when it is not the default enwik8, and its stage."""
-    from chargpt.config import ENWIK8_URL
+    from chargpt.data.config import ENWIK8_URL
 
     url = row.get("params.data.url")
     data = f"-S data.url={url} -S data.checksums=null " if isinstance(url, str) and url != ENWIK8_URL else ""
@@ -129,16 +139,22 @@ def reproduce_command(row: pd.Series) -> str:
 def config_diff(latest: pd.DataFrame, base_run: str) -> list[str]:
     """Per run, its recipe params that differ from `base_run`'s, as `section.key=value; ...`. A key the run
     did not record (logged by an older version, before the key existed) is left out: it says nothing."""
-    recipe = [c for c in latest.columns if c.startswith("params.") and not c.startswith(NOT_RECIPE)
-              and not c.startswith("params.data.")]
+    recipe = [
+        c
+        for c in latest.columns
+        if c.startswith("params.") and not c.startswith(NOT_RECIPE) and not c.startswith("params.data.")
+    ]
     base = latest[latest["tags.chargpt.run"] == base_run]
     if base.empty:
         raise SystemExit(f"--diff-from {base_run}: no such run among {sorted(latest['tags.chargpt.run'])}")
     base = base.iloc[0]
     diffs = []
     for _, row in latest.iterrows():
-        changed = sorted(f"{c.removeprefix('params.')}={row[c]}" for c in recipe
-                         if not pd.isna(row[c]) and str(row[c]) != str(base[c]))
+        changed = sorted(
+            f"{c.removeprefix('params.')}={row[c]}"
+            for c in recipe
+            if not pd.isna(row[c]) and str(row[c]) != str(base[c])
+        )
         diffs.append("; ".join(changed) if row["tags.chargpt.run"] != base_run else f"(the base: {base_run})")
     return diffs
 
@@ -154,70 +170,6 @@ def detailed_table(runs: pd.DataFrame, names: list[str] | None, diff_from: str |
     table["hardware"] = list(_field(latest, "tags.hardware").fillna(_field(latest, "tags.device")))
     table["command"] = [reproduce_command(row) for _, row in latest.iterrows()]
     return table
-
-
-VIEW_KEY = "compare"  # MLflow's shared view: the experiment tag mlflow.sharedViewState.<key>, opened by URL
-# The view's metric columns: few, so that the varied params fit on the first screen beside them.
-SUMMARY_METRICS = ["val_bpc", "test_bpc", "test_accuracy", "test_bpc_dynamic", "iterations"]
-CHART_METRICS = ["test_bpc", "val_bpc", "test_bpc_dynamic", "val_bpc_dynamic", "test_accuracy", "val_accuracy"]
-
-
-def varied_params(latest: pd.DataFrame) -> list[str]:
-    """The recipe params (section.key) whose value differs between the named runs' latest attempts."""
-    recipe = [c for c in latest.columns if c.startswith("params.") and not c.startswith(NOT_RECIPE)
-              and not c.startswith("params.data.")]
-    return sorted(c.removeprefix("params.") for c in recipe if latest[c].dropna().astype(str).nunique() > 1)
-
-
-def publish_view(root: Path) -> str | None:
-    """Store MLflow's saved view of this project's runs: the named runs by test BPC, with the BPC metrics, iterations
-    and every param that varies between runs as columns, and BPC charts first. MLflow's UI opens it from the URL
-    (view_path); the experiment's kind tag makes it the model-training UI rather than the GenAI one. Returns the
-    experiment's id (None while nothing is recorded)."""
-    runs = load_runs(root)
-    if runs.empty:
-        return None
-    latest = latest_attempts(runs)
-    metrics = [m for m in SUMMARY_METRICS if f"metrics.{m}" in latest]
-    columns = [f"metrics.`{m}`" for m in metrics] + [f"params.`{p}`" for p in varied_params(latest)]
-    bar = lambda metric, section: {"uuid": f"chargpt-{metric}", "type": "BAR", "metricKey": metric,  # noqa: E731
-                                   "metricSectionId": section, "runsCountToCompare": 20, "deleted": False,
-                                   "isGenerated": False}
-    line = lambda metric, section: {"uuid": f"chargpt-{metric}", "type": "LINE", "metricKey": metric,  # noqa: E731
-                                    "selectedMetricKeys": [metric], "xAxisKey": "step", "scaleType": "linear",
-                                    "lineSmoothness": 0, "metricSectionId": section, "runsCountToCompare": 20,
-                                    "deleted": False, "isGenerated": False}
-    charts = [bar(m, "chargpt-bpc") for m in CHART_METRICS if f"metrics.{m}" in latest]
-    charts += [line("val_probe_bpc", "chargpt-bpc"), line("val_probe_accuracy", "chargpt-bpc"),
-               line("train_loss", "chargpt-training")]
-    view = {"searchFilter": "tags.dvc_stage LIKE 'train@%'",  # the named runs, not their nested LR range tests
-            "orderByKey": "metrics.`test_bpc`", "orderByAsc": True, "startTime": "ALL", "lifecycleFilter": "Active",
-            "datasetsFilter": [], "modelVersionFilter": "All Runs", "selectedColumns": columns, "columnOrder": columns,
-            "runsHiddenMode": "SHOW_ALL", "hideEmptyCharts": True, "isAccordionReordered": True,
-            "compareRunSections": [{"uuid": "chargpt-bpc", "name": "Bits per byte", "display": True, "isReordered": True},
-                                   {"uuid": "chargpt-training", "name": "Training", "display": True,
-                                    "isReordered": True}],
-            "compareRunCharts": charts}
-    experiment_id = latest["experiment_id"].iloc[0]
-    now = int(time.time() * 1000)
-    # MLflow's saved-view envelope: the UI lists it under Views, and opens it from viewStateShareKey in the URL.
-    envelope = {"name": "BPC by named run", "createdAt": now, "updatedAt": now, "state": json.dumps(view)}
-    mlflow.MlflowClient().set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(envelope))
-    return experiment_id
-
-
-def refresh_view(log: logging.Logger) -> None:
-    """publish_view after a stage recorded a run; the view is a convenience, so a failure is a warning only."""
-    try:
-        publish_view(tracking.project_root())
-    except (TrackingError, *tracking.STORE_ERRORS) as e:
-        log.warning("could not update MLflow's comparison view: %s", e)
-
-
-def view_path(experiment_id: str, mode: str = "TABLE") -> str:
-    """The URL path (after host:port) of the published view: TABLE or CHART."""
-    return (f"/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}&workflowType=machine_learning"
-            f"&compareRunsMode={mode}")
 
 
 def render(table: pd.DataFrame, fmt: str) -> str:
@@ -239,8 +191,9 @@ def _cell(value) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="chargpt compare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="chargpt compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--format", choices=["markdown", "csv", "json"], default="markdown")
     parser.add_argument("--output", help="write to this file instead of standard output")
     parser.add_argument("--runs", nargs="+", metavar="NAME", help="only these named runs (default: all)")
@@ -258,41 +211,20 @@ def main(argv: list[str] | None = None) -> None:
     if args.runs:
         known = set(run_sources(load_params(root / "params.yaml"))) | set(_field(runs, "tags.chargpt.run").dropna())
         if unknown := [r for r in args.runs if r not in known]:
-            raise ConfigError(f"--runs: {unknown} not defined in {root / 'params.yaml'} nor recorded; defined: "
-                              f"{sorted(known)}")
-    table = detailed_table(runs, args.runs, args.diff_from) if args.details or args.diff_from \
+            raise ConfigError(
+                f"--runs: {unknown} not defined in {root / 'params.yaml'} nor recorded; defined: {sorted(known)}"
+            )
+    table = (
+        detailed_table(runs, args.runs, args.diff_from)
+        if args.details or args.diff_from
         else comparison_table(runs, args.runs)
+    )
     text = render(table, args.format)
     if args.output:
         with atomic_open(args.output, "w") as f:
             f.write(text)
     else:
         sys.stdout.write(text)
-
-
-
-def ui_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="chargpt ui", description="MLflow's UI over the project's store, opened on the "
-                                     "named runs by test BPC (table) and their BPC charts.")
-    parser.add_argument("--port", type=int, default=5000)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--repo", type=Path, help="the project (default: the one holding the current directory)")
-    return parser
-
-
-def ui_main(argv: list[str] | None = None) -> None:
-    """Publish the comparison view, print its URLs, then run `mlflow ui` on the project's store."""
-    args = ui_parser().parse_args(argv)
-    root = args.repo.resolve() if args.repo else find_project()
-    experiment_id = publish_view(root)
-    if experiment_id is None:
-        raise TrackingError(f"{root}: no named run recorded yet; `dvc repro evaluate@quickstart` trains and records one")
-    base = f"http://{args.host}:{args.port}"
-    print(f"runs by test BPC:  {base}{view_path(experiment_id)}\n"
-          f"their BPC charts:  {base}{view_path(experiment_id, 'CHART')}", flush=True)
-    uri = tracking.tracking_uri(root)
-    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
-                               "--port", str(args.port)])
 
 
 if __name__ == "__main__":

@@ -55,8 +55,9 @@ class Score:
         return cls(nats / (n_bytes * LN2), correct / n_bytes, n_bytes)
 
 
-def batch_totals(model: torch.nn.Module, chunk: torch.Tensor, scored: torch.Tensor,
-                 autocast_dtype: torch.dtype | None) -> torch.Tensor:
+def batch_totals(
+    model: torch.nn.Module, chunk: torch.Tensor, scored: torch.Tensor, autocast_dtype: torch.dtype | None
+) -> torch.Tensor:
     """(2,) float64: the summed nats, and the count of bytes the model's top-1 prediction gets right, over the scored
     positions of one batch of windows: chunk (B, T+1) holds the inputs and their next bytes, `scored` (B, T) marks
     the positions each window scores."""
@@ -72,8 +73,9 @@ def batch_totals(model: torch.nn.Module, chunk: torch.Tensor, scored: torch.Tens
 class GraphedBatchTotals:
     """batch_totals for full batches of one shape, captured in a CUDA graph once and replayed (no launch gaps)."""
 
-    def __init__(self, model: torch.nn.Module, shape: tuple[int, int], device: torch.device,
-                 autocast_dtype: torch.dtype | None):
+    def __init__(
+        self, model: torch.nn.Module, shape: tuple[int, int], device: torch.device, autocast_dtype: torch.dtype | None
+    ):
         self.chunk = torch.zeros(shape, dtype=torch.long, device=device)
         self.scored = torch.ones(shape[0], shape[1] - 1, dtype=torch.bool, device=device)
         stream = torch.cuda.Stream(device)
@@ -103,8 +105,8 @@ def window_batches(data: torch.Tensor, plan: list[tuple[int, int]], T: int, size
     their next bytes; scored (B, T))."""
     offsets = torch.arange(T + 1)
     for i in range(0, len(plan), size):
-        starts = torch.tensor([s for s, _ in plan[i:i + size]])
-        n_scored = torch.tensor([k for _, k in plan[i:i + size]])
+        starts = torch.tensor([s for s, _ in plan[i : i + size]])
+        n_scored = torch.tensor([k for _, k in plan[i : i + size]])
         yield data[starts[:, None] + offsets].long().to(device), scored_mask(T, n_scored).to(device)
 
 
@@ -131,8 +133,9 @@ def split_score(
         graphed = GraphedBatchTotals(model, (batch_size, T + 1), device, autocast_dtype)
     totals = torch.zeros(2, dtype=torch.float64, device=device)
     batches = window_batches(data, plan, T, batch_size, device)
-    for chunk, scored in tqdm(batches, desc="eval", disable=not progress, mininterval=1.0,
-                              total=math.ceil(len(plan) / batch_size)):
+    for chunk, scored in tqdm(
+        batches, desc="eval", disable=not progress, mininterval=1.0, total=math.ceil(len(plan) / batch_size)
+    ):
         full = len(chunk) == batch_size
         totals += graphed(chunk, scored) if graphed and full else batch_totals(model, chunk, scored, autocast_dtype)
     model.train(was_training)
@@ -142,15 +145,18 @@ def split_score(
 class DynamicEvaluation:
     """Krause et al.'s dynamic evaluation: a copy of the model that takes an optimizer step on each group of windows
     after they are scored. `update` is the one place the weights change, so that a compressor and its decompressor
-    (chargpt.compression), which score the bytes their own way, adapt exactly as the scorer does."""
+    (chargpt.use.compression), which score the bytes their own way, adapt exactly as the scorer does."""
 
     def __init__(self, model: torch.nn.Module, settings):
         self.model = copy.deepcopy(model).eval()  # eval: no dropout; the trained model stays as it is
         params = list(self.model.parameters())
         self.initial = [p.detach().clone() for p in params] if settings.decay else None
         self.settings = settings
-        self.optimizer = (torch.optim.Adam(params, lr=settings.lr) if settings.optimizer == "adam"
-                          else torch.optim.SGD(params, lr=settings.lr))
+        self.optimizer = (
+            torch.optim.Adam(params, lr=settings.lr)
+            if settings.optimizer == "adam"
+            else torch.optim.SGD(params, lr=settings.lr)
+        )
 
     def update(self, chunk: torch.Tensor, scored: torch.Tensor | None = None) -> None:
         """One step on windows chunk (B, T+1) (inputs and their next bytes): on the positions `scored` (B, T) marks,
@@ -169,8 +175,14 @@ class DynamicEvaluation:
                     p.lerp_(p0, self.settings.decay)
 
 
-def dynamic_score(model: torch.nn.Module, data: torch.Tensor, context: int, settings,
-                  device: torch.device = torch.device("cpu"), progress: bool = False) -> Score:
+def dynamic_score(
+    model: torch.nn.Module,
+    data: torch.Tensor,
+    context: int,
+    settings,
+    device: torch.device = torch.device("cpu"),
+    progress: bool = False,
+) -> Score:
     """The score of `data` with dynamic evaluation: the windows of the static protocol (stride:
     settings.stride) in order, `settings.windows` at a time, each group scored before the model learns from the
     bytes it scored."""
@@ -179,8 +191,13 @@ def dynamic_score(model: torch.nn.Module, data: torch.Tensor, context: int, sett
     dynamic = DynamicEvaluation(model, settings)
     totals = torch.zeros(2, dtype=torch.float64, device=device)
     groups = window_batches(data, plan, T, settings.windows, device)
-    for chunk, scored in tqdm(groups, desc="dynamic eval", disable=not progress, mininterval=1.0,
-                              total=math.ceil(len(plan) / settings.windows)):
+    for chunk, scored in tqdm(
+        groups,
+        desc="dynamic eval",
+        disable=not progress,
+        mininterval=1.0,
+        total=math.ceil(len(plan) / settings.windows),
+    ):
         with torch.no_grad():
             totals += batch_totals(dynamic.model, chunk, scored, None)
         dynamic.update(chunk, scored)

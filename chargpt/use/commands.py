@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 
-from chargpt.compression import compress, decompress, write
-from chargpt.config import DynamicEvalConfig, load_run_config
 from chargpt.errors import ConfigError
-from chargpt.evaluation import dynamic_score, split_score
-from chargpt.inference import checkpoint_path, file_sha256, load_trained, sample
+from chargpt.evaluation.config import DynamicEvalConfig
+from chargpt.evaluation.scoring import dynamic_score, split_score
+from chargpt.pipeline.config import load_run_config
+from chargpt.use.compression import compress, decompress, write
+from chargpt.use.inference import checkpoint_path, file_sha256, load_trained, sample
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,8 +71,9 @@ def sample_main(argv: list[str] | None = None) -> None:
     model = load_trained(checkpoint_path(args.run, args.checkpoint))
     prompt = _read(args.prompt_file) if args.prompt_file else args.prompt.encode()
     if args.bytes < 0 or (args.top_k is not None and args.top_k < 1) or args.temperature <= 0:
-        raise ConfigError(f"--bytes must be >= 0, --top-k >= 1, --temperature > 0; got {args.bytes}, {args.top_k}, "
-                          f"{args.temperature}")
+        raise ConfigError(
+            f"--bytes must be >= 0, --top-k >= 1, --temperature > 0; got {args.bytes}, {args.top_k}, {args.temperature}"
+        )
     text = sample(model, prompt, args.bytes, args.temperature, args.top_k, args.seed)
     if args.output:
         write(args.output, text)
@@ -95,7 +97,9 @@ def score_main(argv: list[str] | None = None) -> None:
     model = load_trained(checkpoint_path(args.run, args.checkpoint))
     data = torch.frombuffer(bytearray(_read(args.file)), dtype=torch.uint8)
     if len(data) < 2:
-        raise ConfigError(f"{args.file}: {len(data)} byte(s): nothing to score (each byte is predicted from earlier ones)")
+        raise ConfigError(
+            f"{args.file}: {len(data)} byte(s): nothing to score (each byte is predicted from earlier ones)"
+        )
     context = model.cfg.context
     if args.stride is not None and not 0 < args.stride <= context:
         raise ConfigError(f"--stride: {args.stride} must be between 1 and the model's context ({context})")
@@ -110,12 +114,21 @@ def score_main(argv: list[str] | None = None) -> None:
         score = split_score(model, data, context, args.batch_size, args.stride, progress=True)
     seconds = time.perf_counter() - start
     suffix = "_dynamic" if args.dynamic else ""
-    print(json.dumps({"file": args.file, f"bpc{suffix}": round(score.bpc, 5),
-                      f"accuracy{suffix}": round(score.accuracy, 5), "bytes_scored": score.bytes_scored,
-                      "context": context,
-                      "stride": (settings.stride if settings else args.stride) or context,
-                      **({"dynamic": settings.model_dump()} if settings else {}), "seconds": round(seconds, 2),
-                      "bytes_per_second": round(score.bytes_scored / seconds, 1)}))
+    print(
+        json.dumps(
+            {
+                "file": args.file,
+                f"bpc{suffix}": round(score.bpc, 5),
+                f"accuracy{suffix}": round(score.accuracy, 5),
+                "bytes_scored": score.bytes_scored,
+                "context": context,
+                "stride": (settings.stride if settings else args.stride) or context,
+                **({"dynamic": settings.model_dump()} if settings else {}),
+                "seconds": round(seconds, 2),
+                "bytes_per_second": round(score.bytes_scored / seconds, 1),
+            }
+        )
+    )
 
 
 def compress_parser() -> argparse.ArgumentParser:
@@ -132,12 +145,26 @@ def compress_main(argv: list[str] | None = None) -> None:
     args = compress_parser().parse_args(argv)
     path = checkpoint_path(args.run, args.checkpoint)
     data = _read(args.input)
-    blob, stats = compress(load_trained(path), file_sha256(path), data,
-                           _dynamic_settings(args) if args.dynamic else None, stride=args.stride)
+    blob, stats = compress(
+        load_trained(path),
+        file_sha256(path),
+        data,
+        _dynamic_settings(args) if args.dynamic else None,
+        stride=args.stride,
+    )
     write(args.output, blob)
-    print(json.dumps({"input_bytes": stats.n_bytes, "output_bytes": stats.compressed_bytes,
-                      "header_bytes": stats.header_bytes, "bits_per_byte": round(stats.bits_per_byte, 5),
-                      "seconds": round(stats.seconds, 2), "bytes_per_second": round(stats.n_bytes / stats.seconds, 1)}))
+    print(
+        json.dumps(
+            {
+                "input_bytes": stats.n_bytes,
+                "output_bytes": stats.compressed_bytes,
+                "header_bytes": stats.header_bytes,
+                "bits_per_byte": round(stats.bits_per_byte, 5),
+                "seconds": round(stats.seconds, 2),
+                "bytes_per_second": round(stats.n_bytes / stats.seconds, 1),
+            }
+        )
+    )
 
 
 def decompress_parser() -> argparse.ArgumentParser:
@@ -153,5 +180,12 @@ def decompress_main(argv: list[str] | None = None) -> None:
     path = checkpoint_path(args.run, args.checkpoint)
     data, stats = decompress(load_trained(path), file_sha256(path), _read(args.input), args.input, str(path))
     write(args.output, data)
-    print(json.dumps({"output_bytes": stats.n_bytes, "seconds": round(stats.seconds, 2),
-                      "bytes_per_second": round(stats.n_bytes / max(stats.seconds, 1e-9), 1)}))
+    print(
+        json.dumps(
+            {
+                "output_bytes": stats.n_bytes,
+                "seconds": round(stats.seconds, 2),
+                "bytes_per_second": round(stats.n_bytes / max(stats.seconds, 1e-9), 1),
+            }
+        )
+    )

@@ -16,14 +16,17 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm
 
-from chargpt.config import LRRangeTestConfig, RunConfig
 from chargpt.device import autocast
-from chargpt.errors import RangeTestError
-from chargpt.loop import RunTooLong
+from chargpt.errors import RangeTestError, RunTooLong
+from chargpt.train.config import LRRangeTestConfig
+
+if TYPE_CHECKING:  # annotations only: train sits below pipeline in the import layers (pyproject.toml)
+    from chargpt.pipeline.config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -49,21 +52,24 @@ def lr_at(cfg: LRRangeTestConfig, i: int) -> float:
     return cfg.lr_start * (cfg.lr_end / cfg.lr_start) ** fraction
 
 
-def accuracy_bounds(lrs: list[float], accuracies: list[float], rise_fraction: float, flat_fraction: float
-                    ) -> tuple[float, float]:
+def accuracy_bounds(
+    lrs: list[float], accuracies: list[float], rise_fraction: float, flat_fraction: float
+) -> tuple[float, float]:
     """(lr_min, lr_max) from an accuracy-against-LR curve: the first LRs at which the accuracy has gained
     rise_fraction and flat_fraction of its rise from the first point to the peak (points past the peak, where a
     too-high LR pulls it down, are not looked at)."""
     peak = max(range(len(accuracies)), key=accuracies.__getitem__)
     rise = accuracies[peak] - accuracies[0]
     if peak == 0 or rise <= 0:
-        raise RangeTestError(f"the val accuracy never rose above its first point ({accuracies[0]:.4f} at lr "
-                             f"{lrs[0]:.3g}) over {len(accuracies)} points up to lr {lrs[-1]:.3g}; no LR range can be "
-                             f"suggested (raise lr_range_test.lr_end or iterations)")
+        raise RangeTestError(
+            f"the val accuracy never rose above its first point ({accuracies[0]:.4f} at lr "
+            f"{lrs[0]:.3g}) over {len(accuracies)} points up to lr {lrs[-1]:.3g}; no LR range can be "
+            f"suggested (raise lr_range_test.lr_end or iterations)"
+        )
 
     def first_reaching(fraction: float) -> float:
         level = accuracies[0] + fraction * rise
-        return next(lr for lr, a in zip(lrs[:peak + 1], accuracies[:peak + 1]) if a >= level)
+        return next(lr for lr, a in zip(lrs[: peak + 1], accuracies[: peak + 1]) if a >= level)
 
     return first_reaching(rise_fraction), first_reaching(flat_fraction)
 
@@ -120,36 +126,52 @@ def range_test(
                 break
     usable = range(cfg.skip_start, len(smoothed))
     if not usable:
-        raise RangeTestError(f"the LR range test diverged within its first {cfg.skip_start} steps (lr_range_test."
-                             f"lr_start {cfg.lr_start} too high?); no LR can be suggested")
+        raise RangeTestError(
+            f"the LR range test diverged within its first {cfg.skip_start} steps (lr_range_test."
+            f"lr_start {cfg.lr_start} too high?); no LR can be suggested"
+        )
     i_min = min(usable, key=smoothed.__getitem__)
     result = RangeTestResult(
-        lrs=lrs, losses=losses, smoothed=smoothed,
-        suggested_lr=lrs[i_min] / cfg.min_loss_divisor, lr_at_min_loss=lrs[i_min], stopped_early=stopped_early,
+        lrs=lrs,
+        losses=losses,
+        smoothed=smoothed,
+        suggested_lr=lrs[i_min] / cfg.min_loss_divisor,
+        lr_at_min_loss=lrs[i_min],
+        stopped_early=stopped_early,
         rule=f"lr at the minimum of the smoothed loss / {cfg.min_loss_divisor:g}",
     )
     if cfg.method == "linear_accuracy":
         if len(accuracies) < 2:
-            raise RangeTestError(f"the LR range test stopped after {len(lrs)} steps, with {len(accuracies)} accuracy "
-                                 f"point(s) (one every lr_range_test.eval_interval: {cfg.eval_interval}); lower "
-                                 f"eval_interval or lr_end")
+            raise RangeTestError(
+                f"the LR range test stopped after {len(lrs)} steps, with {len(accuracies)} accuracy "
+                f"point(s) (one every lr_range_test.eval_interval: {cfg.eval_interval}); lower "
+                f"eval_interval or lr_end"
+            )
         result.accuracy_steps, result.accuracies = accuracy_steps, accuracies
         result.suggested_lr_min, result.suggested_lr = accuracy_bounds(
-            [lrs[s] for s in accuracy_steps], accuracies, cfg.rise_fraction, cfg.flat_fraction)
-        result.rule = (f"val accuracy against a linear LR: lr_min where it first gains {cfg.rise_fraction:g} of its "
-                       f"rise to the peak, lr_max where it first gains {cfg.flat_fraction:g} of it")
+            [lrs[s] for s in accuracy_steps], accuracies, cfg.rise_fraction, cfg.flat_fraction
+        )
+        result.rule = (
+            f"val accuracy against a linear LR: lr_min where it first gains {cfg.rise_fraction:g} of its "
+            f"rise to the peak, lr_max where it first gains {cfg.flat_fraction:g} of it"
+        )
     return result
 
 
-def run_range_test(cfg: RunConfig, device: torch.device, train_split: torch.Tensor,
-                   autocast_dtype: torch.dtype | None, max_seconds: float | None = None,
-                   val_split: torch.Tensor | None = None) -> RangeTestResult:
+def run_range_test(
+    cfg: RunConfig,
+    device: torch.device,
+    train_split: torch.Tensor,
+    autocast_dtype: torch.dtype | None,
+    max_seconds: float | None = None,
+    val_split: torch.Tensor | None = None,
+) -> RangeTestResult:
     """The LR range test of a run: its own model, optimizer and batches, from its seed. linear_accuracy measures
     the accuracy on the first lr_range_test.eval_batches x train.batch_size windows of val_split."""
-    from chargpt.batches import BatchSampler
-    from chargpt.evaluation import split_score
-    from chargpt.model import GPT
-    from chargpt.optimizers import build_optimizer
+    from chargpt.data.batches import BatchSampler
+    from chargpt.evaluation.scoring import split_score
+    from chargpt.model.gpt import GPT
+    from chargpt.train.optimizers import build_optimizer
 
     torch.manual_seed(cfg.train.seed)
     model = GPT(cfg.model).to(device)
@@ -164,7 +186,8 @@ def run_range_test(cfg: RunConfig, device: torch.device, train_split: torch.Tens
         held_out = val_split[: cfg.lr_range_test.eval_batches * cfg.train.batch_size * cfg.model.context + 1]
 
         def accuracy() -> float:
-            return split_score(model, held_out, cfg.model.context, cfg.train.batch_size, device=device,
-                               autocast_dtype=autocast_dtype).accuracy
+            return split_score(
+                model, held_out, cfg.model.context, cfg.train.batch_size, device=device, autocast_dtype=autocast_dtype
+            ).accuracy
 
     return range_test(model, optimizer, sampler.next, cfg.lr_range_test, autocast_dtype, max_seconds, accuracy)

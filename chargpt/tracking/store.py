@@ -29,8 +29,10 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT = "chargpt"
 # MLflow 3's UI opens an experiment of this kind on its runs (the model-training view), not on GenAI traces.
-EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development",
-                   "mlflow.note.content": "One MLflow run per named run of params.yaml: compare val_bpc / test_bpc."}
+EXPERIMENT_TAGS = {
+    "mlflow.experimentKind": "custom_model_development",
+    "mlflow.note.content": "One MLflow run per named run of params.yaml: compare val_bpc / test_bpc.",
+}
 
 
 def project_root(cwd: Path | None = None) -> Path:
@@ -38,7 +40,7 @@ def project_root(cwd: Path | None = None) -> Path:
     cwd = (cwd or Path.cwd()).resolve()
     parts = cwd.parts
     for i in range(len(parts) - 2):
-        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
             return Path(*parts[:i])
     return cwd
 
@@ -55,8 +57,10 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
             pass
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-        raise TrackingError(f"MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)}); "
-                            f"start it, or unset MLFLOW_TRACKING_URI to log to the local SQLite store") from None
+        raise TrackingError(
+            f"MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)}); "
+            f"start it, or unset MLFLOW_TRACKING_URI to log to the local SQLite store"
+        ) from None
 
 
 def local_uri(root: Path | None = None) -> str:
@@ -73,16 +77,31 @@ def store_error(uri: str, error: Exception) -> TrackingError:
     """One line for a store that fails: which file or server, and what to do."""
     reason = " ".join(str(getattr(error, "orig", None) or error).split())[:200]
     if db := sqlite_path(uri):
-        return TrackingError(f"{db}: not a readable MLflow store ({reason}); move it aside to start a new one "
-                             f"(mv {db} {db}.broken), or set MLFLOW_TRACKING_URI to another store")
+        return TrackingError(
+            f"{db}: not a readable MLflow store ({reason}); move it aside to start a new one "
+            f"(mv {db} {db}.broken), or set MLFLOW_TRACKING_URI to another store"
+        )
     return TrackingError(f"MLflow store {uri} failed ({reason})")
 
 
 STORE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, mlflow.exceptions.MlflowException)
 
 
-def setup(on_unreachable: str = "fail") -> str:
-    """Point MLflow at the store and select the project's experiment; returns its id."""
+TRACKING = "CHARGPT_TRACKING"
+
+
+def enabled() -> bool:
+    """CHARGPT_TRACKING: mlflow (the default) records every run; off records nothing, and changes no output."""
+    value = os.environ.get(TRACKING, "mlflow")
+    if value not in ("mlflow", "off"):
+        raise TrackingError(f"{TRACKING}={value!r}: expected mlflow (the default) or off")
+    return value == "mlflow"
+
+
+def setup(on_unreachable: str = "fail") -> str | None:
+    """Point MLflow at the store and select the project's experiment; returns its id (None where tracking is off)."""
+    if not enabled():
+        return None
     user_uri = os.environ.get("MLFLOW_TRACKING_URI")  # read first: set_tracking_uri() exports it
     uri = tracking_uri()
     try:
@@ -147,15 +166,25 @@ def hardware(device: torch.device) -> str:
 
 
 def run_tags(run_name: str, stage: str, device: torch.device, data_meta: dict | None = None) -> dict[str, str]:
-    fallback = {"tracking_fallback_from": os.environ["CHARGPT_TRACKING_FALLBACK_FROM"]} \
-        if "CHARGPT_TRACKING_FALLBACK_FROM" in os.environ else {}
-    return {"chargpt.run": run_name, "dvc_stage": stage, "device": device_name(device), "hardware": hardware(device),
-            "torch_version": torch.__version__,
-            **git_tags(), **data_tags(data_meta), **fallback}
+    fallback = (
+        {"tracking_fallback_from": os.environ["CHARGPT_TRACKING_FALLBACK_FROM"]}
+        if "CHARGPT_TRACKING_FALLBACK_FROM" in os.environ
+        else {}
+    )
+    return {
+        "chargpt.run": run_name,
+        "dvc_stage": stage,
+        "device": device_name(device),
+        "hardware": hardware(device),
+        "torch_version": torch.__version__,
+        **git_tags(),
+        **data_tags(data_meta),
+        **fallback,
+    }
 
 
 def run_exists(run_id: str | None) -> bool:
-    if not run_id:
+    if not run_id or not enabled():
         return False
     try:
         mlflow.get_run(run_id)
@@ -164,33 +193,99 @@ def run_exists(run_id: str | None) -> bool:
         return False
 
 
-def log_range_test(csv_path: Path, json_path: Path, png_path: Path, run_name: str) -> None:
-    """The LR range test as a nested run of the active run: its curve as step metrics, its plot and files."""
-    curve, summary = pd.read_csv(csv_path), read_json(json_path)
-    # The suggestion on the training run itself, beside the schedule's bounds it used (resolved.*: not recipe).
-    mlflow.log_params({param: summary[key] for key, param in (("suggested_lr_min", "resolved.range_test_lr_min"),
-                                                              ("suggested_lr", "resolved.range_test_lr_max"))
-                       if key in summary})
-    with mlflow.start_run(run_name=f"{run_name}/lr_range_test", nested=True, tags={"chargpt.run": run_name}):
-        mlflow.log_params(summary)
-        client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
-        columns = [c for c in ("lr", "loss", "smoothed_loss", "val_accuracy") if c in curve]
-        metrics = [mlflow.entities.Metric(key, float(row[key]), 0, int(row["step"]))
-                   for row in curve.to_dict("records") for key in columns if not pd.isna(row[key])]
-        for i in range(0, len(metrics), 1000):  # the REST API takes at most 1000 metrics a batch
-            client.log_batch(run_id, metrics=metrics[i:i + 1000])
-        for path in (csv_path, json_path, png_path):
-            mlflow.log_artifact(str(path), artifact_path="lr_range_test")
-
-
 STEP_METRICS = ("val_probe_bpc", "val_probe_accuracy")  # logged at every eval interval already
 
 
-def log_training_outputs(metrics: dict, reports: Path, step: int) -> None:
-    """A finished training run's final metrics (targets never reached left out) and its curve and plots."""
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k not in STEP_METRICS and v is not None}, step=step)
-    for name in ("train_curve.tsv", "train_curve.png", "lr_range_test.png"):
-        mlflow.log_artifact(str(reports / name), artifact_path="plots" if name.endswith(".png") else None)
+class RecordedRun:
+    """One MLflow run of a stage: what the stage records goes through here (a NullRun records nothing)."""
+
+    def __init__(self, run: mlflow.ActiveRun):
+        self.run = run
+        self.run_id: str | None = run.info.run_id
+
+    def __enter__(self) -> RecordedRun:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.run.__exit__(*exc)
+
+    def log_params(self, params: dict) -> None:
+        mlflow.log_params(params)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        mlflow.log_metrics(metrics, step=step)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def end(self, status: str, tags: dict | None = None) -> None:
+        """End the run as KILLED or FAILED, with tags saying why."""
+        if tags:
+            mlflow.set_tags(tags)
+        mlflow.end_run(status)
+
+    def step_logger(self, resumed: bool) -> StepLogger:
+        return StepLogger(self.run_id, resumed)
+
+    def log_range_test(self, csv_path: Path, json_path: Path, png_path: Path, run_name: str) -> None:
+        """The LR range test as a nested run of this run: its curve as step metrics, its plot and files."""
+        curve, summary = pd.read_csv(csv_path), read_json(json_path)
+        # The suggestion on the training run itself, beside the schedule's bounds it used (resolved.*: not recipe).
+        suggested = (("suggested_lr_min", "resolved.range_test_lr_min"), ("suggested_lr", "resolved.range_test_lr_max"))
+        mlflow.log_params({param: summary[key] for key, param in suggested if key in summary})
+        with mlflow.start_run(run_name=f"{run_name}/lr_range_test", nested=True, tags={"chargpt.run": run_name}):
+            mlflow.log_params(summary)
+            client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
+            columns = [c for c in ("lr", "loss", "smoothed_loss", "val_accuracy") if c in curve]
+            metrics = [
+                mlflow.entities.Metric(key, float(row[key]), 0, int(row["step"]))
+                for row in curve.to_dict("records")
+                for key in columns
+                if not pd.isna(row[key])
+            ]
+            for i in range(0, len(metrics), 1000):  # the REST API takes at most 1000 metrics a batch
+                client.log_batch(run_id, metrics=metrics[i : i + 1000])
+            for path in (csv_path, json_path, png_path):
+                mlflow.log_artifact(str(path), artifact_path="lr_range_test")
+
+    def log_training_outputs(self, metrics: dict, reports: Path, step: int) -> None:
+        """A finished training run's final metrics (targets never reached left out) and its curve and plots."""
+        final = {k: float(v) for k, v in metrics.items() if k not in STEP_METRICS and v is not None}
+        mlflow.log_metrics(final, step=step)
+        for name in ("train_curve.tsv", "train_curve.png", "lr_range_test.png"):
+            mlflow.log_artifact(str(reports / name), artifact_path="plots" if name.endswith(".png") else None)
+
+
+class NullRun(RecordedRun):
+    """CHARGPT_TRACKING=off: a run that records nothing (tests/test_tracking.py checks that a run's outputs are the
+    same with it)."""
+
+    def __init__(self):
+        self.run_id = None
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def log_params(self, params: dict) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def end(self, status: str, tags: dict | None = None) -> None:
+        pass
+
+    def step_logger(self, resumed: bool):
+        return lambda step, metrics: None
+
+    def log_range_test(self, csv_path: Path, json_path: Path, png_path: Path, run_name: str) -> None:
+        pass
+
+    def log_training_outputs(self, metrics: dict, reports: Path, step: int) -> None:
+        pass
 
 
 class StepLogger:
@@ -206,8 +301,12 @@ class StepLogger:
             mlflow.log_metrics(metrics, step=step)
 
 
-def start_run(run_name: str, stage: str, device: torch.device, run_id: str | None = None, data_meta: dict | None = None):
-    """Continue MLflow run `run_id`, or start a new one named after the named run."""
+def start_run(
+    run_name: str, stage: str, device: torch.device, run_id: str | None = None, data_meta: dict | None = None
+) -> RecordedRun:
+    """Continue MLflow run `run_id`, or start a new one named after the named run (a NullRun where tracking is off)."""
+    if not enabled():
+        return NullRun()
     if run_id is not None:
-        return mlflow.start_run(run_id=run_id)
-    return mlflow.start_run(run_name=run_name, tags=run_tags(run_name, stage, device, data_meta))
+        return RecordedRun(mlflow.start_run(run_id=run_id))
+    return RecordedRun(mlflow.start_run(run_name=run_name, tags=run_tags(run_name, stage, device, data_meta)))

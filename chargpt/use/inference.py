@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from chargpt.checkpoint import load_model
 from chargpt.errors import CheckpointError, ConfigError
-from chargpt.model import GPT, KVCache
-from chargpt.runtime import model_path
+from chargpt.model.gpt import GPT, KVCache
+from chargpt.pipeline.stage import model_path
+from chargpt.train.checkpoint import load_model
 
 
 def checkpoint_path(run: str | None, checkpoint: str | Path | None, root: Path = Path(".")) -> Path:
@@ -29,16 +29,20 @@ def checkpoint_path(run: str | None, checkpoint: str | Path | None, root: Path =
         defined = _defined_runs(root / "params.yaml")
         if defined is not None and run not in defined:
             close = difflib.get_close_matches(run, defined, n=1)
-            raise CheckpointError(f"run {run!r} is not defined in {root / 'params.yaml'}"
-                                  + (f"; did you mean {close[0]!r}?" if close else f"; defined: {sorted(defined)}"))
-        raise CheckpointError(f"{path}: not found: run {run!r} has not been trained here. Train it (dvc repro "
-                              f"train@{run}) or fetch it from the DVC remote (dvc pull train@{run})")
+            raise CheckpointError(
+                f"run {run!r} is not defined in {root / 'params.yaml'}"
+                + (f"; did you mean {close[0]!r}?" if close else f"; defined: {sorted(defined)}")
+            )
+        raise CheckpointError(
+            f"{path}: not found: run {run!r} has not been trained here. Train it (dvc repro "
+            f"train@{run}) or fetch it from the DVC remote (dvc pull train@{run})"
+        )
     return path
 
 
 def _defined_runs(params: Path) -> list[str] | None:
     """The named runs of a project's params.yaml, or None where there is none to read."""
-    from chargpt.config import load_params, run_sources
+    from chargpt.pipeline.config import load_params, run_sources
 
     if not params.is_file():
         return None
@@ -62,8 +66,9 @@ def file_sha256(path: Path) -> str:
 
 
 @torch.inference_mode()
-def sample(model: GPT, prompt: bytes, n_bytes: int, temperature: float = 1.0, top_k: int | None = None,
-           seed: int = 0) -> bytes:
+def sample(
+    model: GPT, prompt: bytes, n_bytes: int, temperature: float = 1.0, top_k: int | None = None, seed: int = 0
+) -> bytes:
     """`n_bytes` bytes following `prompt` (at least one byte), drawn from the model's next-byte distributions."""
     if not prompt:
         raise ValueError("the prompt must hold at least one byte (the model predicts each byte from earlier ones)")
@@ -84,7 +89,7 @@ def sample(model: GPT, prompt: bytes, n_bytes: int, temperature: float = 1.0, to
         out.append(byte)
         history.append(byte)
         if cache.length == context:  # the window is full: restart it from its last half
-            history = history[-(context // 2):]
+            history = history[-(context // 2) :]
             cache = KVCache(model.cfg.n_layer)
             logits = model.extend(torch.tensor([history]), cache)[0, -1]
         else:

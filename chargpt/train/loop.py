@@ -1,10 +1,10 @@
-"""A short, model-agnostic training loop (after minGPT's trainer). It imports only torch.
+"""A short, model-agnostic training loop (after minGPT's trainer). It imports only torch (and the error types).
 
 The loop knows nothing of GPTs. It takes the run's parts (model, optimizer, scheduler, a batch source and a
 `step` that turns batches into one optimizer step), a LoopConfig, and hooks for what happens around it
 (evaluation, metrics, checkpoints, stop requests, step-dependent settings). `TrainStep` is the plain step:
 forward and backward over the micro-batches (gradient accumulation), clipping, the optimizer step, and a
-GradScaler for fp16. A CUDA-graph step (chargpt.cuda_graphs) plugs in as the same kind of callable.
+GradScaler for fp16. A CUDA-graph step (chargpt.train.cuda_graphs) plugs in as the same kind of callable.
 `LoopState` is everything of the loop's own that a resumed run needs.
 """
 
@@ -20,40 +20,9 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
+from chargpt.errors import DivergedError, Interrupted, RunTooLong
+
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-class DivergedError(RuntimeError):
-    def __init__(self, step: int, what: str):
-        super().__init__(f"training diverged at step {step}: {what} (LR too high?); no model is saved, the last good "
-                         f"state is kept")
-        self.step, self.what = step, what
-
-    def __reduce__(self):  # picklable (raised in worker processes, e.g. bench/recipe_sweep.py)
-        return type(self), (self.step, self.what)
-
-
-class RunTooLong(Exception):
-    """The run would take longer than it is allowed to on this device (estimated from its first steps)."""
-
-    def __init__(self, step: int, seconds_per_step: float, steps_left: int, limit_seconds: float):
-        self.estimate = seconds_per_step * steps_left
-        super().__init__(f"estimated {self.estimate / 3600:.1f} hours ({seconds_per_step:.3g} s a step x {steps_left} "
-                         f"steps left, timed after step {step}), over the limit of {limit_seconds / 3600:.3g} hours")
-        self.step, self.seconds_per_step, self.steps_left, self.limit_seconds = step, seconds_per_step, steps_left, \
-            limit_seconds
-
-    def __reduce__(self):
-        return type(self), (self.step, self.seconds_per_step, self.steps_left, self.limit_seconds)
-
-
-class Interrupted(Exception):
-    def __init__(self, signum: int, step: int):
-        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; rerun to resume")
-        self.signum, self.step = signum, step
-
-    def __reduce__(self):
-        return type(self), (self.signum, self.step)
 
 
 @dataclass
@@ -72,9 +41,17 @@ class TrainStep:
     (fp16) the loss is scaled before backward and the gradients unscaled before clipping; a step whose
     gradients hold inf/NaN is skipped by the scaler and reported as such."""
 
-    def __init__(self, forward: torch.nn.Module, params: Sequence[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
-                 *, grad_clip: float = 0.0, autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-                 micro_batches: int = 1, scaler: torch.amp.GradScaler | None = None):
+    def __init__(
+        self,
+        forward: torch.nn.Module,
+        params: Sequence[torch.nn.Parameter],
+        optimizer: torch.optim.Optimizer,
+        *,
+        grad_clip: float = 0.0,
+        autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+        micro_batches: int = 1,
+        scaler: torch.amp.GradScaler | None = None,
+    ):
         """autocast: the run's mixed-precision context (chargpt.device.autocast); plain fp32 by default."""
         self.forward, self.params, self.optimizer = forward, list(params), optimizer
         self.grad_clip, self.autocast, self.micro_batches, self.scaler = grad_clip, autocast, micro_batches, scaler
@@ -113,8 +90,9 @@ class TrainStep:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         # The scaler halves its scale after a step it skipped, and only then.
-        return StepResult(loss, grad_norm, clipped, skipped=self.scaler.get_scale() < scale,
-                          loss_scale=self.scaler.get_scale())
+        return StepResult(
+            loss, grad_norm, clipped, skipped=self.scaler.get_scale() < scale, loss_scale=self.scaler.get_scale()
+        )
 
 
 @dataclass
@@ -186,8 +164,9 @@ def scheduled_momentum(group: dict) -> float:
     return group["betas"][0] if "betas" in group else group["momentum"]
 
 
-def train_loop(parts: TrainParts, cfg: LoopConfig, hooks: LoopHooks = LoopHooks(),
-               state: LoopState | None = None) -> LoopState:
+def train_loop(
+    parts: TrainParts, cfg: LoopConfig, hooks: LoopHooks = LoopHooks(), state: LoopState | None = None
+) -> LoopState:
     state = state or LoopState()
     model = parts.model
     device = next(model.parameters()).device
@@ -205,8 +184,9 @@ def train_loop(parts: TrainParts, cfg: LoopConfig, hooks: LoopHooks = LoopHooks(
         state.seconds = seconds_before + time.perf_counter() - session_start
         return state
 
-    bar = tqdm(range(state.step, cfg.total_steps), desc="train", mininterval=2.0, initial=state.step,
-               total=cfg.total_steps)
+    bar = tqdm(
+        range(state.step, cfg.total_steps), desc="train", mininterval=2.0, initial=state.step, total=cfg.total_steps
+    )
     first_step, timed_from = state.step, None  # timed_from: (step, time) after this session's first step
     for step in bar:
         hooks.before_step(step)  # called on resume too, so a resumed run matches
@@ -221,8 +201,9 @@ def train_loop(parts: TrainParts, cfg: LoopConfig, hooks: LoopHooks = LoopHooks(
         if result.skipped:  # fp16 overflow: no update was made; not divergence unless the scale collapses
             state.skipped_steps += 1
             if result.loss_scale < cfg.min_loss_scale:
-                raise DivergedError(done, f"fp16 loss scale collapsed to {result.loss_scale:g} "
-                                          f"({state.skipped_steps} steps skipped)")
+                raise DivergedError(
+                    done, f"fp16 loss scale collapsed to {result.loss_scale:g} ({state.skipped_steps} steps skipped)"
+                )
         else:
             sums[0] += result.loss
             if result.grad_norm is not None:
@@ -280,8 +261,11 @@ def check_blow_up(cfg: LoopConfig, state: LoopState, step: int, metrics: dict[st
     if state.first_loss is None and math.isfinite(loss):
         state.first_loss = loss
     elif cfg.max_loss_rise is not None and state.first_loss is not None and loss > state.first_loss + cfg.max_loss_rise:
-        raise DivergedError(step, f"train loss {loss:.4g} is more than {cfg.max_loss_rise:g} above the first "
-                                  f"interval's {state.first_loss:.4g}")
+        raise DivergedError(
+            step,
+            f"train loss {loss:.4g} is more than {cfg.max_loss_rise:g} above the first "
+            f"interval's {state.first_loss:.4g}",
+        )
     for name, limit in cfg.metric_limits.items():
         if name in metrics and metrics[name] > limit:
             raise DivergedError(step, f"{name} {metrics[name]:.4g} is above {limit:g}")

@@ -1,4 +1,4 @@
-"""The byte corpus: download (with retries and checksums), unpack, and split by offset (batches: chargpt.batches).
+"""The byte corpus: download (with retries and checksums), unpack, and split by offset (batches: chargpt.data.batches).
 
 Every output is written atomically (chargpt.io), so an interrupted or failed stage leaves nothing behind.
 """
@@ -24,8 +24,8 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
-from chargpt.config import Checksums, DataConfig
-from chargpt.batches import SPLITS
+from chargpt.data.batches import SPLITS
+from chargpt.data.config import Checksums, DataConfig
 from chargpt.errors import DataError
 from chargpt.io import atomic_open, write_json
 
@@ -34,9 +34,11 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 
 
-OFFLINE = ("Offline, or without access to it, run on the sample shipped with the repository: dvc exp run -S "
-           "data.url=samples/enwiki-sample.xml.bz2 -S data.checksums=null evaluate@quickstart (or any local corpus: "
-           "README, Offline)")
+OFFLINE = (
+    "Offline, or without access to it, run on the sample shipped with the repository: dvc exp run -S "
+    "data.url=samples/enwiki-sample.xml.bz2 -S data.checksums=null evaluate@quickstart (or any local corpus: "
+    "README, Offline)"
+)
 
 
 class _Retryable(Exception):
@@ -94,8 +96,9 @@ def _fetch_http_once(url: str, dst: IO[bytes], timeout: float, expect_zip: bool)
         return n, digests
 
 
-def fetch(url: str, dst: IO[bytes], timeout: float = 60.0, retries: int = 3, backoff_s: float = 1.0,
-          expect_zip: bool = False) -> tuple[int, dict[str, str]]:
+def fetch(
+    url: str, dst: IO[bytes], timeout: float = 60.0, retries: int = 3, backoff_s: float = 1.0, expect_zip: bool = False
+) -> tuple[int, dict[str, str]]:
     """Copy `url` (http(s), file:// or a local path) into the open file `dst`, retrying transient failures
     with exponential backoff; returns the size and digests of what was copied."""
     local = _local_path(url)
@@ -162,13 +165,20 @@ def download_corpus(cfg: DataConfig, corpus_path: str | Path, info_path: str | P
     with tempfile.TemporaryDirectory(dir=corpus_path.parent, prefix=".download-") as tmp:
         archive = Path(tmp) / "archive"
         with open(archive, "wb") as f:
-            archive_size, archive_digests = fetch(cfg.url, f, cfg.timeout_s, cfg.retries, backoff_s, expect_zip=fmt == "zip")
+            archive_size, archive_digests = fetch(
+                cfg.url, f, cfg.timeout_s, cfg.retries, backoff_s, expect_zip=fmt == "zip"
+            )
         observed_archive = {"size": archive_size, "sha256": archive_digests["sha256"]}
-        verified = _verify("archive", cfg.url, observed_archive,
-                           {"size": sums.archive_size, "sha256": sums.archive_sha256})
+        verified = _verify(
+            "archive", cfg.url, observed_archive, {"size": sums.archive_size, "sha256": sums.archive_sha256}
+        )
 
-        opener = {"zip": lambda: _open_member(archive, cfg.url, cfg.member), "bz2": lambda: bz2.open(archive),
-                  "gz": lambda: gzip.open(archive), "raw": lambda: open(archive, "rb")}[fmt]
+        opener = {
+            "zip": lambda: _open_member(archive, cfg.url, cfg.member),
+            "bz2": lambda: bz2.open(archive),
+            "gz": lambda: gzip.open(archive),
+            "raw": lambda: open(archive, "rb"),
+        }[fmt]
         with atomic_open(corpus_path) as dst:
             try:
                 with opener() as src, _progress(None, f"unpack {fmt}") as bar:
@@ -176,7 +186,9 @@ def download_corpus(cfg: DataConfig, corpus_path: str | Path, info_path: str | P
             except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as e:
                 raise DataError(f"{cfg.url}: cannot unpack as {fmt}: {e}") from None
             observed = {"size": size, **digests}
-            verified += _verify("corpus", cfg.url, observed, {"size": sums.size, "md5": sums.md5, "sha256": sums.sha256})
+            verified += _verify(
+                "corpus", cfg.url, observed, {"size": sums.size, "md5": sums.md5, "sha256": sums.sha256}
+            )
             if size == 0:
                 raise DataError(f"{cfg.url}: the corpus is empty")
     info = {"url": cfg.url, "format": fmt, "archive": observed_archive, "corpus": observed, "verified": verified}
@@ -214,13 +226,15 @@ def split_corpus(corpus_path: str | Path, out_dir: str | Path, fractions: tuple[
     n = corpus_path.stat().st_size
     sizes = split_sizes(n, fractions)
     if min(sizes) < 2:
-        raise DataError(f"{corpus_path}: {n} bytes split {list(fractions)} gives {dict(zip(SPLITS, sizes))}; "
-                        f"each split needs at least 2 bytes")
+        raise DataError(
+            f"{corpus_path}: {n} bytes split {list(fractions)} gives {dict(zip(SPLITS, sizes))}; "
+            f"each split needs at least 2 bytes"
+        )
     offsets = [0, sizes[0], sizes[0] + sizes[1]]
     sha256 = lambda buffer: hashlib.sha256(buffer).hexdigest()  # noqa: E731
     with open(corpus_path, "rb") as src, mmap.mmap(src.fileno(), 0, access=mmap.ACCESS_READ) as corpus:
         view = memoryview(corpus)
-        parts = [view[offset:offset + size] for offset, size in zip(offsets, sizes)]
+        parts = [view[offset : offset + size] for offset, size in zip(offsets, sizes)]
         try:
             # hashlib and copy_file_range release the GIL: hash the source, hash the splits and copy, at once.
             with ThreadPoolExecutor(2) as pool:
@@ -229,9 +243,13 @@ def split_corpus(corpus_path: str | Path, out_dir: str | Path, fractions: tuple[
                 for name, offset, part in zip(SPLITS, offsets, parts):
                     with atomic_open(Path(out_dir) / f"{name}.bin") as dst:
                         _copy_range(src, dst, offset, part)
-                meta = {"source_sha256": source_digest.result(), "splits": {
-                    name: {"offset": offset, "bytes": size, "sha256": digest}
-                    for name, offset, size, digest in zip(SPLITS, offsets, sizes, split_digests.result())}}
+                meta = {
+                    "source_sha256": source_digest.result(),
+                    "splits": {
+                        name: {"offset": offset, "bytes": size, "sha256": digest}
+                        for name, offset, size, digest in zip(SPLITS, offsets, sizes, split_digests.result())
+                    },
+                }
         finally:
             for part in parts:
                 part.release()

@@ -9,10 +9,11 @@ from typing import Any
 
 import torch
 
-from chargpt.config import ModelConfig, flatten
 from chargpt.errors import CheckpointError
 from chargpt.io import atomic_open
-from chargpt.model import GPT
+from chargpt.model.config import ModelConfig
+from chargpt.model.gpt import GPT
+from chargpt.settings import flatten
 
 FORMAT_VERSION = 1
 
@@ -28,7 +29,9 @@ def _save(path: str | Path, obj: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict[str, Any], step: int, **extra: Any) -> None:
-    _save(path, {"format_version": FORMAT_VERSION, "model": model.state_dict(), "config": config, "step": step, **extra})
+    _save(
+        path, {"format_version": FORMAT_VERSION, "model": model.state_dict(), "config": config, "step": step, **extra}
+    )
 
 
 def _load(path: Path, what: str) -> Any:
@@ -54,8 +57,11 @@ def load_model(path: str | Path, expected: ModelConfig | None = None) -> tuple[G
     state = load_checkpoint(path)
     stored = ModelConfig(**state["config"]["model"])
     if expected is not None:
-        diff = {k: (v, getattr(stored, k)) for k, v in expected.model_dump().items()
-                if k != "dropout" and getattr(stored, k) != v}
+        diff = {
+            k: (v, getattr(stored, k))
+            for k, v in expected.model_dump().items()
+            if k != "dropout" and getattr(stored, k) != v
+        }
         if diff:
             listed = ", ".join(f"{k}: expected {want}, checkpoint has {got}" for k, (want, got) in diff.items())
             raise CheckpointError(f"{path}: checkpoint is from another model shape ({listed})")
@@ -68,14 +74,23 @@ def load_model(path: str | Path, expected: ModelConfig | None = None) -> tuple[G
 
 
 # Keys that may change between an interrupted session and its resumption without changing the run.
-RESUMABLE_CHANGES = ("train.checkpoint_every", "train.threads", "train.device", "train.compile", "train.cuda_graphs",
-                     "eval.")
+RESUMABLE_CHANGES = (
+    "train.checkpoint_every",
+    "train.threads",
+    "train.device",
+    "train.compile",
+    "train.cuda_graphs",
+    "eval.",
+)
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
     a, b = flatten(saved), flatten(current)
-    return [f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
-            if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+    return [
+        f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}"
+        for k in sorted(a.keys() | b.keys())
+        if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_CHANGES)
+    ]
 
 
 def rng_states(sampler_generator: torch.Generator) -> dict[str, Any]:
@@ -85,9 +100,18 @@ def rng_states(sampler_generator: torch.Generator) -> dict[str, Any]:
 
     name, keys, pos, has_gauss, cached = np.random.get_state()
     # As tensors and plain numbers, so that the state loads with torch.load(weights_only=True).
-    states = {"torch": torch.get_rng_state(), "python": random.getstate(), "sampler": sampler_generator.get_state(),
-              "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                        "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+    states = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "sampler": sampler_generator.get_state(),
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+    }
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -100,7 +124,9 @@ def set_rng_states(states: dict[str, Any], sampler_generator: torch.Generator) -
 
     torch.set_rng_state(states["torch"])
     n = states["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     random.setstate(states["python"])
     sampler_generator.set_state(states["sampler"])
     if "cuda" in states and torch.cuda.is_available():
@@ -116,19 +142,46 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
     return stale
 
 
-def save_training_state(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                        scheduler: Any, scaler: torch.amp.GradScaler | None, sampler_generator: torch.Generator,
-                        config: dict[str, Any], loop: dict[str, Any], **extra: Any) -> None:
+def save_training_state(
+    path: str | Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler | None,
+    sampler_generator: torch.Generator,
+    config: dict[str, Any],
+    loop: dict[str, Any],
+    **extra: Any,
+) -> None:
     """Everything a resumed run needs to continue bit for bit; written atomically."""
-    _save(path, {"format_version": FORMAT_VERSION, "kind": "training_state", "model": model.state_dict(),
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "scaler": scaler.state_dict() if scaler is not None else None, "config": config,
-                 "loop": loop, "rng": rng_states(sampler_generator), **extra})
+    _save(
+        path,
+        {
+            "format_version": FORMAT_VERSION,
+            "kind": "training_state",
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "config": config,
+            "loop": loop,
+            "rng": rng_states(sampler_generator),
+            **extra,
+        },
+    )
 
 
-def restore_training_state(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                           scheduler: Any, scaler: torch.amp.GradScaler | None, sampler_generator: torch.Generator,
-                           config: dict[str, Any]) -> dict[str, Any]:
+def restore_training_state(
+    path: str | Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler | None,
+    sampler_generator: torch.Generator,
+    config: dict[str, Any],
+) -> dict[str, Any]:
     """Load a training state saved by save_training_state into the given objects; returns the whole state.
     Refuses a state written for a different config."""
     path = Path(path)
@@ -136,8 +189,10 @@ def restore_training_state(path: str | Path, *, model: torch.nn.Module, optimize
     if not isinstance(state, dict) or state.get("kind") != "training_state":
         raise CheckpointError(f"{path}: not a chargpt training state")
     if diff := config_differences(state["config"], config):
-        raise CheckpointError(f"{path}: written by a run with another config ({'; '.join(diff)}); refusing to mix "
-                              f"runs. Start over with --fresh, or delete {path.parent}")
+        raise CheckpointError(
+            f"{path}: written by a run with another config ({'; '.join(diff)}); refusing to mix "
+            f"runs. Start over with --fresh, or delete {path.parent}"
+        )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -12,8 +12,9 @@ import math
 import torch
 
 
-def newton_schulz(matrix: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
-                  dtype: torch.dtype) -> torch.Tensor:
+def newton_schulz(
+    matrix: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float, dtype: torch.dtype
+) -> torch.Tensor:
     """The quintic Newton-Schulz iteration of torch.optim.Muon (Keller Jordan's coefficients), in `dtype`:
     an approximate U V^T of the matrix's SVD, its singular values pushed towards 1."""
     a, b, c = coefficients
@@ -33,8 +34,9 @@ def lr_ratio(adjust_lr_fn: str | None, shape: torch.Size) -> float:
     return 0.2 * math.sqrt(max(rows, cols)) if adjust_lr_fn == "match_rms_adamw" else math.sqrt(max(1, rows / cols))
 
 
-def muon_update(param: torch.Tensor, grad: torch.Tensor, momentum_buffer: torch.Tensor, group: dict,
-                ns_dtype: torch.dtype) -> None:
+def muon_update(
+    param: torch.Tensor, grad: torch.Tensor, momentum_buffer: torch.Tensor, group: dict, ns_dtype: torch.dtype
+) -> None:
     """One Muon step of one matrix, as torch.optim.Muon does it, with the orthogonalisation in `ns_dtype`.
     The LR and momentum may be 0-dim tensors (a CUDA graph's step reads them from the device)."""
     lr, momentum = group["lr"], group["momentum"]
@@ -88,11 +90,26 @@ class MuonWithAdamW(torch.optim.Optimizer):
     momentum is set from it before each step.
     """
 
-    def __init__(self, hidden_matrices: list[torch.nn.Parameter], rest: list[dict], lr: float, momentum: float,
-                 beta2: float, weight_decay: float, ns_dtype: torch.dtype, adamw_kernel: dict,
-                 adamw_class: type[torch.optim.AdamW] = torch.optim.AdamW):
-        self.muon = Muon([{"params": hidden_matrices, "weight_decay": weight_decay}], ns_dtype=ns_dtype, lr=lr,
-                         momentum=momentum, nesterov=True, adjust_lr_fn="match_rms_adamw")
+    def __init__(
+        self,
+        hidden_matrices: list[torch.nn.Parameter],
+        rest: list[dict],
+        lr: float,
+        momentum: float,
+        beta2: float,
+        weight_decay: float,
+        ns_dtype: torch.dtype,
+        adamw_kernel: dict,
+        adamw_class: type[torch.optim.AdamW] = torch.optim.AdamW,
+    ):
+        self.muon = Muon(
+            [{"params": hidden_matrices, "weight_decay": weight_decay}],
+            ns_dtype=ns_dtype,
+            lr=lr,
+            momentum=momentum,
+            nesterov=True,
+            adjust_lr_fn="match_rms_adamw",
+        )
         self.adamw = adamw_class(rest, lr=lr, betas=(momentum, beta2), **adamw_kernel)
         # The shared defaults: every group gets "betas" (Muon's too), so OneCycleLR cycles beta1 everywhere.
         super().__init__(self.muon.param_groups + self.adamw.param_groups, {"lr": lr, "betas": (momentum, beta2)})
@@ -111,8 +128,10 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         if set(state_dict) != {"muon", "adamw"}:
-            raise ValueError(f"not a MuonWithAdamW state (keys {sorted(state_dict)}); was the run trained with "
-                             f"another optimizer.name?")
+            raise ValueError(
+                f"not a MuonWithAdamW state (keys {sorted(state_dict)}); was the run trained with "
+                f"another optimizer.name?"
+            )
         self.muon.load_state_dict(state_dict["muon"])
         self.adamw.load_state_dict(state_dict["adamw"])
         self.param_groups = self.muon.param_groups + self.adamw.param_groups  # loading made new group dicts

@@ -8,7 +8,7 @@ is read Python values: it replays the kernels with the arguments they were captu
   so the replayed step follows the schedule exactly;
 - the batches are copied into static input buffers, and the loss, gradient norm and clipping flag come out
   of static output tensors;
-- the optimizers must take tensor hyperparameters without reading them on the host (chargpt.optimizers).
+- the optimizers must take tensor hyperparameters without reading them on the host (chargpt.train.optimizers).
 The first steps run eagerly on a side stream (the same math, real training steps), so that lazily created
 state (optimizer buffers, cuBLAS workspaces, torch.compile's kernels) exists before capture. A change of the
 model's Python-side state that changes its graph (the auxiliary losses switching off half-way) is a new
@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 from chargpt.errors import GraphCaptureError
-from chargpt.loop import Batch, StepResult, TrainStep
+from chargpt.train.loop import Batch, StepResult, TrainStep
 
 SCHEDULED = ("lr", "momentum", "betas")
 
@@ -36,8 +36,10 @@ class DeviceHyperparams:
     def __init__(self, optimizer: torch.optim.Optimizer, device: torch.device):
         self.groups = optimizer.param_groups
         tensor = lambda value: torch.tensor(float(value), dtype=torch.float32, device=device)  # noqa: E731
-        self.tensors = [{key: tensor(group[key][0] if key == "betas" else group[key]) for key in SCHEDULED if key in group}
-                        for group in self.groups]
+        self.tensors = [
+            {key: tensor(group[key][0] if key == "betas" else group[key]) for key in SCHEDULED if key in group}
+            for group in self.groups
+        ]
 
     def feed(self) -> None:
         """Copy the groups' current values into the tensors (asynchronous: a fill kernel per value)."""
@@ -51,7 +53,9 @@ class DeviceHyperparams:
         saved = [{key: group[key] for key in mirrored} for group, mirrored in zip(self.groups, self.tensors)]
         self.feed()
         for group, mirrored in zip(self.groups, self.tensors):
-            group.update({key: (tensor, group["betas"][1]) if key == "betas" else tensor for key, tensor in mirrored.items()})
+            group.update(
+                {key: (tensor, group["betas"][1]) if key == "betas" else tensor for key, tensor in mirrored.items()}
+            )
         try:
             yield
         finally:
@@ -65,8 +69,14 @@ class GraphedStep:
     `graph_key` returns what the captured graph depends on beyond tensors (e.g. whether the auxiliary losses
     are on); when it changes, the step warms up and captures again."""
 
-    def __init__(self, step: TrainStep, optimizer: torch.optim.Optimizer, device: torch.device,
-                 graph_key: Callable[[], object] = lambda: None, warmup_steps: int = 3):
+    def __init__(
+        self,
+        step: TrainStep,
+        optimizer: torch.optim.Optimizer,
+        device: torch.device,
+        graph_key: Callable[[], object] = lambda: None,
+        warmup_steps: int = 3,
+    ):
         if step.scaler is not None:
             raise ValueError("a CUDA-graph step cannot use a GradScaler (its skip decision is a host sync)")
         self.step, self.optimizer, self.device = step, optimizer, device
@@ -124,7 +134,9 @@ class GraphedStep:
                 # Not zeroed after: in the graph, each replay's first backward writes the gradients afresh.
                 self.static_result = self.step.run(self.static_batches)
         except Exception as e:  # an op that needs the host (a sync, a pageable copy) inside the step
-            raise GraphCaptureError(f"capturing the training step in a CUDA graph failed ({type(e).__name__}: "
-                                    f"{str(e).splitlines()[0]}); train with train.cuda_graphs: false") from e
+            raise GraphCaptureError(
+                f"capturing the training step in a CUDA graph failed ({type(e).__name__}: "
+                f"{str(e).splitlines()[0]}); train with train.cuda_graphs: false"
+            ) from e
         self.graph = graph
         self.captures += 1

@@ -41,8 +41,10 @@ def from_env() -> Ranks:
 def relaunch_under_torchrun(nproc: int) -> NoReturn:
     """Replace this process by `torchrun --standalone --nproc_per_node=nproc <this script and its arguments>`."""
     # "--": torchrun's parser would otherwise take the script's --run for an abbreviation of its --run-path
-    os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                              f"--nproc_per_node={nproc}", "--", *sys.argv])
+    os.execv(
+        sys.executable,
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "--", *sys.argv],
+    )
 
 
 def init(ranks: Ranks, device: torch.device) -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # headless: stages run on servers and in CI
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from chargpt.io import atomic_open  # noqa: E402
-from chargpt.lr_range import RangeTestResult  # noqa: E402
+from chargpt.io import atomic_open
+from chargpt.train.lr_range import RangeTestResult
 
 
 def _save(fig, path: str | Path) -> None:
@@ -20,15 +20,28 @@ def _save(fig, path: str | Path) -> None:
     plt.close(fig)
 
 
-def plot_range_test(result: RangeTestResult, path: str | Path, title: str, lr_min: float | None = None,
-                    lr_max: float | str | None = None) -> None:
+def plot_range_test(
+    result: RangeTestResult,
+    path: str | Path,
+    title: str,
+    lr_min: float | None = None,
+    lr_max: float | str | None = None,
+) -> None:
     """The smoothed loss against a log LR axis; for linear_accuracy, the val accuracy against a linear one, with the
     suggested range and the schedule's bounds (lr_min, lr_max; "auto" takes the suggestion)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if result.accuracies:
-        ax.plot([result.lrs[s] for s in result.accuracy_steps], result.accuracies, "o-", color="C0", ms=3,
-                label="val accuracy")
-        ax.axvline(result.suggested_lr_min, color="C2", ls="--", label=f"suggested lr_min {result.suggested_lr_min:.3g}")
+        ax.plot(
+            [result.lrs[s] for s in result.accuracy_steps],
+            result.accuracies,
+            "o-",
+            color="C0",
+            ms=3,
+            label="val accuracy",
+        )
+        ax.axvline(
+            result.suggested_lr_min, color="C2", ls="--", label=f"suggested lr_min {result.suggested_lr_min:.3g}"
+        )
         ax.axvline(result.suggested_lr, color="C3", ls="--", label=f"suggested lr_max {result.suggested_lr:.3g}")
         for bound, name in ((lr_min, "lr_min"), (lr_max, "lr_max")):
             if isinstance(bound, float):
@@ -59,8 +72,15 @@ def plot_training_curve(curve: list[dict], path: str | Path, title: str) -> None
     ax.plot(*zip(*probe), "o-", color="C3", label="val probe BPC")
     if accuracy := [(row["step"], row["val_probe_accuracy"]) for row in curve if "val_probe_accuracy" in row]:
         final_step, final_accuracy = accuracy[-1]
-        ax.annotate(f"val probe accuracy {100 * final_accuracy:.2f}%", (final_step, probe[-1][1]),
-                    textcoords="offset points", xytext=(-10, 12), ha="right", fontsize=8, color="C3")
+        ax.annotate(
+            f"val probe accuracy {100 * final_accuracy:.2f}%",
+            (final_step, probe[-1][1]),
+            textcoords="offset points",
+            xytext=(-10, 12),
+            ha="right",
+            fontsize=8,
+            color="C3",
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("bits per byte")
     lr_ax = ax.twinx()
@@ -71,8 +91,9 @@ def plot_training_curve(curve: list[dict], path: str | Path, title: str) -> None
     _save(fig, path)
 
 
-def plot_curves(curves: dict[str, list[tuple[float, float]]], path: str | Path, title: str, x_label: str,
-                y_label: str) -> None:
+def plot_curves(
+    curves: dict[str, list[tuple[float, float]]], path: str | Path, title: str, x_label: str, y_label: str
+) -> None:
     """One line per named curve of (x, y) points."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, points in curves.items():

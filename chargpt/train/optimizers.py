@@ -1,19 +1,19 @@
 """The run's optimizer: SGD with Nesterov momentum, AdamW (beta1 is the cycled momentum), or Muon for the
-transformer blocks' matrices with AdamW for the rest, stepped as one (chargpt.muon).
+transformer blocks' matrices with AdamW for the rest, stepped as one (chargpt.train.muon).
 
-For a step captured in a CUDA graph (chargpt.cuda_graphs) each optimizer must read its scheduled LR and
+For a step captured in a CUDA graph (chargpt.train.cuda_graphs) each optimizer must read its scheduled LR and
 momentum from device tensors rather than Python floats, which a graph would freeze at their capture-time
 values: AdamW does with `capturable=True`; torch's SGD cannot take a tensor momentum, so `SGD` below adds that
-path; Muon's own step has one (chargpt.muon).
+path; Muon's own step has one (chargpt.train.muon).
 """
 
 from __future__ import annotations
 
 import torch
 
-from chargpt.config import OptimizerConfig
 from chargpt.device import has_native_bf16
-from chargpt.muon import MuonWithAdamW
+from chargpt.train.config import OptimizerConfig
+from chargpt.train.muon import MuonWithAdamW
 
 
 def param_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
@@ -42,7 +42,9 @@ def _has_tensor_hyperparameters(optimizer: torch.optim.Optimizer, momentum_key: 
     def momentum(g):
         return g[momentum_key][0] if momentum_key == "betas" else g[momentum_key]
 
-    return any(isinstance(g["lr"], torch.Tensor) or isinstance(momentum(g), torch.Tensor) for g in optimizer.param_groups)
+    return any(
+        isinstance(g["lr"], torch.Tensor) or isinstance(momentum(g), torch.Tensor) for g in optimizer.param_groups
+    )
 
 
 def _tensor_step_groups(optimizer: torch.optim.Optimizer, closure, unsupported: tuple[str, ...]):
@@ -132,8 +134,9 @@ class AdamW(torch.optim.AdamW):
         return None
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig, lr: float, momentum: float,
-                    capturable: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: torch.nn.Module, cfg: OptimizerConfig, lr: float, momentum: float, capturable: bool = False
+) -> torch.optim.Optimizer:
     """The optimizer of `cfg` over `model`. capturable: every step can be captured in a CUDA graph (AdamW's
     multi-tensor capturable kernels instead of its fused one, which reads beta1 on the host)."""
     cuda = next(model.parameters()).device.type == "cuda"
@@ -144,8 +147,17 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig, lr: float, mom
         hidden = hidden_matrices(model)
         hidden_ids = {id(p) for p in hidden}
         rest = param_groups([p for p in model.parameters() if id(p) not in hidden_ids], cfg.weight_decay)
-        return MuonWithAdamW(hidden, rest, lr, momentum, cfg.beta2, cfg.weight_decay, muon_ns_dtype(cfg, model), kernel,
-                             adamw_class=AdamW)
+        return MuonWithAdamW(
+            hidden,
+            rest,
+            lr,
+            momentum,
+            cfg.beta2,
+            cfg.weight_decay,
+            muon_ns_dtype(cfg, model),
+            kernel,
+            adamw_class=AdamW,
+        )
     groups = param_groups(list(model.parameters()), cfg.weight_decay)
     if cfg.name == "sgd":
         return SGD(groups, lr=lr, momentum=momentum, nesterov=cfg.nesterov, **kernel)

@@ -1,0 +1,74 @@
+"""The data section of params.yaml: where the corpus comes from, its checksums and its split. Read on its own
+by the download and preprocess stages, so that no other setting makes them stale."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from chargpt.errors import ConfigError
+from chargpt.settings import Fraction, PositiveFloat, PositiveInt, Section, format_validation_error
+
+ENWIK8_URL = "http://mattmahoney.net/dc/enwik8.zip"
+
+
+class Checksums(Section):
+    """Published digests of a corpus; any field left null is not checked (the observed value is recorded)."""
+
+    archive_size: PositiveInt | None = None
+    archive_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    size: PositiveInt | None = None
+    md5: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
+class DataConfig(Section):
+    url: str = ENWIK8_URL
+    # How to unpack what `url` points at; auto: by the URL's suffix (.zip, .bz2, .gz, anything else raw).
+    format: Literal["auto", "zip", "bz2", "gz", "raw"] = "auto"
+    member: str | None = "enwik8"  # the zip member to extract; null: the archive must hold exactly one file
+    # enwik8's published digests (http://mattmahoney.net/dc/textdata.html) and its zip's as served there
+    checksums: Checksums | None = Checksums(
+        archive_size=36_445_475,
+        archive_sha256="547994d9980ebed1288380d652999f38a14fe291a6247c157c3d33d4932534bc",
+        size=100_000_000,
+        md5="a1fa5ffddb56f4953e226637dabbb36a",
+        sha256="2b49720ec4d78c3c9fabaee6e4179a5e997302b3a70029f30f2d582218c024a8",
+    )
+    split: tuple[Fraction, Fraction, Fraction] = (0.9, 0.05, 0.05)  # train/val/test by byte offset
+    timeout_s: PositiveFloat = 60.0
+    retries: Annotated[int, Field(ge=0)] = 3
+
+    @model_validator(mode="after")
+    def _split_sums_to_one(self) -> DataConfig:
+        if not math.isclose(sum(self.split), 1.0, abs_tol=1e-9):
+            raise ValueError(f"split: fractions must sum to 1, got {list(self.split)} (sum {sum(self.split)})")
+        return self
+
+
+def read_params(path: Path) -> object:
+    """params.yaml parsed, or one line saying why it cannot be (the data section and the named runs both read it)."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+
+
+def load_data_config(path: str | Path = "params.yaml") -> DataConfig:
+    """params.yaml's data section alone, validated (runs cannot override it)."""
+    path = Path(path)
+    raw = read_params(path)
+    if not isinstance(raw, dict) or not isinstance(raw.get("data"), dict):
+        raise ConfigError(f"{path}: data: expected a mapping (the corpus, its checksums and split)")
+    try:
+        return DataConfig(**raw["data"])
+    except ValidationError as e:
+        raise ConfigError(
+            f"{path}: {format_validation_error(e, lambda loc: '.'.join(map(str, ('data', *loc))))}"
+        ) from None

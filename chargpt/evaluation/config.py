@@ -1,0 +1,37 @@
+"""The eval section of params.yaml: the scoring protocol and dynamic evaluation."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from chargpt.settings import PositiveFloat, PositiveInt, Section
+
+
+class DynamicEvalConfig(Section):
+    """Dynamic evaluation (Krause et al. 2018): the model keeps learning on the text as it scores it. Windows are
+    scored in order; after each `windows` of them, one optimizer step on those windows, so every byte is predicted
+    by weights that saw only bytes before it."""
+
+    lr: PositiveFloat = 1e-3
+    optimizer: Literal["sgd", "adam"] = "adam"
+    windows: PositiveInt = 1  # windows scored per update
+    # Each window advances by `stride` bytes and scores its last `stride` (more context per byte, and an update per
+    # `stride` bytes); null: the model's context (consecutive windows).
+    stride: PositiveInt | None = None
+    # Each update pulls the weights back towards the trained ones by this fraction (0: none).
+    decay: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class EvalConfig(Section):
+    batch_size: PositiveInt = 16
+    # Sliding-window scoring: each window advances by `stride` bytes and scores only its last `stride`
+    # bytes, so each byte sees at least context - stride bytes of history. null: stride = context
+    # (consecutive non-overlapping windows).
+    stride: PositiveInt | None = None
+    # Score only this many leading bytes of each split (a stated prefix, reported under its own metric
+    # names); null: the whole split.
+    max_bytes: PositiveInt | None = None
+    # Also report val_bpc_dynamic / test_bpc_dynamic, scored with dynamic evaluation; null: static only.
+    dynamic: DynamicEvalConfig | None = None

@@ -1,0 +1,1 @@
+"""The byte-level transformer (gpt) and its config."""

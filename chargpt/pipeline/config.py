@@ -1,0 +1,288 @@
+"""A named run's configuration: params.yaml's sections (each a pydantic model that lives with its owner:
+chargpt.data.config, chargpt.model.config, chargpt.train.config, chargpt.evaluation.config), validated once at the
+stage boundary.
+
+A named run is the shared defaults with the run's overrides deep-merged on top (`runs.<name>` in params.yaml, on
+the run it builds on, or a grid's axis values). Library functions take the narrow section they need, never the raw
+YAML dict.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError, model_validator
+
+from chargpt.data.config import DataConfig, read_params
+from chargpt.errors import ConfigError
+from chargpt.evaluation.config import EvalConfig
+from chargpt.model.config import ModelConfig
+from chargpt.settings import Section, format_validation_error
+from chargpt.train.config import LRRangeTestConfig, OptimizerConfig, ScheduleConfig, TrainConfig
+
+SECTIONS = ("data", "model", "optimizer", "schedule", "lr_range_test", "train", "eval")
+RUN_SECTIONS = SECTIONS[1:]  # what a named run may override
+
+
+class RunConfig(Section):
+    name: str
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    lr_range_test: LRRangeTestConfig = LRRangeTestConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> RunConfig:
+        if self.eval.dynamic is not None and (self.eval.dynamic.stride or 0) > self.model.context:
+            raise ValueError(
+                f"eval.dynamic.stride: {self.eval.dynamic.stride} must not exceed model.context ({self.model.context})"
+            )
+        if self.eval.stride is not None and self.eval.stride > self.model.context:
+            raise ValueError(f"eval.stride: {self.eval.stride} must not exceed model.context ({self.model.context})")
+        if self.schedule.name == "cosine" and self.schedule.warmup_steps >= self.train.iterations:
+            raise ValueError(
+                f"schedule.warmup_steps: {self.schedule.warmup_steps} must be below train.iterations "
+                f"({self.train.iterations})"
+            )
+        t = self.train
+        if t.aux_losses and self.model.n_layer < 2:
+            raise ValueError(f"train.aux_losses: needs intermediate layers, and model.n_layer is {self.model.n_layer}")
+        if t.batch_size % (t.nproc * (t.micro_batch_size or 1)):
+            raise ValueError(
+                f"train.batch_size: {t.batch_size} must be a multiple of train.nproc ({t.nproc}) x "
+                f"train.micro_batch_size ({t.micro_batch_size})"
+            )
+        if t.cuda_graphs and t.nproc > 1:
+            raise ValueError(
+                f"train.cuda_graphs: true cannot combine with train.nproc: {t.nproc} (DDP's all-reduce "
+                f"is not captured); set train.cuda_graphs: false"
+            )
+        if t.cuda_graphs and t.precision == "fp16":
+            raise ValueError(
+                "train.cuda_graphs: true cannot combine with train.precision: fp16 (the GradScaler decides "
+                "on the host whether to skip a step); set one of them otherwise"
+            )
+        if self.lr_range_test.lr_end <= self.schedule.lr_min:
+            raise ValueError(
+                f"lr_range_test.lr_end: {self.lr_range_test.lr_end} must exceed schedule.lr_min "
+                f"({self.schedule.lr_min})"
+            )
+        return self
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _has_path(tree: Any, path: tuple) -> bool:
+    for key in path:
+        if not isinstance(tree, dict) or key not in tree:
+            return False
+        tree = tree[key]
+    return True
+
+
+@dataclass(frozen=True)
+class Layer:
+    key: str  # where in params.yaml these overrides are written
+    overrides: dict  # by section
+    names_value: bool = False  # key points at one value (a grid's axis value), not at a mapping of sections
+
+
+@dataclass(frozen=True)
+class RunSource:
+    """Where a named run comes from in params.yaml: the top-level sections, then each layer of overrides in order
+    (its base run's entry, then its own: a `runs.<name>` entry, or a grid's axis values)."""
+
+    own_key: str  # the params.yaml entry that defines the run: runs.<name> or grids.<grid>
+    base_key: str  # the entry of the run it builds on (runs.<base>); own_key where it builds on none
+    layers: tuple[Layer, ...]
+
+    def key_path(self, path: tuple) -> str:
+        """Where to fix the value at `path` (section, key, ...): the last layer that sets it, else the default."""
+        dotted = ".".join(str(p) for p in path)
+        for layer in reversed(self.layers):
+            if _has_path(layer.overrides, path):
+                return f"{layer.key} ({dotted})" if layer.names_value else f"{layer.key}.{dotted}"
+        return dotted
+
+
+def _check_overrides(overrides: Any, where: str, source: str) -> dict:
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{source}: {where}: expected a mapping of sections, got {overrides!r}")
+    if "data" in overrides:
+        raise ConfigError(
+            f"{source}: {where}.data: the corpus and its split are shared by all runs; set data at the top level"
+        )
+    bad = sorted(set(overrides) - set(RUN_SECTIONS))
+    if bad:
+        raise ConfigError(f"{source}: {where}: unknown section(s) {bad}; allowed: {list(RUN_SECTIONS)} (and base)")
+    return overrides
+
+
+def _grid_runs(name: str, grid: Any, runs: dict, source: str) -> dict[str, RunSource]:
+    """A grid's runs: every combination of its axes' values, on its base run, named <grid>_<axis><label>_..."""
+    where = f"grids.{name}"
+    if not isinstance(grid, dict) or set(grid) != {"base", "axes"}:
+        raise ConfigError(
+            f"{source}: {where}: expected {{base: <run>, axes: {{<axis>: {{key: section.key, values: "
+            f"{{<label>: <value>, ...}}}}}}}}, got {grid!r}"
+        )
+    base, axes = grid["base"], grid["axes"]
+    if not isinstance(base, str) or base not in runs or "base" in (runs[base] or {}):
+        raise ConfigError(
+            f"{source}: {where}.base: {base!r} must be a run of runs without a base of its own; defined: {sorted(runs)}"
+        )
+    if not isinstance(axes, dict) or not axes:
+        raise ConfigError(f"{source}: {where}.axes: expected a non-empty mapping of axes, got {axes!r}")
+    choices = []
+    for axis, spec in axes.items():
+        key = spec.get("key") if isinstance(spec, dict) else None
+        if (
+            not isinstance(spec, dict)
+            or set(spec) != {"key", "values"}
+            or not isinstance(spec["values"], dict)
+            or not spec["values"]
+            or not isinstance(key, str)
+            or len(key.split(".")) != 2
+            or key.split(".")[0] not in RUN_SECTIONS
+        ):
+            raise ConfigError(
+                f"{source}: {where}.axes.{axis}: expected {{key: section.key (a section of "
+                f"{list(RUN_SECTIONS)}), values: {{<label>: <value>, ...}}}}, got {spec!r}"
+            )
+        section, field = key.split(".")
+        choices.append(
+            [
+                (f"{axis}{label}", Layer(f"{where}.axes.{axis}.values.{label}", {section: {field: value}}, True))
+                for label, value in spec["values"].items()
+            ]
+        )
+    base_layer = Layer(f"runs.{base}", _check_overrides(runs[base] or {}, f"runs.{base}", source))
+    return {
+        "_".join([name, *(label for label, _ in combination)]): RunSource(
+            where, f"runs.{base}", (base_layer, *(layer for _, layer in combination))
+        )
+        for combination in itertools.product(*choices)
+    }
+
+
+def run_sources(params: dict[str, Any], source: str = "params.yaml") -> dict[str, RunSource]:
+    """Every named run, in order: params.yaml's runs, then the runs of each grid."""
+    runs, grids = params["runs"], params.get("grids") or {}
+    if not isinstance(grids, dict):
+        raise ConfigError(f"{source}: grids: expected a mapping of grid name -> {{base, axes}}, got {grids!r}")
+    out: dict[str, RunSource] = {}
+    for name, entry in runs.items():
+        entry = {} if entry is None else entry
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{source}: runs.{name}: expected a mapping of sections, got {entry!r}")
+        own = Layer(
+            f"runs.{name}", _check_overrides({k: v for k, v in entry.items() if k != "base"}, f"runs.{name}", source)
+        )
+        if "base" not in entry:
+            out[name] = RunSource(f"runs.{name}", f"runs.{name}", (own,))
+            continue
+        base = entry["base"]
+        if not isinstance(base, str) or base == name or base not in runs:
+            raise ConfigError(f"{source}: runs.{name}.base: {base!r} is not another run; defined: {sorted(runs)}")
+        base_entry = runs[base] or {}
+        if isinstance(base_entry, dict) and "base" in base_entry:
+            raise ConfigError(
+                f"{source}: runs.{name}.base: {base!r} builds on {base_entry['base']!r} itself; a base "
+                f"must be a run without a base (one level, so that DVC tracks both)"
+            )
+        base_layer = Layer(f"runs.{base}", _check_overrides(base_entry, f"runs.{base}", source))
+        out[name] = RunSource(f"runs.{name}", f"runs.{base}", (base_layer, own))
+    for name, grid in grids.items():
+        for run, run_source in _grid_runs(name, grid, runs, source).items():
+            if run in out:
+                raise ConfigError(f"{source}: grids.{name}: its run {run!r} is also defined under runs")
+            out[run] = run_source
+    return out
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    path = Path(path)
+    raw = read_params(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(SECTIONS) - {"runs", "grids"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key(s) {unknown}; allowed: {[*SECTIONS, 'runs', 'grids']}")
+    missing = [s for s in (*SECTIONS, "runs") if s not in raw]
+    if missing:
+        raise ConfigError(f"{path}: missing section(s) {missing}")
+    if not isinstance(raw["runs"], dict) or not raw["runs"]:
+        raise ConfigError(f"{path}: runs: expected a non-empty mapping of run name -> overrides")
+    return raw
+
+
+def resolve_run(
+    params: dict[str, Any], run: str, source: str = "params.yaml", sources: dict[str, RunSource] | None = None
+) -> RunConfig:
+    """The validated config of one named run: the top-level sections with its layers of overrides merged on top."""
+    sources = sources if sources is not None else run_sources(params, source)
+    if run not in sources:
+        raise ConfigError(f"{source}: run {run!r} is not defined under runs or grids; defined: {sorted(sources)}")
+    run_source = sources[run]
+    merged = {s: params[s] for s in SECTIONS}
+    for layer in run_source.layers:
+        merged = _deep_merge(merged, layer.overrides)
+    try:
+        return RunConfig(name=run, **merged)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: run {run!r}: {format_validation_error(e, run_source.key_path)}") from None
+
+
+def load_all_runs(path: str | Path = "params.yaml") -> dict[str, RunConfig]:
+    """Every named run, validated: each stage calls this first so that a typo anywhere stops the stage."""
+    params = load_params(path)
+    sources = run_sources(params, str(path))
+    return {run: resolve_run(params, run, str(path), sources) for run in sources}
+
+
+def load_run_config(run: str, path: str | Path = "params.yaml") -> RunConfig:
+    runs = load_all_runs(path)
+    if run not in runs:
+        raise ConfigError(f"{path}: run {run!r} is not defined under runs or grids; defined: {sorted(runs)}")
+    return runs[run]
+
+
+def with_overrides(cfg: RunConfig, assignments: list[str]) -> RunConfig:
+    """`section.key=value` assignments (the value parsed as YAML) applied on top of a run, re-validated:
+    how the benchmark and the recipe sweep vary one run without editing params.yaml."""
+    merged = cfg.model_dump(mode="json")
+    for assignment in assignments:
+        path, sep, text = assignment.partition("=")
+        keys = path.strip().split(".")
+        if not sep or len(keys) != 2 or keys[0] not in RUN_SECTIONS:
+            raise ConfigError(
+                f"override {assignment!r}: expected section.key=value with a section in {list(RUN_SECTIONS)}"
+            )
+        section, key = keys
+        if key not in merged[section]:
+            raise ConfigError(
+                f"override {assignment!r}: {section}.{key}: unknown key; known: {sorted(merged[section])}"
+            )
+        merged[section][key] = yaml.safe_load(text)
+    try:
+        return RunConfig(**merged)
+    except ValidationError as e:
+        raise ConfigError(f"run {cfg.name!r} with overrides {assignments}: {format_validation_error(e)}") from None

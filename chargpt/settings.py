@@ -1,0 +1,59 @@
+"""What every section's config shares: a strict frozen pydantic base, the field types, one-line validation errors
+that name the key path, and `flatten`. Imports no chargpt module, so that a section's config (chargpt.data.config,
+chargpt.model.config, chargpt.train.config, chargpt.evaluation.config) depends on nothing but this."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+
+
+class Section(BaseModel):
+    # extra="forbid": a typo in params.yaml is an error naming the key, not a silently ignored value.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def own_words(e: dict) -> str:
+    """A pydantic error's own words: the validator's message without pydantic's "Value error, " prefix."""
+    if e["type"] == "value_error" and "error" in e.get("ctx", {}):
+        return str(e["ctx"]["error"])
+    return e["msg"]
+
+
+def format_validation_error(err: ValidationError, key_path: Callable[[tuple], str] | None = None) -> str:
+    """One line: each problem as `<key path>: <what is wrong>`; key_path maps a location to where its value is
+    written (default: the dotted location)."""
+    problems = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if p != "")
+        message = own_words(e)
+        # A validator names the key it refuses at the start of its message ("lr_min: ...", "train.nproc: ...").
+        head, sep, rest = message.partition(": ")
+        if sep and " " not in head and head.replace(".", "").replace("_", "").isalnum():
+            loc, message = (*loc, *head.split(".")), rest
+        path = key_path(loc) if key_path else ".".join(map(str, loc))
+        if e["type"] == "extra_forbidden":
+            problems.append(f"{path}: unknown key (typo?)")
+        elif e["type"] in ("value_error", "assertion_error") or "input" not in e:
+            problems.append(f"{path}: {message}")
+        else:
+            problems.append(f"{path}: {message} (got {e['input']!r})")
+    return "; ".join(problems)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: a config as key paths (MLflow params, config differences)."""
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out

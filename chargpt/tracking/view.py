@@ -1,0 +1,155 @@
+"""MLflow's own screens, opened on the comparison: the saved view of the named runs (by test BPC, with BPC and
+accuracy columns, every varied param, and charts), refreshed by each stage, and `chargpt ui`, which publishes it and
+starts MLflow's UI on the project's store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from chargpt.errors import TrackingError
+from chargpt.tracking import store
+from chargpt.tracking.compare import NOT_RECIPE, find_project, latest_attempts, load_runs
+
+VIEW_KEY = "compare"  # MLflow's shared view: the experiment tag mlflow.sharedViewState.<key>, opened by URL
+# The view's metric columns: few, so that the varied params fit on the first screen beside them.
+SUMMARY_METRICS = ["val_bpc", "test_bpc", "test_accuracy", "test_bpc_dynamic", "iterations"]
+CHART_METRICS = ["test_bpc", "val_bpc", "test_bpc_dynamic", "val_bpc_dynamic", "test_accuracy", "val_accuracy"]
+
+
+def varied_params(latest: pd.DataFrame) -> list[str]:
+    """The recipe params (section.key) whose value differs between the named runs' latest attempts."""
+    recipe = [
+        c
+        for c in latest.columns
+        if c.startswith("params.") and not c.startswith(NOT_RECIPE) and not c.startswith("params.data.")
+    ]
+    return sorted(c.removeprefix("params.") for c in recipe if latest[c].dropna().astype(str).nunique() > 1)
+
+
+def publish_view(root: Path) -> str | None:
+    """Store MLflow's saved view of this project's runs: the named runs by test BPC, with the BPC metrics, iterations
+    and every param that varies between runs as columns, and BPC charts first. MLflow's UI opens it from the URL
+    (view_path); the experiment's kind tag makes it the model-training UI rather than the GenAI one. Returns the
+    experiment's id (None while nothing is recorded)."""
+    runs = load_runs(root)
+    if runs.empty:
+        return None
+    latest = latest_attempts(runs)
+    metrics = [m for m in SUMMARY_METRICS if f"metrics.{m}" in latest]
+    columns = [f"metrics.`{m}`" for m in metrics] + [f"params.`{p}`" for p in varied_params(latest)]
+
+    def chart(kind: str, metric: str, section: str) -> dict:
+        common = {"uuid": f"chargpt-{metric}", "type": kind, "metricKey": metric, "metricSectionId": section,
+                  "runsCountToCompare": 20, "deleted": False, "isGenerated": False}  # fmt: skip
+        line = {"selectedMetricKeys": [metric], "xAxisKey": "step", "scaleType": "linear", "lineSmoothness": 0}
+        return common | (line if kind == "LINE" else {})
+
+    def bar(metric: str, section: str) -> dict:
+        return chart("BAR", metric, section)
+
+    def line(metric: str, section: str) -> dict:
+        return chart("LINE", metric, section)
+
+    charts = [bar(m, "chargpt-bpc") for m in CHART_METRICS if f"metrics.{m}" in latest]
+    charts += [
+        line("val_probe_bpc", "chargpt-bpc"),
+        line("val_probe_accuracy", "chargpt-bpc"),
+        line("train_loss", "chargpt-training"),
+    ]
+    view = {
+        "searchFilter": "tags.dvc_stage LIKE 'train@%'",  # the named runs, not their nested LR range tests
+        "orderByKey": "metrics.`test_bpc`",
+        "orderByAsc": True,
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "datasetsFilter": [],
+        "modelVersionFilter": "All Runs",
+        "selectedColumns": columns,
+        "columnOrder": columns,
+        "runsHiddenMode": "SHOW_ALL",
+        "hideEmptyCharts": True,
+        "isAccordionReordered": True,
+        "compareRunSections": [
+            {"uuid": "chargpt-bpc", "name": "Bits per byte", "display": True, "isReordered": True},
+            {"uuid": "chargpt-training", "name": "Training", "display": True, "isReordered": True},
+        ],
+        "compareRunCharts": charts,
+    }
+    experiment_id = latest["experiment_id"].iloc[0]
+    now = int(time.time() * 1000)
+    # MLflow's saved-view envelope: the UI lists it under Views, and opens it from viewStateShareKey in the URL.
+    envelope = {"name": "BPC by named run", "createdAt": now, "updatedAt": now, "state": json.dumps(view)}
+    mlflow.MlflowClient().set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(envelope))
+    return experiment_id
+
+
+def refresh_view(log: logging.Logger) -> None:
+    """publish_view after a stage recorded a run; the view is a convenience, so a failure is a warning only."""
+    if not store.enabled():
+        return
+    try:
+        publish_view(store.project_root())
+    except (TrackingError, *store.STORE_ERRORS) as e:
+        log.warning("could not update MLflow's comparison view: %s", e)
+
+
+def view_path(experiment_id: str, mode: str = "TABLE") -> str:
+    """The URL path (after host:port) of the published view: TABLE or CHART."""
+    return (
+        f"/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}&workflowType=machine_learning"
+        f"&compareRunsMode={mode}"
+    )
+
+
+def ui_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chargpt ui",
+        description="MLflow's UI over the project's store, opened on the "
+        "named runs by test BPC (table) and their BPC charts.",
+    )
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--repo", type=Path, help="the project (default: the one holding the current directory)")
+    return parser
+
+
+def ui_main(argv: list[str] | None = None) -> None:
+    """Publish the comparison view, print its URLs, then run `mlflow ui` on the project's store."""
+    args = ui_parser().parse_args(argv)
+    root = args.repo.resolve() if args.repo else find_project()
+    experiment_id = publish_view(root)
+    if experiment_id is None:
+        raise TrackingError(
+            f"{root}: no named run recorded yet; `dvc repro evaluate@quickstart` trains and records one"
+        )
+    base = f"http://{args.host}:{args.port}"
+    print(
+        f"runs by test BPC:  {base}{view_path(experiment_id)}\n"
+        f"their BPC charts:  {base}{view_path(experiment_id, 'CHART')}",
+        flush=True,
+    )
+    uri = store.tracking_uri(root)
+    os.execvp(
+        sys.executable,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            args.host,
+            "--port",
+            str(args.port),
+        ],
+    )

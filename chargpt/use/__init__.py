@@ -1,0 +1,1 @@
+"""Using a trained model: loading and sampling (inference), compression, and their commands."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 import sys
 
 from chargpt.errors import STAGE_ERRORS
@@ -83,8 +84,24 @@ def main(argv: list[str] | None = None) -> None:
         )
     try:
         _function(argv[0], 2)(argv[1:])
-    except STAGE_ERRORS as e:  # bad input: one line naming it
-        sys.exit(f"chargpt {argv[0]}: {e}")
+    except Exception as e:  # the one boundary: every failure of a command ends in one line and exit 1
+        sys.exit(one_line(argv[0], e))
+
+
+DEBUG = "CHARGPT_DEBUG"
+
+
+def one_line(command: str, error: Exception) -> str:
+    """What a failed command prints: the error in one line, naming the file where there is one. CHARGPT_DEBUG=1
+    re-raises it instead, with its traceback."""
+    if os.environ.get(DEBUG):
+        raise error
+    if isinstance(error, STAGE_ERRORS):  # bad input, already said in full
+        return f"chargpt {command}: {error}"
+    if isinstance(error, OSError):
+        where = f"{error.filename}: " if error.filename else ""
+        return f"chargpt {command}: {where}{error.strerror or error}"
+    return f"chargpt {command}: {type(error).__name__}: {error} ({DEBUG}=1 shows where)"
 
 
 if __name__ == "__main__":

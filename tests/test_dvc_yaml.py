@@ -91,3 +91,20 @@ def test_shipped_templates_are_vega_lite_with_the_anchors_dvc_fills():
         assert "<DVC_METRIC_X>" in text and "<DVC_METRIC_Y>" in text
     log_x = json.loads((REPO / ".dvc/plots/lr_range_log.json").read_text())["layer"][0]["encoding"]["x"]
     assert log_x["scale"]["type"] == "log"
+
+
+def test_sync_dvc_refuses_a_run_that_cannot_run_and_writes_nothing(tmp_path):
+    """A grid whose axis names no key: one line with the key path, exit 1, dvc.yaml and the runs file untouched."""
+    import shutil
+
+    for name in ("dvc.yaml", RUNS_FILE, "params.yaml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["grids"]["grid"]["axes"]["mom"]["key"] = "schedule.momentum_maxx"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    before = {name: (tmp_path / name).read_text() for name in ("dvc.yaml", RUNS_FILE)}
+    proc = subprocess.run([sys.executable, "-m", "chargpt.cli", "sync-dvc"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "grids.grid.axes.mom.values.090 (schedule.momentum_maxx): unknown key (typo?)" in proc.stderr
+    assert {name: (tmp_path / name).read_text() for name in before} == before

@@ -138,7 +138,7 @@ def test_decoding_refuses_another_model_another_setup_and_damage(checkpoint, tmp
     monkeypatch.undo()
     damaged = bytearray(blob)
     damaged[-20] ^= 0xFF
-    with pytest.raises(CompressionError, match="do not match the sha256"):
+    with pytest.raises(CompressionError, match="damaged payload .its sha256 does not match"):
         decompress(model, sha, bytes(damaged))
     with pytest.raises(CompressionError, match="not a chargpt-compressed file"):
         decompress(model, sha, b"PK\x03\x04 a zip")
@@ -203,3 +203,63 @@ def test_sliding_windows_compress_as_score_with_a_stride_scores(checkpoint):
     score = split_score(model, torch.frombuffer(bytearray(data), dtype=torch.uint8), 32, 16, stride=12)
     assert stats.compressed_bytes - stats.header_bytes <= score.bytes_scored * score.bpc / 8 * 1.001 + 5
     assert len(blob) < len(compress(model, sha, data)[0])  # more context per byte: fewer bits
+
+
+def test_damage_and_truncation_are_refused_before_any_decoding(checkpoint):
+    """Every truncation point and every single-bit flip of a compressed file: refused at once with one
+    CompressionError naming the damage (the header's CRC-32, the payload's length and sha256), never decoded."""
+    import time
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from chargpt.errors import CompressionError
+
+    model, sha = load_trained(checkpoint), file_sha256(checkpoint)
+    data = tiny_text(400)
+    blob, _ = compress(model, sha, data)
+    assert decompress(model, sha, blob)[0] == data
+
+    def refused(damaged: bytes) -> str:
+        start = time.perf_counter()
+        with pytest.raises(CompressionError) as err:
+            decompress(model, sha, damaged, source="f.cgz")
+        assert time.perf_counter() - start < 0.5
+        return str(err.value)
+
+    @settings(max_examples=150, deadline=None, database=None)
+    @given(st.integers(0, len(blob) - 1))
+    def truncated(k):
+        assert refused(blob[:k]).startswith("f.cgz: ")
+
+    @settings(max_examples=300, deadline=None, database=None)
+    @given(st.integers(0, len(blob) * 8 - 1))
+    def flipped(bit):
+        damaged = bytearray(blob)
+        damaged[bit // 8] ^= 1 << (bit % 8)
+        message = refused(bytes(damaged))
+        assert "sha256 does not match" in message or "CRC-32" in message or "truncated" in message or \
+            "not a chargpt-compressed file" in message, message  # fmt: skip
+
+    truncated()
+    flipped()
+    assert "payload of" in refused(blob[:-3]) and "damaged payload" in refused(blob[:-1] + bytes([blob[-1] ^ 1]))
+
+
+def test_a_format_1_file_still_decodes(checkpoint):
+    import hashlib
+    import json
+    import struct
+
+    from chargpt.use.compression import MAGIC
+
+    model, sha = load_trained(checkpoint), file_sha256(checkpoint)
+    data = tiny_text(500)
+    blob, _ = compress(model, sha, data)
+    (size,) = struct.unpack_from("<I", blob, len(MAGIC))
+    header = json.loads(blob[len(MAGIC) + 4 : len(MAGIC) + 4 + size])
+    payload = blob[len(MAGIC) + 4 + size + 4 :]
+    assert header.pop("payload_sha256") == hashlib.sha256(payload).hexdigest() and header.pop("payload_bytes")
+    head = json.dumps(header | {"format": 1}, sort_keys=True).encode()
+    old = MAGIC + struct.pack("<I", len(head)) + head + payload  # format 1: no CRC, no payload checksum
+    assert decompress(model, sha, old)[0] == data

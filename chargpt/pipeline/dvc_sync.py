@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from chargpt.io import atomic_open
-from chargpt.pipeline.config import load_params, run_sources
+from chargpt.pipeline.config import load_params, resolve_run, run_sources
 
 RUNS_FILE = "pipeline_runs.yaml"
 HEADER = """\
@@ -173,12 +173,14 @@ def plots_section(runs: list[str]) -> list[dict]:
 
 def render(dvc_yaml: str, params: dict, root: Path) -> tuple[str, str]:
     """(dvc.yaml, pipeline_runs.yaml) as they must be."""
+    sources = run_sources(params)
+    for run in sources:  # every run valid, each key, base and grid value, before anything is read or written
+        resolve_run(params, run, sources=sources)
     spec = yaml.safe_load(dvc_yaml)
     for stage in spec["stages"].values():
         body = stage.get("do", stage)
         data = [d for d in body.get("deps", []) if not (isinstance(d, str) and is_code(d))]
         body["deps"] = code_deps(stage_script(stage), root) + data
-    sources = run_sources(params)
     spec["plots"] = plots_section(list(sources))
     runs = {"pipeline_runs": {name: {"own": s.own_key, "base": s.base_key} for name, s in sources.items()}}
     return (

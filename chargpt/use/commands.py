@@ -70,6 +70,8 @@ def sample_main(argv: list[str] | None = None) -> None:
     args = sample_parser().parse_args(argv)
     model = load_trained(checkpoint_path(args.run, args.checkpoint))
     prompt = _read(args.prompt_file) if args.prompt_file else args.prompt.encode()
+    if not prompt:
+        raise ConfigError(f"{args.prompt_file or '--prompt'}: empty: the prompt needs at least one byte to continue")
     if args.bytes < 0 or (args.top_k is not None and args.top_k < 1) or args.temperature <= 0:
         raise ConfigError(
             f"--bytes must be >= 0, --top-k >= 1, --temperature > 0; got {args.bytes}, {args.top_k}, {args.temperature}"
@@ -95,11 +97,12 @@ def score_parser() -> argparse.ArgumentParser:
 def score_main(argv: list[str] | None = None) -> None:
     args = score_parser().parse_args(argv)
     model = load_trained(checkpoint_path(args.run, args.checkpoint))
-    data = torch.frombuffer(bytearray(_read(args.file)), dtype=torch.uint8)
-    if len(data) < 2:
+    raw = _read(args.file)
+    if len(raw) < 2:
         raise ConfigError(
-            f"{args.file}: {len(data)} byte(s): nothing to score (each byte is predicted from earlier ones)"
+            f"{args.file}: {len(raw)} byte(s): nothing to score (each byte is predicted from earlier ones)"
         )
+    data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
     context = model.cfg.context
     if args.stride is not None and not 0 < args.stride <= context:
         raise ConfigError(f"--stride: {args.stride} must be between 1 and the model's context ({context})")

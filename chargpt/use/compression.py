@@ -26,6 +26,7 @@ import json
 import math
 import struct
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,10 @@ from chargpt.io import atomic_open
 from chargpt.model.gpt import GPT, KVCache
 
 MAGIC = b"CHARGPT\x00"
-FORMAT = 1
+# 2: MAGIC, the header's length (<I), the header (JSON), its CRC-32 (<I), then the payload (stored bytes and the
+# range coder's words), whose length and sha256 the header records: damage and truncation are refused before any
+# decoding. 1: the same without the CRC and the payload's checksum (read, checked only after decoding).
+FORMAT = 2
 DEFAULT_LANES = 32
 
 
@@ -201,23 +205,48 @@ def compress(
 
         _code(model, n, context, lanes, stride, dynamic, bytearray(data), code)
     stored = bytes(data[p] for p in _stored_positions(n, context, lanes, _in_order(context, stride, dynamic)))
+    payload = stored + encoder.get_compressed().astype("<u4").tobytes()
+    header |= {"payload_bytes": len(payload), "payload_sha256": hashlib.sha256(payload).hexdigest()}
     head = json.dumps(header, sort_keys=True).encode()
-    words = encoder.get_compressed().astype("<u4").tobytes()
-    out = MAGIC + struct.pack("<I", len(head)) + head + stored + words
-    return out, Stats(n, len(out), len(MAGIC) + 4 + len(head), time.perf_counter() - start)
+    out = MAGIC + struct.pack("<I", len(head)) + head + struct.pack("<I", zlib.crc32(head)) + payload
+    return out, Stats(n, len(out), len(out) - len(payload), time.perf_counter() - start)
+
+
+HEADER_KEYS = {"format", "length", "sha256", "model_sha256", "protocol", "torch", "device", "cpu_capability", "threads"}
 
 
 def read_header(blob: bytes, source: str) -> tuple[dict, int]:
+    """The header, and where the payload starts: refused at once, naming what is wrong, if the file is not ours, is
+    truncated, or its header or payload is damaged (format 2; a format-1 file is checked after decoding only)."""
     if not blob.startswith(MAGIC):
         raise CompressionError(f"{source}: not a chargpt-compressed file (it does not start with {MAGIC!r})")
+    start = len(MAGIC) + 4
+    if len(blob) < start:
+        raise CompressionError(f"{source}: truncated: {len(blob)} bytes, shorter than the header's length field")
+    (size,) = struct.unpack_from("<I", blob, len(MAGIC))
+    head = blob[start : start + size]
+    crc = blob[start + size : start + size + 4]
     try:
-        (size,) = struct.unpack_from("<I", blob, len(MAGIC))
-        header = json.loads(blob[len(MAGIC) + 4 : len(MAGIC) + 4 + size])
-    except (struct.error, ValueError) as e:
-        raise CompressionError(f"{source}: unreadable header (truncated?): {e}") from None
-    if header.get("format") != FORMAT:
-        raise CompressionError(f"{source}: format {header.get('format')!r}; this version reads format {FORMAT}")
-    return header, len(MAGIC) + 4 + size
+        header = json.loads(head)
+        version = header.get("format") if isinstance(header, dict) else None
+    except ValueError:
+        version = None
+    if version == 1 and HEADER_KEYS <= set(header) and "payload_sha256" not in header:
+        return header, start + size
+    if len(crc) < 4:
+        raise CompressionError(f"{source}: truncated: {len(blob)} bytes, shorter than its header ({size} bytes) needs")
+    if zlib.crc32(head) != struct.unpack("<I", crc)[0]:
+        raise CompressionError(f"{source}: damaged header (its CRC-32 does not match)")
+    if version != FORMAT or not HEADER_KEYS | {"payload_bytes", "payload_sha256"} <= set(header):
+        raise CompressionError(f"{source}: format {version!r}; this version reads formats 1 and {FORMAT}")
+    offset = start + size + 4
+    payload = blob[offset:]
+    if len(payload) != header["payload_bytes"]:
+        raise CompressionError(f"{source}: truncated or extended: a payload of {len(payload)} bytes where the header "
+                               f"records {header['payload_bytes']}")  # fmt: skip
+    if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
+        raise CompressionError(f"{source}: damaged payload (its sha256 does not match the header's)")
+    return header, offset
 
 
 def check_setup(header: dict, model_sha256: str, model_file: str, source: str) -> None:

@@ -38,20 +38,34 @@ def test_a_run_builds_on_its_base_and_changes_only_what_it_states(params):
 
 
 @pytest.mark.parametrize(
-    "entry, expected",
+    "runs, expected",
     [
-        ({"base": "nope"}, "runs.variant.base: 'nope' is not another run"),
-        ({"base": "variant"}, "runs.variant.base: 'variant' is not another run"),
-        (
-            {"base": "quickstart"},
-            "runs.variant.base: 'quickstart' builds on 'quickstart_adamw' itself; a base must be a run without a base",
-        ),
+        ({"variant": {"base": "nope"}}, "runs.variant.base: 'nope' is not another run"),
+        ({"variant": {"base": "variant"}}, "runs.variant.base: 'variant' is not another run"),
+        ({"variant": {"base": "loop"}, "loop": {"base": "variant"}},
+         "runs.loop.base: 'variant' closes a loop of bases (variant -> loop -> variant)"),
+        ({"variant": {"base": "v2"}, "v2": {"base": "quickstart"}},
+         "runs.variant.base: a chain of 4 runs (variant -> v2 -> quickstart -> quickstart_adamw); at most 3"),
     ],
-)
-def test_a_base_must_be_another_run_without_a_base(params, entry, expected):
-    params["runs"]["variant"] = entry
+)  # fmt: skip
+def test_a_base_must_be_another_run_in_a_short_chain(params, runs, expected):
+    params["runs"].update(runs)
     with pytest.raises(ConfigError, match=re.escape(expected)):
         run_sources(params)
+
+
+def test_a_variant_of_the_quickstart_builds_on_its_whole_chain(params):
+    """The README's recipe: `base: quickstart` (itself on quickstart_adamw) and a few keys."""
+    params["runs"]["variant"] = {"base": "quickstart", "train": {"iterations": 1000}}
+    source = run_sources(params)["variant"]
+    assert (source.own_key, source.base_key, source.root_key) == ("runs.variant", "runs.quickstart",
+                                                                 "runs.quickstart_adamw")  # fmt: skip
+    variant, quickstart = resolve_run(params, "variant"), resolve_run(params, "quickstart")
+    assert variant.train.iterations == 1000 and variant.optimizer == quickstart.optimizer  # muon, from quickstart
+    assert variant.model == quickstart.model and variant.train.precision == "fp32"  # from quickstart_adamw
+    params["runs"]["quickstart"]["optimizer"]["muon_ns_dtype"] = "fp64"  # an error names the layer that set it
+    with pytest.raises(ConfigError, match=re.escape("runs.quickstart.optimizer.muon_ns_dtype")):
+        resolve_run(params, "variant")
 
 
 def test_an_error_names_the_key_where_the_value_is_written(params):

@@ -111,6 +111,11 @@ class RunSource:
     own_key: str  # the params.yaml entry that defines the run: runs.<name> or grids.<grid>
     base_key: str  # the entry of the run it builds on (runs.<base>); own_key where it builds on none
     layers: tuple[Layer, ...]
+    root_key: str = ""  # the first run of its chain of bases (runs.<root>); base_key where the base has none
+
+    def __post_init__(self):
+        if not self.root_key:
+            object.__setattr__(self, "root_key", self.base_key)
 
     def key_path(self, path: tuple) -> str:
         """Where to fix the value at `path` (section, key, ...): the last layer that sets it, else the default."""
@@ -145,10 +150,12 @@ def _grid_runs(name: str, grid: Any, runs: dict, source: str) -> dict[str, RunSo
             f"{{<label>: <value>, ...}}}}}}}}, got {grid!r}"
         )
     base, axes = grid["base"], grid["axes"]
-    if not isinstance(base, str) or base not in runs or "base" in (runs[base] or {}):
-        raise ConfigError(
-            f"{source}: {where}.base: {base!r} must be a run of runs without a base of its own; defined: {sorted(runs)}"
-        )
+    if not isinstance(base, str) or base not in runs:
+        raise ConfigError(f"{source}: {where}.base: {base!r} must be a run of runs; defined: {sorted(runs)}")
+    chain = _chain(base, runs, source)
+    if len(chain) > MAX_CHAIN - 1:  # the grid's own values make one more layer
+        raise ConfigError(f"{source}: {where}.base: {base!r} builds on a chain of {len(chain)} runs; a grid's base "
+                          f"may build on one run at most, so that DVC tracks each")  # fmt: skip
     if not isinstance(axes, dict) or not axes:
         raise ConfigError(f"{source}: {where}.axes: expected a non-empty mapping of axes, got {axes!r}")
     choices = []
@@ -174,13 +181,46 @@ def _grid_runs(name: str, grid: Any, runs: dict, source: str) -> dict[str, RunSo
                 for label, value in spec["values"].items()
             ]
         )
-    base_layer = Layer(f"runs.{base}", _check_overrides(runs[base] or {}, f"runs.{base}", source))
+    base_layers = _layers(chain, runs, source)
     return {
         "_".join([name, *(label for label, _ in combination)]): RunSource(
-            where, f"runs.{base}", (base_layer, *(layer for _, layer in combination))
+            where, f"runs.{base}", (*base_layers, *(layer for _, layer in combination)), f"runs.{chain[0]}"
         )
         for combination in itertools.product(*choices)
     }
+
+
+MAX_CHAIN = 3  # runs in a chain of bases: a variant, its base, the base's base (dvc.yaml tracks each: own, base, root)
+
+
+def _chain(name: str, runs: dict, source: str) -> list[str]:
+    """The runs `name` builds on, the first of the chain first and `name` last."""
+    chain = [name]
+    while isinstance(runs[chain[-1]], dict) and "base" in runs[chain[-1]]:
+        base = runs[chain[-1]]["base"]
+        if not isinstance(base, str) or base == chain[-1] or base not in runs:
+            raise ConfigError(f"{source}: runs.{chain[-1]}.base: {base!r} is not another run; defined: {sorted(runs)}")
+        if base in chain:
+            raise ConfigError(f"{source}: runs.{chain[-1]}.base: {base!r} closes a loop of bases "
+                              f"({' -> '.join([*chain, base])})")  # fmt: skip
+        chain.append(base)
+    if len(chain) > MAX_CHAIN:
+        raise ConfigError(
+            f"{source}: runs.{name}.base: a chain of {len(chain)} runs ({' -> '.join(chain)}); at most {MAX_CHAIN}, "
+            f"so that DVC tracks each: build on a run nearer the start"
+        )
+    return chain[::-1]
+
+
+def _layers(chain: list[str], runs: dict, source: str) -> tuple[Layer, ...]:
+    """Each run's own overrides (without its `base:`), in the chain's order."""
+    return tuple(
+        Layer(
+            f"runs.{run}",
+            _check_overrides({k: v for k, v in (runs[run] or {}).items() if k != "base"}, f"runs.{run}", source),
+        )  # fmt: skip
+        for run in chain
+    )
 
 
 def run_sources(params: dict[str, Any], source: str = "params.yaml") -> dict[str, RunSource]:
@@ -193,23 +233,9 @@ def run_sources(params: dict[str, Any], source: str = "params.yaml") -> dict[str
         entry = {} if entry is None else entry
         if not isinstance(entry, dict):
             raise ConfigError(f"{source}: runs.{name}: expected a mapping of sections, got {entry!r}")
-        own = Layer(
-            f"runs.{name}", _check_overrides({k: v for k, v in entry.items() if k != "base"}, f"runs.{name}", source)
-        )
-        if "base" not in entry:
-            out[name] = RunSource(f"runs.{name}", f"runs.{name}", (own,))
-            continue
-        base = entry["base"]
-        if not isinstance(base, str) or base == name or base not in runs:
-            raise ConfigError(f"{source}: runs.{name}.base: {base!r} is not another run; defined: {sorted(runs)}")
-        base_entry = runs[base] or {}
-        if isinstance(base_entry, dict) and "base" in base_entry:
-            raise ConfigError(
-                f"{source}: runs.{name}.base: {base!r} builds on {base_entry['base']!r} itself; a base "
-                f"must be a run without a base (one level, so that DVC tracks both)"
-            )
-        base_layer = Layer(f"runs.{base}", _check_overrides(base_entry, f"runs.{base}", source))
-        out[name] = RunSource(f"runs.{name}", f"runs.{base}", (base_layer, own))
+        chain = _chain(name, runs, source)
+        out[name] = RunSource(f"runs.{name}", f"runs.{chain[-2 if len(chain) > 1 else -1]}",
+                              _layers(chain, runs, source), f"runs.{chain[0]}")  # fmt: skip
     for name, grid in grids.items():
         for run, run_source in _grid_runs(name, grid, runs, source).items():
             if run in out:

@@ -33,8 +33,8 @@ HEADER = """\
 """
 RUNS_HEADER = """\
 # Written by `chargpt sync-dvc` from params.yaml: every named run, with the params.yaml entries that define it
-# (`own`: its entry; `base`: the run it builds on, itself for a run with none). dvc.yaml's per-run stages track
-# both. Do not edit: change params.yaml and run `chargpt sync-dvc`.
+# (`own`: its entry; `base`: the run it builds on, itself for a run with none; `root`: the first run of its chain of
+# bases). dvc.yaml's per-run stages track all three. Do not edit: change params.yaml and run `chargpt sync-dvc`.
 """
 
 # plot id -> (file per run, y column, template, title, x, x label, y label)
@@ -182,7 +182,11 @@ def render(dvc_yaml: str, params: dict, root: Path) -> tuple[str, str]:
         data = [d for d in body.get("deps", []) if not (isinstance(d, str) and is_code(d))]
         body["deps"] = code_deps(stage_script(stage), root) + data
     spec["plots"] = plots_section(list(sources))
-    runs = {"pipeline_runs": {name: {"own": s.own_key, "base": s.base_key} for name, s in sources.items()}}
+    runs = {
+        "pipeline_runs": {
+            name: {"own": s.own_key, "base": s.base_key, "root": s.root_key} for name, s in sources.items()
+        }
+    }
     return (
         HEADER + yaml.safe_dump(spec, sort_keys=False, width=120),
         RUNS_HEADER + yaml.safe_dump(runs, sort_keys=False, width=120),

@@ -186,7 +186,7 @@ def _cell(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
         return ""
     if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e-2 else f"{value:.4f}".rstrip("0").rstrip(".")
+        return f"{value:.4g}" if abs(value) < 1e-2 else f"{value:.5f}".rstrip("0").rstrip(".")  # eval.json's rounding
     return str(value)
 
 

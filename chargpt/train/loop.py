@@ -233,7 +233,7 @@ def train_loop(
                 model.train()
             check_blow_up(cfg, state, done, metrics)
             hooks.on_metrics(done, metrics)
-            bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss_nats=f"{train_loss:.3f}", lr=f"{lr:.2e}")  # the loss in nats; probes are bits
             sums.zero_()
             state.loss_count = 0
         if done == cfg.total_steps:

@@ -21,16 +21,27 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from chargpt.device import autocast
+from chargpt.errors import ConfigError
 
 LN2 = math.log(2)
 
 
+def window_length(n: int, context: int) -> int:
+    """T, the input length of every window over n bytes: the context, or all but the last byte of a shorter text."""
+    return min(context, n - 1)
+
+
+def check_stride(stride: int | None, context: int) -> None:
+    if stride is not None and not 0 < stride <= context:
+        raise ConfigError(f"stride {stride} must be between 1 and the model's context ({context})")
+
+
 def window_plan(n: int, context: int, stride: int) -> list[tuple[int, int]]:
     """(input start, number of scored positions) per window; each input is data[start : start + T]
-    with T = min(context, n - 1), and scores its last positions."""
+    with T = window_length(n, context), and scores its last positions."""
     if n < 2:
         raise ValueError(f"a split of {n} byte(s) has nothing to score")
-    T = min(context, n - 1)
+    T = window_length(n, context)
     plan = [(0, T)]  # the first window scores all of its T targets (bytes 1..T)
     scored_end = T + 1  # exclusive: bytes [1, scored_end) are scored
     while scored_end < n:
@@ -125,7 +136,7 @@ def split_score(
     """The score of `model` on the flat uint8 tensor `data`. cuda_graphs: on CUDA, replay the full batches' forward
     from a CUDA graph."""
     plan = window_plan(len(data), context, stride or context)
-    T = min(context, len(data) - 1)
+    T = window_length(len(data), context)
     was_training = model.training
     model.eval()
     graphed = None
@@ -187,7 +198,7 @@ def dynamic_score(
     settings.stride) in order, `settings.windows` at a time, each group scored before the model learns from the
     bytes it scored."""
     plan = window_plan(len(data), context, settings.stride or context)
-    T = min(context, len(data) - 1)
+    T = window_length(len(data), context)
     dynamic = DynamicEvaluation(model, settings)
     totals = torch.zeros(2, dtype=torch.float64, device=device)
     groups = window_batches(data, plan, T, settings.windows, device)

@@ -136,14 +136,19 @@ def reproduce_command(row: pd.Series) -> str:
     return f"dvc exp run {data}evaluate@{row['tags.chargpt.run']}"
 
 
-def config_diff(latest: pd.DataFrame, base_run: str) -> list[str]:
-    """Per run, its recipe params that differ from `base_run`'s, as `section.key=value; ...`. A key the run
-    did not record (logged by an older version, before the key existed) is left out: it says nothing."""
-    recipe = [
+def recipe_params(latest: pd.DataFrame) -> list[str]:
+    """The MLflow param columns that state a run's recipe: not its outcome or bookkeeping, not the corpus."""
+    return [
         c
         for c in latest.columns
         if c.startswith("params.") and not c.startswith(NOT_RECIPE) and not c.startswith("params.data.")
     ]
+
+
+def config_diff(latest: pd.DataFrame, base_run: str) -> list[str]:
+    """Per run, its recipe params that differ from `base_run`'s, as `section.key=value; ...`. A key the run
+    did not record (logged by an older version, before the key existed) is left out: it says nothing."""
+    recipe = recipe_params(latest)
     base = latest[latest["tags.chargpt.run"] == base_run]
     if base.empty:
         raise SystemExit(f"--diff-from {base_run}: no such run among {sorted(latest['tags.chargpt.run'])}")

@@ -17,7 +17,7 @@ import pandas as pd
 
 from chargpt.errors import TrackingError
 from chargpt.tracking import store
-from chargpt.tracking.compare import NOT_RECIPE, find_project, latest_attempts, load_runs
+from chargpt.tracking.compare import find_project, latest_attempts, load_runs, recipe_params
 
 VIEW_KEY = "compare"  # MLflow's shared view: the experiment tag mlflow.sharedViewState.<key>, opened by URL
 # The view's metric columns: few, so that the varied params fit on the first screen beside them.
@@ -27,12 +27,8 @@ CHART_METRICS = ["test_bpc", "val_bpc", "test_bpc_dynamic", "val_bpc_dynamic", "
 
 def varied_params(latest: pd.DataFrame) -> list[str]:
     """The recipe params (section.key) whose value differs between the named runs' latest attempts."""
-    recipe = [
-        c
-        for c in latest.columns
-        if c.startswith("params.") and not c.startswith(NOT_RECIPE) and not c.startswith("params.data.")
-    ]
-    return sorted(c.removeprefix("params.") for c in recipe if latest[c].dropna().astype(str).nunique() > 1)
+    varied = [c for c in recipe_params(latest) if latest[c].dropna().astype(str).nunique() > 1]
+    return sorted(c.removeprefix("params.") for c in varied)
 
 
 def publish_view(root: Path) -> str | None:

@@ -22,7 +22,7 @@ import torch
 
 from chargpt.errors import ConfigError
 from chargpt.evaluation.config import DynamicEvalConfig
-from chargpt.evaluation.scoring import dynamic_score, split_score
+from chargpt.evaluation.scoring import check_stride, dynamic_score, split_score
 from chargpt.pipeline.config import load_run_config
 from chargpt.use.compression import compress, decompress, write
 from chargpt.use.inference import checkpoint_path, file_sha256, load_trained, sample
@@ -104,8 +104,7 @@ def score_main(argv: list[str] | None = None) -> None:
         )
     data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
     context = model.cfg.context
-    if args.stride is not None and not 0 < args.stride <= context:
-        raise ConfigError(f"--stride: {args.stride} must be between 1 and the model's context ({context})")
+    check_stride(args.stride, context)
     start = time.perf_counter()
     if args.dynamic:
         settings = _dynamic_settings(args)

@@ -37,7 +37,7 @@ import torch
 
 from chargpt.errors import CompressionError
 from chargpt.evaluation.config import DynamicEvalConfig
-from chargpt.evaluation.scoring import DynamicEvaluation, scored_mask, window_plan
+from chargpt.evaluation.scoring import DynamicEvaluation, check_stride, scored_mask, window_length, window_plan
 from chargpt.io import atomic_open
 from chargpt.model.gpt import GPT, KVCache
 
@@ -75,7 +75,7 @@ def _layout(n: int, context: int, lanes: int) -> tuple[list[tuple[int, int]], li
     """The windows (start, scored) of evaluate's protocol; the full windows of each lane; the windows left for last,
     one at a time (the shorter last window, which reuses bytes of the window before it)."""
     plan = window_plan(n, context, context)
-    T = min(context, n - 1)
+    T = window_length(n, context)
     full = [i for i, (_, k) in enumerate(plan) if k == T]
     rest = [i for i, (_, k) in enumerate(plan) if k != T]
     per_lane = math.ceil(len(full) / max(1, min(lanes, len(full)))) if full else 1
@@ -103,7 +103,7 @@ def _code(
         _code_in_order(model, n, context, dynamic.stride if dynamic else stride, dynamic, buf, code)
         return
     plan, groups, rest = _layout(n, context, lanes)
-    T = min(context, n - 1)
+    T = window_length(n, context)
     with torch.no_grad():
         for slot in range(max((len(g) for g in groups), default=0)):
             active = [g[slot] for g in groups if slot < len(g)]
@@ -143,7 +143,7 @@ def _code_in_order(
     before it). With `dynamic`, dynamic evaluation's walk (chargpt.evaluation.scoring.dynamic_score): after each
     group of `dynamic.windows` windows, the same update on the bytes just coded."""
     plan = window_plan(n, context, stride or context)
-    T = min(context, n - 1)
+    T = window_length(n, context)
     learner = DynamicEvaluation(model, dynamic) if dynamic else None
     step = dynamic.windows if dynamic else len(plan)
     for i in range(0, len(plan), step):
@@ -181,8 +181,7 @@ def compress(
     a time); with `dynamic`, its own stride applies."""
     start = time.perf_counter()
     n, context = len(data), model.cfg.context
-    if stride is not None and not 0 < stride <= context:
-        raise ValueError(f"stride {stride} must be between 1 and the model's context ({context})")
+    check_stride(stride, context)
     header = {
         "format": FORMAT,
         "length": n,

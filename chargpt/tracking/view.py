@@ -109,11 +109,13 @@ def view_path(experiment_id: str, mode: str = "TABLE") -> str:
 def ui_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chargpt ui",
-        description="MLflow's UI over the project's store, opened on the "
-        "named runs by test BPC (table) and their BPC charts.",
+        description="MLflow's UI over the project's store, opened on the named runs by test BPC (table) and their "
+        "BPC charts. It serves at http://HOST:PORT (default http://127.0.0.1:5000) and prints the two links.",
     )
-    parser.add_argument("--port", type=int, default=5000)
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000, help="the port it serves on (default 5000)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="the address it serves on (default 127.0.0.1: this machine)"
+    )
     parser.add_argument("--repo", type=Path, help="the project (default: the one holding the current directory)")
     return parser
 

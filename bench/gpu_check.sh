@@ -13,7 +13,7 @@
 #
 #   bench/gpu_check.sh <splits dir> <out dir>
 #
-# <splits dir>: a preprocess output (train.bin, val.bin, test.bin), e.g. data/processed of the Wikipedia sample
+# <splits dir>: a preprocess output (train.bin, val.bin, test.bin, meta.json), e.g. data/processed of the Wikipedia sample
 # (`dvc exp run -S data.url=samples/enwiki-sample.xml.bz2 -S data.checksums=null preprocess`).
 # Without a GPU it skips part 1 and trains on the CPU; CHECK_SET adds overrides to part 2, and SEED_SET `dvc exp run`
 # assignments to part 0, so that the script can be tried there, e.g.

@@ -5,21 +5,24 @@
     python bench/recipe_sweep.py --summarize sweep.jsonl --plot curves.png  # and the val probe curves
 
 The grid file is a list of {name, set: [section.key=value, ...]} variants of --run (params.yaml). Each
-variant trains from scratch on <data-dir>/train.bin exactly as the train stage would (same model, sampler,
-optimizer, schedule and loop), then scores the whole val and test splits as the evaluate stage does.
-One JSON line per variant goes to --out as soon as it ends, with its val-probe curve, so iterations to a
-target can be read from it. Nothing is tracked in MLflow or DVC: the recipes found here go into params.yaml
-and are then run by `dvc exp run`, which is what docs/results.md reports.
+variant goes through the pipeline's own stage functions, those `dvc repro` runs (stages/lr_range.py where
+schedule.lr_max is auto, stages/train.py, stages/evaluate.py), in a scratch directory that holds <data-dir>'s
+splits. It scores the whole val and test splits static and in consecutive windows (SCORING below; a grid may
+set eval.* otherwise). One JSON line per variant goes to --out as soon as it ends, with its val-probe curve, so
+iterations to a target can be read from it. Nothing is tracked in MLflow or DVC: the recipes found here go into
+params.yaml and are then run by `dvc exp run`, which is what docs/results.md reports.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import os
 import re
 import sys
+import tempfile
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -29,73 +32,68 @@ from pathlib import Path
 import torch
 import yaml
 
-from chargpt.data.batches import load_split
 from chargpt.device import device_name, precision_name
-from chargpt.errors import ConfigError
-from chargpt.evaluation.scoring import split_score
 from chargpt.pipeline.config import load_run_config, with_overrides
-from chargpt.train.loop import train_loop
-from chargpt.train.lr_range import run_range_test
-from chargpt.train.run import TrainingRun
-from chargpt.train.setup import autocast_dtype, prepare
+from chargpt.pipeline.stage import DATA_DIR, report_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: the stage scripts under stages/
+
+
+# A recipe search scores as the evaluate stage does, but static and in consecutive windows (the grid may say
+# otherwise): the final run's stride-1 protocol costs 159x as much (docs/sweeps/stride1_cost_cpu.jsonl).
+SCORING = ["eval.stride=null", "eval.dynamic=null", "eval.max_bytes=null"]
 
 
 def run_variant(params: str, run: str, name: str, assignments: list[str], data_dir: str, threads: int) -> dict:
+    """One variant through the pipeline's own stage functions (lr_range_test where lr_max is auto, train,
+    evaluate), in a scratch directory of its own holding the splits, untracked and with no time limit."""
+    import stages.evaluate
+    import stages.lr_range
+    import stages.train
+
     torch.set_num_threads(threads)
-    cfg = with_overrides(load_run_config(run, params), assignments)
-    device = prepare(cfg.train)
-    data = Path(data_dir)
-    autocast = autocast_dtype(cfg.train, device)
-    range_test = {}
-    lr_max = cfg.schedule.lr_max
-    if lr_max == "auto":  # the run's own LR range test, as the lr_range_test stage runs it
-        result = run_range_test(cfg, device, load_split(data / "train.bin"), autocast)
-        lr_max = result.suggested_lr
-        range_test = {
-            "range_test": {
-                "suggested_lr": lr_max,
-                "lr_at_min_loss": result.lr_at_min_loss,
-                "rule": result.rule,
-                "iterations_run": len(result.lrs),
-            }
-        }
-        if lr_max <= cfg.schedule.lr_min:
-            raise ConfigError(f"variant {name!r}: the LR range test suggests {lr_max:.3g}, not above lr_min")
-        prepare(cfg.train)  # the run starts from its seed, as the train stage does
-    tr = TrainingRun.build(cfg, device, autocast, lr_max, data)
-    curve: list[dict] = []
-    hooks = tr.hooks(evaluate=tr.probe, on_metrics=lambda step, m: curve.append({"step": step, **m}))
-    state = train_loop(tr.parts(), tr.loop_config(), hooks)
-    scores = {}
-    for split in ("val", "test"):
-        score = split_score(
-            tr.forward_model,
-            load_split(data / f"{split}.bin"),
-            cfg.model.context,
-            cfg.eval.batch_size,
-            device=device,
-            autocast_dtype=tr.autocast,
-            cuda_graphs=tr.execution.cuda_graphs,
-        )
-        scores |= {f"{split}_bpc": score.bpc, f"{split}_accuracy": score.accuracy}
+    os.environ.update({"CHARGPT_TRACKING": "off", "CHARGPT_MAX_HOURS": "0"})
+    cfg = with_overrides(load_run_config(run, params), [*SCORING, *assignments])
+    home = Path.cwd()
+    with tempfile.TemporaryDirectory(prefix=f"sweep-{name}-") as scratch:
+        (Path(scratch) / DATA_DIR).parent.mkdir(parents=True)
+        (Path(scratch) / DATA_DIR).symlink_to(Path(data_dir).resolve(), target_is_directory=True)
+        os.chdir(scratch)
+        try:
+            range_test = stages.lr_range.range_test(cfg) if cfg.schedule.lr_max == "auto" else None
+            trained, metrics = stages.train.train(cfg)
+            scores = stages.evaluate.evaluate(cfg)
+            curve = read_curve(report_dir(cfg.name) / "train_curve.tsv")
+        finally:
+            os.chdir(home)
     return {
         "name": name,
         "set": assignments,
-        "iterations": state.step,
-        "tokens": state.tokens,
-        "lr_max": lr_max,
-        "train_seconds": round(state.seconds, 2),
-        **scores,
-        "n_params": tr.model.num_params(),
+        "iterations": metrics["iterations"],
+        "tokens": metrics["tokens"],
+        "lr_max": trained.lr_max,
+        "train_seconds": metrics["train_seconds"],
+        **{k: scores[k] for k in ("val_bpc", "test_bpc", "val_accuracy", "test_accuracy")},
+        "n_params": trained.model.num_params(),
         "execution": {
-            "precision": precision_name(tr.autocast),
-            "compile": tr.execution.compile,
-            "cuda_graphs": tr.execution.cuda_graphs,
+            "precision": precision_name(trained.autocast),
+            "compile": trained.execution.compile,
+            "cuda_graphs": trained.execution.cuda_graphs,
         },
-        "device": device_name(device),
-        **range_test,
+        "device": device_name(trained.device),
+        **({"range_test": {k: range_test[k] for k in RANGE_TEST_KEYS}} if range_test else {}),
         "curve": curve,
     }
+
+
+RANGE_TEST_KEYS = ("suggested_lr", "lr_at_min_loss", "rule", "iterations_run")
+
+
+def read_curve(path: Path) -> list[dict]:
+    """The train stage's curve TSV as rows of numbers, each with only the columns its step logged."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    return [{k: int(v) if k == "step" else float(v) for k, v in row.items() if v != ""} for row in rows]
 
 
 def summarize(paths: list[str], top: int | None = None, match: str | None = None) -> str:

@@ -32,7 +32,7 @@ from chargpt.device import device_name, precision_name
 from chargpt.evaluation.scoring import split_score
 from chargpt.model.gpt import GPT
 from chargpt.pipeline.config import load_run_config, with_overrides
-from chargpt.train.cuda_graphs import GraphedStep
+from chargpt.train.cuda_graphs import GraphedStep, capturable_optimizer
 from chargpt.train.loop import LoopConfig, TrainParts, TrainStep, train_loop
 from chargpt.train.optimizers import build_optimizer
 from chargpt.train.run import Execution
@@ -70,7 +70,8 @@ def train_tokens_per_s(cfg, device, autocast, steps: int, mode: str, batch_size:
     compile_model, graphs = MODES[mode]
     torch.manual_seed(0)
     model = GPT(cfg.model).to(device)
-    opt = build_optimizer(model, cfg.optimizer, lr=1e-4, momentum=cfg.schedule.momentum_max, capturable=graphs)
+    build = capturable_optimizer if graphs else build_optimizer
+    opt = build(model, cfg.optimizer, lr=1e-4, momentum=cfg.schedule.momentum_max)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     x = torch.randint(0, 256, (batch_size, cfg.model.context), device=device)
     forward = torch.compile(model) if compile_model else model

@@ -1,5 +1,5 @@
 """Every error type of the project. Those of STAGE_ERRORS mean bad input: each ends a stage or a command with one
-line that names the problem (chargpt.pipeline.stage.run_stage, chargpt.cli)."""
+line that names the problem (chargpt.pipeline.harness.run_stage, chargpt.cli)."""
 
 import signal
 

@@ -5,7 +5,7 @@ import logging
 
 from chargpt.data.config import load_data_config
 from chargpt.data.corpus import download_corpus
-from chargpt.pipeline.stage import run_stage
+from chargpt.pipeline.harness import run_stage
 
 log = logging.getLogger("stages.download")
 

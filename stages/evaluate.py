@@ -8,8 +8,9 @@ from chargpt.data.batches import load_split
 from chargpt.device import precision_name
 from chargpt.evaluation.scoring import dynamic_score, split_score
 from chargpt.io import write_json
-from chargpt.pipeline.config import load_run_config
-from chargpt.pipeline.stage import DATA_DIR, model_path, report_dir, run_stage, run_stage_parser, split_meta
+from chargpt.pipeline.config import RunConfig, load_run_config
+from chargpt.pipeline.harness import run_stage
+from chargpt.pipeline.stage import DATA_DIR, model_path, report_dir, run_stage_parser, split_meta
 from chargpt.tracking import store, view
 from chargpt.train.checkpoint import load_model
 from chargpt.train.setup import autocast_dtype, prepare
@@ -18,13 +19,15 @@ log = logging.getLogger("stages.evaluate")
 
 
 def main() -> None:
-    parser = run_stage_parser(__doc__)
-    args = parser.parse_args()
+    args = run_stage_parser(__doc__).parse_args()
+    evaluate(load_run_config(args.run, args.params))
 
-    cfg = load_run_config(args.run, args.params)
+
+def evaluate(cfg: RunConfig) -> dict:
+    """The stage's work, in the working directory's layout (bench/recipe_sweep.py runs it too): eval.json as a dict."""
     store.setup(cfg.train.on_tracking_unreachable)  # fails fast on an unreachable tracking server
     device = prepare(cfg.train)
-    model, state = load_model(model_path(args.run), expected=cfg.model)
+    model, state = load_model(model_path(cfg.name), expected=cfg.model)
     model.to(device)
     stride, autocast = cfg.eval.stride or cfg.model.context, autocast_dtype(cfg.train, device)
     metrics: dict = {"iterations": state["step"]}
@@ -77,16 +80,17 @@ def main() -> None:
         "scored": "every byte after the first of each split (or prefix), exactly once",
         **({"dynamic": cfg.eval.dynamic.model_dump()} if cfg.eval.dynamic else {}),
     }
-    write_json(report_dir(args.run) / "eval.json", metrics)
+    write_json(report_dir(cfg.name) / "eval.json", metrics)
 
     run_id = state.get("mlflow_run_id")  # the training run; absent from a store that did not train this model
     with store.start_run(
-        args.run, f"evaluate@{args.run}", device, run_id if store.run_exists(run_id) else None, split_meta()
+        cfg.name, f"evaluate@{cfg.name}", device, run_id if store.run_exists(run_id) else None, split_meta()
     ) as recorded:
         recorded.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}, state["step"])
         recorded.log_params({"eval.resolved_stride": stride})
-        recorded.log_artifact(report_dir(args.run) / "eval.json")
+        recorded.log_artifact(report_dir(cfg.name) / "eval.json")
     view.refresh_view(log)
+    return metrics
 
 
 if __name__ == "__main__":

@@ -1,22 +1,12 @@
 """Stage lr_range_test@<run>: Smith's LR range test on the run's own model and optimizer."""
 
 import logging
-import sys
 
 from chargpt.data.batches import load_split
-from chargpt.errors import RunTooLong
 from chargpt.io import write_json, write_table
-from chargpt.pipeline.config import load_run_config
-from chargpt.pipeline.stage import (
-    DATA_DIR,
-    check_fits,
-    report_dir,
-    run_stage,
-    run_stage_parser,
-    split_meta,
-    time_limit_seconds,
-    too_long,
-)
+from chargpt.pipeline.config import RunConfig, load_run_config
+from chargpt.pipeline.harness import ending_runs, run_stage, time_limit_seconds
+from chargpt.pipeline.stage import DATA_DIR, check_fits, report_dir, run_stage_parser, split_meta
 from chargpt.tracking.plots import plot_range_test
 from chargpt.train.lr_range import run_range_test
 from chargpt.train.setup import autocast_dtype, device_label, prepare
@@ -25,27 +15,21 @@ log = logging.getLogger("stages.lr_range_test")
 
 
 def main() -> None:
-    parser = run_stage_parser(__doc__)
-    args = parser.parse_args()
+    args = run_stage_parser(__doc__).parse_args()
+    range_test(load_run_config(args.run, args.params))
 
-    cfg = load_run_config(args.run, args.params)
+
+def range_test(cfg: RunConfig) -> dict:
+    """The stage's work, in the working directory's layout (bench/recipe_sweep.py runs it too): lr_range_test.json
+    as a dict."""
     check_fits(cfg.name, cfg.model.context, split_meta())
     device = prepare(cfg.train)
     val = load_split(DATA_DIR / "val.bin") if cfg.lr_range_test.method == "linear_accuracy" else None
-    try:
-        result = run_range_test(
-            cfg,
-            device,
-            load_split(DATA_DIR / "train.bin"),
-            autocast_dtype(cfg.train, device),
-            time_limit_seconds(),
-            val,
-        )
-    except RunTooLong as e:
-        log.error("%s", too_long(f"lr_range_test@{args.run}", e, device_label(device)))
-        sys.exit(1)
+    train = load_split(DATA_DIR / "train.bin")
+    with ending_runs(f"lr_range_test@{cfg.name}", device_label(device)):
+        result = run_range_test(cfg, device, train, autocast_dtype(cfg.train, device), time_limit_seconds(), val)
 
-    out = report_dir(args.run)
+    out = report_dir(cfg.name)
     # The schedule's own bounds beside the suggestion: a run with fixed bounds (the seed's) shows what the test says.
     schedule = {"schedule_lr_min": cfg.schedule.lr_min, "schedule_lr_max": cfg.schedule.lr_max}
     accuracy = dict(zip(result.accuracy_steps, result.accuracies))
@@ -59,28 +43,26 @@ def main() -> None:
         ],
     )
     plot_range_test(
-        result, out / "lr_range_test.png", f"LR range test: {args.run}", cfg.schedule.lr_min, cfg.schedule.lr_max
+        result, out / "lr_range_test.png", f"LR range test: {cfg.name}", cfg.schedule.lr_min, cfg.schedule.lr_max
     )
-    write_json(
-        out / "lr_range_test.json",
-        {
-            "method": cfg.lr_range_test.method,
-            "suggested_lr": result.suggested_lr,
-            **(
-                {"suggested_lr_min": result.suggested_lr_min, "max_val_accuracy": max(result.accuracies)}
-                if result.suggested_lr_min is not None
-                else {}
-            ),
-            "rule": result.rule,
-            "lr_at_min_loss": result.lr_at_min_loss,
-            "min_smoothed_loss": min(result.smoothed),
-            "iterations_run": len(result.lrs),
-            "stopped_early": result.stopped_early,
-            "lr_start": cfg.lr_range_test.lr_start,
-            "lr_end": cfg.lr_range_test.lr_end,
-            **schedule,
-        },
-    )
+    summary = {
+        "method": cfg.lr_range_test.method,
+        "suggested_lr": result.suggested_lr,
+        **(
+            {"suggested_lr_min": result.suggested_lr_min, "max_val_accuracy": max(result.accuracies)}
+            if result.suggested_lr_min is not None
+            else {}
+        ),
+        "rule": result.rule,
+        "lr_at_min_loss": result.lr_at_min_loss,
+        "min_smoothed_loss": min(result.smoothed),
+        "iterations_run": len(result.lrs),
+        "stopped_early": result.stopped_early,
+        "lr_start": cfg.lr_range_test.lr_start,
+        "lr_end": cfg.lr_range_test.lr_end,
+        **schedule,
+    }
+    write_json(out / "lr_range_test.json", summary)
     if result.suggested_lr_min is not None:
         log.info(
             "suggested LR range %.4g -> %.4g (%s); the schedule's: %s -> %s",
@@ -92,6 +74,7 @@ def main() -> None:
         )
     else:
         log.info("suggested max LR %.4g (%s)", result.suggested_lr, result.rule)
+    return summary
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 from chargpt.data.config import load_data_config
 from chargpt.data.corpus import split_corpus
 from chargpt.io import read_json, write_json
-from chargpt.pipeline.stage import run_stage
+from chargpt.pipeline.harness import run_stage
 
 log = logging.getLogger("stages.preprocess")
 

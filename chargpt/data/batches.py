@@ -9,8 +9,6 @@ import torch
 
 from chargpt.errors import DataError
 
-SPLITS = ("train", "val", "test")
-
 
 def load_split(path: str | Path) -> torch.Tensor:
     """A split as a flat uint8 tensor in memory (enwik8's train split is 90 MB)."""

@@ -13,6 +13,8 @@ from pydantic import Field, ValidationError, model_validator
 from chargpt.errors import ConfigError
 from chargpt.settings import Fraction, PositiveFloat, PositiveInt, Section, format_validation_error
 
+SPLITS = ("train", "val", "test")  # the preprocess stage's outputs, in the corpus's order (data.split's fractions)
+
 ENWIK8_URL = "http://mattmahoney.net/dc/enwik8.zip"
 
 

@@ -24,8 +24,7 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
-from chargpt.data.batches import SPLITS
-from chargpt.data.config import Checksums, DataConfig
+from chargpt.data.config import SPLITS, Checksums, DataConfig
 from chargpt.errors import DataError
 from chargpt.io import atomic_open, write_json
 

@@ -55,18 +55,25 @@ class CausalSelfAttention(nn.Module):
 
 class KVCache:
     """The keys and values of each layer for the positions of the current window so far, so that a new position
-    costs one position's compute (sampling, compression). Each (B, nh, length, hs)."""
+    costs one position's compute (sampling, compression). Preallocated for a whole window, (n_layer, B, nh, context,
+    hs), on the first append (which fixes the batch, device and dtype); `length` positions of it are filled."""
 
-    def __init__(self, n_layer: int):
-        self.keys: list[torch.Tensor | None] = [None] * n_layer
-        self.values: list[torch.Tensor | None] = [None] * n_layer
-        self.length = 0  # positions held
+    def __init__(self, n_layer: int, context: int):
+        self.n_layer, self.context = n_layer, context
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+        self.length = 0  # positions held (GPT.forward advances it once all layers have appended)
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.keys[layer] is not None:
-            k, v = torch.cat((self.keys[layer], k), dim=2), torch.cat((self.values[layer], v), dim=2)
-        self.keys[layer], self.values[layer] = k, v
-        return k, v
+        """Store the new positions' k, v (B, nh, T, hs); return the window's so far, (B, nh, length + T, hs)."""
+        if self.keys is None:
+            B, nh, _, hs = k.shape
+            self.keys = k.new_empty(self.n_layer, B, nh, self.context, hs)
+            self.values = torch.empty_like(self.keys)
+        end = self.length + k.size(2)
+        self.keys[layer, :, :, self.length : end] = k
+        self.values[layer, :, :, self.length : end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
 
 class FeedForward(nn.Module):
@@ -154,22 +161,32 @@ class GPT(nn.Module):
     def num_position_params(self) -> int:
         return sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Embedding) and m is not self.tok_emb)
 
+    def new_cache(self) -> KVCache:
+        """An empty window for forward(..., cache=): each call appends its bytes to it."""
+        return KVCache(self.cfg.n_layer, self.cfg.context)
+
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        T = idx.size(1)
-        if T > self.cfg.context:
-            raise ValueError(f"sequence length {T} exceeds the model's context {self.cfg.context}")
+        """Logits (B, T, vocab) for the bytes idx (B, T), and the loss where targets (B, T) are given. With a
+        `cache`, idx continues the window it holds (positions cache.length onwards), and the cache grows by T: each
+        appended byte costs one position's compute."""
+        start, T = (cache.length if cache is not None else 0), idx.size(1)
+        if start + T > self.cfg.context:
+            what = f"window of {start + T} positions" if cache is not None else f"sequence length {T}"
+            raise ValueError(f"{what} exceeds the model's context {self.cfg.context}")
         aux = targets is not None and self.training and self.aux_active
         aux_losses = []
         x = self.tok_emb(idx)  # (B, T, C)
         if self.pos_emb is not None:
-            x = x + self.pos_emb.weight[:T]
+            x = x + self.pos_emb.weight[start : start + T]
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x)
+            x = block(x, cache, i)
             if aux and i < len(self.blocks) - 1:
                 aux_losses.append(self._loss(self.head(self.ln_f(x)), targets))
+        if cache is not None:
+            cache.length += T
         logits = self.head(self.ln_f(x))  # (B, T, vocab)
         loss = None
         if targets is not None:
@@ -179,21 +196,6 @@ class GPT(nn.Module):
                 weights = self.aux_weights()
                 loss = (loss + (weights * torch.stack(aux_losses)).sum()) / (1 + weights.sum())
         return logits, loss
-
-    def extend(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Logits (B, t, vocab) for the bytes idx (B, t) appended to the window held in `cache` (which grows by t):
-        each appended byte costs one position's compute. A window starts from an empty KVCache(n_layer)."""
-        t, start = idx.size(1), cache.length
-        if start + t > self.cfg.context:
-            raise ValueError(f"window of {start + t} positions exceeds the model's context {self.cfg.context}")
-        x = self.tok_emb(idx)  # (B, t, C)
-        if self.pos_emb is not None:
-            x = x + self.pos_emb.weight[start : start + t]
-        x = self.drop(x)
-        for i, block in enumerate(self.blocks):
-            x = block(x, cache, i)
-        cache.length += t
-        return self.head(self.ln_f(x))
 
     @staticmethod
     def _loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

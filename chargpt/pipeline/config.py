@@ -55,11 +55,7 @@ class RunConfig(Section):
         t = self.train
         if t.aux_losses and self.model.n_layer < 2:
             raise ValueError(f"train.aux_losses: needs intermediate layers, and model.n_layer is {self.model.n_layer}")
-        if t.batch_size % (t.nproc * (t.micro_batch_size or 1)):
-            raise ValueError(
-                f"train.batch_size: {t.batch_size} must be a multiple of train.nproc ({t.nproc}) x "
-                f"train.micro_batch_size ({t.micro_batch_size})"
-            )
+        t.accumulation_steps(t.nproc)  # batch_size splits over the processes and micro-batches
         if t.cuda_graphs and t.nproc > 1:
             raise ValueError(
                 f"train.cuda_graphs: true cannot combine with train.nproc: {t.nproc} (DDP's all-reduce "
@@ -228,11 +224,11 @@ def run_sources(params: dict[str, Any], source: str = "params.yaml") -> dict[str
     runs, grids = params["runs"], params.get("grids") or {}
     if not isinstance(grids, dict):
         raise ConfigError(f"{source}: grids: expected a mapping of grid name -> {{base, axes}}, got {grids!r}")
-    out: dict[str, RunSource] = {}
-    for name, entry in runs.items():
-        entry = {} if entry is None else entry
-        if not isinstance(entry, dict):
+    for name, entry in runs.items():  # every entry, before any chain of bases reads one
+        if entry is not None and not isinstance(entry, dict):
             raise ConfigError(f"{source}: runs.{name}: expected a mapping of sections, got {entry!r}")
+    out: dict[str, RunSource] = {}
+    for name in runs:
         chain = _chain(name, runs, source)
         out[name] = RunSource(f"runs.{name}", f"runs.{chain[-2 if len(chain) > 1 else -1]}",
                               _layers(chain, runs, source), f"runs.{chain[0]}")  # fmt: skip

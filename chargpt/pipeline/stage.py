@@ -1,36 +1,16 @@
-"""What every stage script shares: logging, the one-line end for bad input, its arguments, the project's layout
-(where each stage reads and writes), and the time limit a run may take on this machine."""
+"""What the per-run stage scripts share: their arguments, the project's layout (where each stage reads and writes),
+and the checks before a run starts. How every stage ends is chargpt.pipeline.harness."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import math
-import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from chargpt.data.batches import SPLITS
-from chargpt.errors import STAGE_ERRORS, ConfigError
+from chargpt.data.config import SPLITS
+from chargpt.errors import ConfigError
 from chargpt.io import read_json
 
 DATA_DIR = Path("data/processed")
-MAX_HOURS = "CHARGPT_MAX_HOURS"
-
-
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's main(); a known bad-input error ends it with one clear line and exit status 1."""
-    setup_logging()
-    try:
-        main()
-    except (*STAGE_ERRORS, OSError) as e:  # OSError: disk full, …
-        logging.getLogger("chargpt").error("%s", e)
-        sys.exit(1)
 
 
 def run_stage_parser(description: str | None) -> argparse.ArgumentParser:
@@ -79,22 +59,3 @@ def resolve_lr_max(run: str, lr_min: float, lr_max: float | str) -> float:
             f"not above schedule.lr_min {lr_min}"
         )
     return suggested
-
-
-def time_limit_seconds() -> float | None:
-    """How long a stage may train or range-test on this machine: CHARGPT_MAX_HOURS (default 1; 0: no limit)."""
-    text = os.environ.get(MAX_HOURS, "1")
-    try:
-        hours = float(text)
-    except ValueError:
-        raise ConfigError(f"{MAX_HOURS}={text!r}: expected a number of hours (0: no limit)") from None
-    return hours * 3600 if hours > 0 else None
-
-
-def too_long(stage: str, error: Exception, where: str) -> str:
-    """What a user reads when a run would take too long on `where` (the device's name), and how to go on."""
-    hours = max(1, math.ceil(error.estimate / 3600 * 1.2))
-    return (
-        f"{stage} on {where}: {error}; stopped before it. Run it on a GPU, run `dvc repro evaluate@quickstart` "
-        f"(the CPU-sized run), or allow it: {MAX_HOURS}={hours} dvc repro ... ({MAX_HOURS}=0: no limit)"
-    )

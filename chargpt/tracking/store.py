@@ -257,7 +257,7 @@ class RecordedRun:
 
 
 class NullRun(RecordedRun):
-    """CHARGPT_TRACKING=off: a run that records nothing (tests/test_tracking.py checks that a run's outputs are the
+    """CHARGPT_TRACKING=off: a run that records nothing (tests/e2e/test_tracking.py checks that a run's outputs are the
     same with it)."""
 
     def __init__(self):

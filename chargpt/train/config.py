@@ -144,3 +144,13 @@ class TrainConfig(Section):
     # Divergence that stays finite: stop when an interval's mean train loss rises this many nats above the
     # first interval's (a val probe worse than a uniform guess, 8 bits per byte, stops it too).
     max_loss_rise: PositiveFloat = 1.0
+
+    def accumulation_steps(self, world_size: int) -> int:
+        """Micro-batches per optimizer step and process: batch_size / (world_size x micro_batch_size)."""
+        micro = self.micro_batch_size or self.batch_size // world_size
+        if micro == 0 or self.batch_size % (world_size * micro):
+            raise ValueError(
+                f"train.batch_size: {self.batch_size} does not split into {world_size} process(es) x micro-batches "
+                f"of {self.micro_batch_size or 'batch_size / processes'} sequences (train.micro_batch_size)"
+            )
+        return self.batch_size // (world_size * micro)

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from chargpt.errors import DivergedError, Interrupted, RunTooLong
+from chargpt.errors import DivergedError, Interrupted
+from chargpt.train.timing import StepTimer
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -164,6 +165,58 @@ def scheduled_momentum(group: dict) -> float:
     return group["betas"][0] if "betas" in group else group["momentum"]
 
 
+class IntervalSums:
+    """The log interval's train loss, gradient norm and clipped steps, summed on the device and read back (a host
+    sync) only at log intervals and checkpoints; the loop's divergence checks on them."""
+
+    def __init__(self, state: LoopState, device: torch.device):
+        self.state = state
+        self.sums = torch.tensor(
+            [state.loss_sum, state.grad_norm_sum, state.clipped_count], dtype=torch.float32, device=device
+        )
+
+    def add(self, result: StepResult, done: int, cfg: LoopConfig) -> None:
+        state = self.state
+        if result.skipped:  # fp16 overflow: no update was made; not divergence unless the scale collapses
+            state.skipped_steps += 1
+            if result.loss_scale < cfg.min_loss_scale:
+                raise DivergedError(
+                    done, f"fp16 loss scale collapsed to {result.loss_scale:g} ({state.skipped_steps} steps skipped)"
+                )
+            return
+        self.sums[0] += result.loss
+        if result.grad_norm is not None:
+            self.sums[1] += result.grad_norm
+        if result.clipped is not None:
+            self.sums[2] += result.clipped
+        state.loss_count += 1
+        if cfg.check_every_step and not math.isfinite(value := result.loss.item()):
+            raise DivergedError(done, f"loss {value}")
+
+    def interval_metrics(self, done: int, cfg: LoopConfig, last: StepResult, lr: float, momentum: float) -> dict:
+        """The interval's means (over every process), then a fresh interval."""
+        state, sums = self.state, self.sums
+        if cfg.world_size > 1:
+            torch.distributed.all_reduce(sums)
+            sums /= cfg.world_size
+        loss_sum, norm_sum, clipped = sums.tolist()
+        count = max(state.loss_count, 1)
+        train_loss = loss_sum / count if state.loss_count else math.nan
+        if not math.isfinite(train_loss) and state.loss_count:
+            raise DivergedError(done, f"mean train loss {train_loss} over the last {state.loss_count} steps")
+        metrics = {"train_loss": train_loss, "lr": lr, "momentum": momentum, "grad_norm": norm_sum / count}
+        if last.clipped is not None:
+            metrics["clipped_fraction"] = clipped / count
+        if last.loss_scale is not None:
+            metrics |= {"loss_scale": last.loss_scale, "skipped_steps": state.skipped_steps}
+        sums.zero_()
+        state.loss_count = 0
+        return metrics
+
+    def save_into(self, state: LoopState) -> None:
+        state.loss_sum, state.grad_norm_sum, state.clipped_count = self.sums.tolist()
+
+
 def train_loop(
     parts: TrainParts, cfg: LoopConfig, hooks: LoopHooks = LoopHooks(), state: LoopState | None = None
 ) -> LoopState:
@@ -171,23 +224,21 @@ def train_loop(
     model = parts.model
     device = next(model.parameters()).device
     model.train()
-    # Accumulate on the device; read back (a host sync) only at log intervals and checkpoints.
-    sums = torch.tensor([state.loss_sum, state.grad_norm_sum, state.clipped_count], dtype=torch.float32, device=device)
+    sums = IntervalSums(state, device)
+    timer = StepTimer(cfg.max_seconds, cfg.total_steps, device, first_step=state.step)
     session_start, seconds_before = time.perf_counter(), state.seconds
 
     def snapshot(step: int) -> LoopState:
         # Never save a state that cannot continue: one update can blow the weights up before any loss shows it.
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             raise DivergedError(step, "non-finite weights")
-        state.step = step
-        state.loss_sum, state.grad_norm_sum, state.clipped_count = sums.tolist()
-        state.seconds = seconds_before + time.perf_counter() - session_start
+        state.step, state.seconds = step, seconds_before + time.perf_counter() - session_start
+        sums.save_into(state)
         return state
 
     bar = tqdm(
         range(state.step, cfg.total_steps), desc="train", mininterval=2.0, initial=state.step, total=cfg.total_steps
     )
-    first_step, timed_from = state.step, None  # timed_from: (step, time) after this session's first step
     for step in bar:
         hooks.before_step(step)  # called on resume too, so a resumed run matches
         group = parts.optimizer.param_groups[0]
@@ -198,55 +249,18 @@ def train_loop(
         if step + 1 < cfg.total_steps:  # OneCycleLR refuses a step past total_steps
             parts.scheduler.step()
         done = step + 1
-        if result.skipped:  # fp16 overflow: no update was made; not divergence unless the scale collapses
-            state.skipped_steps += 1
-            if result.loss_scale < cfg.min_loss_scale:
-                raise DivergedError(
-                    done, f"fp16 loss scale collapsed to {result.loss_scale:g} ({state.skipped_steps} steps skipped)"
-                )
-        else:
-            sums[0] += result.loss
-            if result.grad_norm is not None:
-                sums[1] += result.grad_norm
-            if result.clipped is not None:
-                sums[2] += result.clipped
-            state.loss_count += 1
-            if cfg.check_every_step and not math.isfinite(value := result.loss.item()):
-                raise DivergedError(done, f"loss {value}")
-
+        sums.add(result, done, cfg)
         if done % cfg.log_interval == 0 or done == cfg.total_steps:
-            if cfg.world_size > 1:
-                torch.distributed.all_reduce(sums)
-                sums /= cfg.world_size
-            loss_sum, norm_sum, clipped = sums.tolist()
-            count = max(state.loss_count, 1)
-            train_loss = loss_sum / count if state.loss_count else math.nan
-            if not math.isfinite(train_loss) and state.loss_count:
-                raise DivergedError(done, f"mean train loss {train_loss} over the last {state.loss_count} steps")
-            metrics = {"train_loss": train_loss, "lr": lr, "momentum": momentum, "grad_norm": norm_sum / count}
-            if result.clipped is not None:
-                metrics["clipped_fraction"] = clipped / count
-            if result.loss_scale is not None:
-                metrics |= {"loss_scale": result.loss_scale, "skipped_steps": state.skipped_steps}
+            metrics = sums.interval_metrics(done, cfg, result, lr, momentum)
             if done % cfg.eval_interval == 0 or done == cfg.total_steps:
                 metrics.update(hooks.evaluate())
                 model.train()
             check_blow_up(cfg, state, done, metrics)
             hooks.on_metrics(done, metrics)
-            bar.set_postfix(loss_nats=f"{train_loss:.3f}", lr=f"{lr:.2e}")  # the loss in nats; probes are bits
-            sums.zero_()
-            state.loss_count = 0
+            bar.set_postfix(loss_nats=f"{metrics['train_loss']:.3f}", lr=f"{lr:.2e}")  # nats; the probes are bits
         if done == cfg.total_steps:
             break
-        if cfg.max_seconds is not None and done <= first_step + 4:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if timed_from is None:
-                timed_from = (done, time.perf_counter())
-            elif done == timed_from[0] + 3:
-                per_step = (time.perf_counter() - timed_from[1]) / 3
-                if per_step * (cfg.total_steps - done) > cfg.max_seconds:
-                    raise RunTooLong(done, per_step, cfg.total_steps - done, cfg.max_seconds)
+        timer.after(done)
         if (signum := hooks.stop_requested()) is not None:
             hooks.on_checkpoint(snapshot(done))
             raise Interrupted(signum, done)

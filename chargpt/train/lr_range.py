@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -22,8 +21,9 @@ import torch
 from tqdm import tqdm
 
 from chargpt.device import autocast
-from chargpt.errors import RangeTestError, RunTooLong
+from chargpt.errors import RangeTestError
 from chargpt.train.config import LRRangeTestConfig
+from chargpt.train.timing import StepTimer
 
 if TYPE_CHECKING:  # annotations only: train sits below pipeline in the import layers (pyproject.toml)
     from chargpt.pipeline.config import RunConfig
@@ -88,7 +88,7 @@ def range_test(
     if cfg.method == "linear_accuracy" and accuracy is None:
         raise ValueError("lr_range_test.method linear_accuracy needs an accuracy probe")
     device = next(model.parameters()).device
-    started = None
+    timer = StepTimer(max_seconds, cfg.iterations, device)
     model.train()
     lrs, losses, smoothed, accuracy_steps, accuracies = [], [], [], [], []
     avg, best, stopped_early = 0.0, math.inf, False
@@ -113,11 +113,7 @@ def range_test(
         if cfg.method == "linear_accuracy" and (i + 1) % cfg.eval_interval == 0:
             accuracy_steps.append(i), accuracies.append(accuracy())
             model.train()
-        if max_seconds is not None and i in (0, 3):  # loss.item() above synced the device
-            if i == 0:
-                started = time.perf_counter()
-            elif (per_step := (time.perf_counter() - started) / 3) * (cfg.iterations - 4) > max_seconds:
-                raise RunTooLong(4, per_step, cfg.iterations - 4, max_seconds)
+        timer.after(i + 1)
         if i >= cfg.skip_start:
             best = min(best, value)
             if value > cfg.divergence * best:

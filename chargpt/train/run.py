@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,10 +17,11 @@ from chargpt.evaluation.scoring import split_score
 from chargpt.io import write_json, write_table
 from chargpt.model.gpt import GPT
 from chargpt.settings import flatten
+from chargpt.train.checkpoint import save_training_state
 from chargpt.train.config import TrainConfig
-from chargpt.train.cuda_graphs import GraphedStep
+from chargpt.train.cuda_graphs import GraphedStep, capturable_optimizer
 from chargpt.train.distributed import Ranks
-from chargpt.train.loop import LoopConfig, LoopHooks, LoopState, TrainParts, TrainStep
+from chargpt.train.loop import LoopConfig, LoopState, TrainParts, TrainStep
 from chargpt.train.optimizers import build_optimizer
 from chargpt.train.schedule import build_scheduler
 
@@ -92,22 +94,14 @@ class TrainingRun:
         ranks: Ranks = Ranks(),
     ) -> TrainingRun:
         t = cfg.train
-        micro = t.micro_batch_size or t.batch_size // ranks.world_size
-        if t.batch_size % (ranks.world_size * micro):
-            raise ConfigError(
-                f"run {cfg.name!r}: train.batch_size ({t.batch_size}) does not split into "
-                f"{ranks.world_size} processes x micro-batches of {micro}"
-            )
-        accumulation = t.batch_size // (ranks.world_size * micro)
+        try:  # checked against train.nproc when the config loaded; this is the world torchrun gave
+            accumulation = t.accumulation_steps(ranks.world_size)
+        except ValueError as e:
+            raise ConfigError(f"run {cfg.name!r}: {e}") from None
         execution = Execution.resolve(t, device, autocast, ranks.world_size)
         model = GPT(cfg.model).to(device)
-        optimizer = build_optimizer(
-            model,
-            cfg.optimizer,
-            lr=cfg.schedule.lr_min,
-            momentum=cfg.schedule.momentum_max,
-            capturable=execution.cuda_graphs,
-        )
+        build = capturable_optimizer if execution.cuda_graphs else build_optimizer
+        optimizer = build(model, cfg.optimizer, lr=cfg.schedule.lr_min, momentum=cfg.schedule.momentum_max)
         scheduler = build_scheduler(optimizer, cfg.schedule, lr_max, t.iterations)  # counts global (optimizer) steps
         scaler = torch.amp.GradScaler(device.type) if autocast == torch.float16 else None
         sampler = BatchSampler(
@@ -173,7 +167,7 @@ class TrainingRun:
         return TrainParts(self.model, self.optimizer, self.scheduler, self.sampler.next, step)
 
     def loop_config(self, max_seconds: float | None = None) -> LoopConfig:
-        """max_seconds: stop (RunTooLong) when the steps left would take longer (chargpt.pipeline.stage's limit)."""
+        """max_seconds: stop (RunTooLong) when the steps left would take longer (chargpt.pipeline.harness's limit)."""
         t = self.cfg.train
         return LoopConfig(
             t.iterations,
@@ -187,10 +181,6 @@ class TrainingRun:
             # worse than a uniform guess over the 256 bytes: 8 bits, ln(256) nats (plus the margin)
             metric_limits={"val_probe_bpc": UNIFORM_BPC, "train_loss": math.log(256) + t.max_loss_rise},
         )
-
-    def hooks(self, **overrides: Any) -> LoopHooks:
-        """The hooks every rank uses (step-dependent loss weights); rank 0 adds evaluation, metrics, checkpoints."""
-        return LoopHooks(before_step=self.before_step, **overrides)
 
     def before_step(self, step: int) -> None:
         if self.cfg.train.aux_losses:
@@ -223,6 +213,51 @@ class TrainingRun:
             "resolved.accumulation_steps": self.accumulation_steps,
             **({"resolved.muon_ns_dtype": str(muon.ns_dtype)} if muon else {}),
         }
+
+
+class RunHooks:
+    """What happens around a run's steps (chargpt.train.loop's hooks). Every rank: the step-dependent loss weights
+    and the stop flag. The rank that records (rank 0, `recording=True`): the val probe at eval intervals and the
+    curve (its rows also go to `log_step`). Where `state_path` is given, the whole training state at checkpoints."""
+
+    def __init__(
+        self,
+        run: TrainingRun,
+        stop_requested: Callable[[], int | None] = lambda: None,
+        *,
+        recording: bool = True,
+        curve: list[dict] | None = None,
+        log_step: Callable[[int, dict[str, float]], None] = lambda step, metrics: None,
+        state_path: Path | None = None,
+        tracking_id: str | None = None,  # saved with the state, so a resumed run continues its MLflow run
+    ):
+        self.run, self._stop, self.recording, self.log_step = run, stop_requested, recording, log_step
+        self.curve = curve if curve is not None else []
+        self.state_path, self.tracking_id = state_path, tracking_id
+
+    def before_step(self, step: int) -> None:
+        self.run.before_step(step)
+
+    def evaluate(self) -> dict[str, float]:
+        return self.run.probe() if self.recording else {}
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        if self.recording:
+            self.curve.append({"step": step, **metrics})
+            self.log_step(step, metrics)
+
+    def on_checkpoint(self, state: LoopState) -> None:
+        if self.state_path is not None:
+            save_training_state(
+                self.state_path,
+                **self.run.state_parts,
+                loop=asdict(state),
+                curve=self.curve,
+                mlflow_run_id=self.tracking_id,
+            )
+
+    def stop_requested(self) -> int | None:
+        return self._stop()
 
 
 def iterations_to_targets(curve: list[dict], targets: list[float]) -> dict[str, int | None]:

@@ -39,7 +39,7 @@ from chargpt.errors import CompressionError
 from chargpt.evaluation.config import DynamicEvalConfig
 from chargpt.evaluation.scoring import DynamicEvaluation, check_stride, scored_mask, window_length, window_plan
 from chargpt.io import atomic_open
-from chargpt.model.gpt import GPT, KVCache
+from chargpt.model.gpt import GPT
 
 MAGIC = b"CHARGPT\x00"
 # 2: MAGIC, the header's length (<I), the header (JSON), its CRC-32 (<I), then the payload (stored bytes and the
@@ -107,10 +107,10 @@ def _code(
     with torch.no_grad():
         for slot in range(max((len(g) for g in groups), default=0)):
             active = [g[slot] for g in groups if slot < len(g)]
-            cache = KVCache(model.cfg.n_layer)
+            cache = model.new_cache()
             for q in range(T):  # full windows: position q predicts byte start + q + 1
                 x = torch.tensor([[buf[plan[w][0] + q]] for w in active])
-                logits = model.extend(x, cache)[:, -1]  # (lanes, vocab)
+                logits = model(x, cache=cache)[0][:, -1]  # (lanes, vocab)
                 code(_probabilities(logits), [plan[w][0] + q + 1 for w in active])
     for w in rest:  # the last, shorter window: its first T - k inputs are bytes already coded
         _code_window(model, plan[w], T, buf, code)
@@ -121,12 +121,12 @@ def _code_window(
 ) -> None:
     """One window (start, scored) alone: its unscored inputs in one pass, then a position at a time."""
     start, k = window
-    cache = KVCache(model.cfg.n_layer)
+    cache = model.new_cache()
     with torch.no_grad():
-        logits = model.extend(torch.tensor([list(buf[start : start + T - k + 1])]), cache)[:, -1]
+        logits = model(torch.tensor([list(buf[start : start + T - k + 1])]), cache=cache)[0][:, -1]
         code(_probabilities(logits), [start + T - k + 1])
         for q in range(T - k + 1, T):
-            logits = model.extend(torch.tensor([[buf[start + q]]]), cache)[:, -1]
+            logits = model(torch.tensor([[buf[start + q]]]), cache=cache)[0][:, -1]
             code(_probabilities(logits), [start + q + 1])
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from chargpt.errors import CheckpointError, ConfigError
-from chargpt.model.gpt import GPT, KVCache
+from chargpt.model.gpt import GPT
 from chargpt.pipeline.stage import model_path
 from chargpt.train.checkpoint import load_model
 
@@ -94,8 +94,8 @@ def sample(
     generator = torch.Generator().manual_seed(seed)
     context = model.cfg.context
     history = list(prompt[-context:])
-    cache = KVCache(model.cfg.n_layer)
-    logits = model.extend(torch.tensor([history]), cache)[0, -1]  # (vocab,)
+    cache = model.new_cache()
+    logits = model(torch.tensor([history]), cache=cache)[0][0, -1]  # (vocab,)
     out = bytearray()
     for _ in range(n_bytes):
         logits = logits.float() / temperature
@@ -107,8 +107,8 @@ def sample(
         history.append(byte)
         if cache.length == context:  # the window is full: restart it from its last half
             history = history[-(context // 2) :]
-            cache = KVCache(model.cfg.n_layer)
-            logits = model.extend(torch.tensor([history]), cache)[0, -1]
+            cache = model.new_cache()
+            logits = model(torch.tensor([history]), cache=cache)[0][0, -1]
         else:
-            logits = model.extend(torch.tensor([[byte]]), cache)[0, -1]
+            logits = model(torch.tensor([[byte]]), cache=cache)[0][0, -1]
     return bytes(out)

@@ -201,6 +201,8 @@ def test_linear_accuracy_needs_three_accuracy_points_and_ordered_fractions(param
             "runs.t12.model.context: Input should be greater than 0 (got 0)",
         ),
         (lambda p: p["runs"]["t12"].update(modle={}), "unknown section(s) ['modle']"),
+        # a run named before its base, whose base is no mapping (found by tests/unit/test_config_fuzz.py)
+        (lambda p: p["runs"].update(quickstart_adamw=True), "runs.quickstart_adamw: expected a mapping of sections"),
         (lambda p: p["runs"]["t12"].update(data={"url": "x"}), "runs.t12.data: the corpus and its split are shared"),
         (lambda p: p["eval"].update(stride=10_000), "eval.stride: 10000 must not exceed model.context (512)"),
         (
@@ -297,3 +299,15 @@ def test_params_yaml_states_every_default_as_the_code_has_it(params):
     for section in ("data", *RUN_SECTIONS):
         model = DataConfig() if section == "data" else RunConfig.model_fields[section].default
         assert params[section] == model.model_dump(mode="json"), section
+
+
+def test_a_batch_must_split_over_the_processes_and_micro_batches(params):
+    """One check (TrainConfig.accumulation_steps), at load against train.nproc and at build against torchrun's world."""
+    params["runs"]["variant"] = {"base": "quickstart", "train": {"batch_size": 16, "nproc": 3}}
+    with pytest.raises(ConfigError, match=re.escape("train.batch_size: 16 does not split into 3 process(es)")):
+        resolve_run(params, "variant")
+    params["runs"]["variant"]["train"] = {"batch_size": 16, "nproc": 2, "micro_batch_size": 3}
+    with pytest.raises(ConfigError, match=re.escape("process(es) x micro-batches of 3 sequences")):
+        resolve_run(params, "variant")
+    params["runs"]["variant"]["train"] = {"batch_size": 16, "nproc": 2, "micro_batch_size": 4}
+    assert resolve_run(params, "variant").train.accumulation_steps(2) == 2

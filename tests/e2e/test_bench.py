@@ -41,12 +41,14 @@ def test_recipe_sweep_trains_variants_and_its_tables_read_them(tmp_path, params)
     from conftest import tiny_text
 
     from chargpt.data.corpus import split_corpus
+    from chargpt.io import write_json
 
     del params["grids"]  # its runs build on the repo's runs, replaced here
     params["runs"] = {"tiny": {**TINY_RUN, "schedule": {"lr_min": 1.0e-4, "lr_max": 3.0e-3}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / "corpus.bin").write_bytes(tiny_text(40_000))
-    split_corpus(tmp_path / "corpus.bin", tmp_path / "data", (0.9, 0.05, 0.05))
+    meta = split_corpus(tmp_path / "corpus.bin", tmp_path / "data", (0.9, 0.05, 0.05))
+    write_json(tmp_path / "data/meta.json", meta)  # a preprocess output, as the stages read it
     (tmp_path / "grid.yaml").write_text(
         yaml.safe_dump(
             [

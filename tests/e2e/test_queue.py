@@ -2,10 +2,7 @@
 
 import time
 
-import pytest
 from conftest import TINY_RUN, make_dvc_project, run, tiny_text
-
-pytestmark = pytest.mark.slow
 
 
 def test_two_queued_experiments_are_both_recorded_completely(tmp_path):

@@ -11,8 +11,6 @@ import urllib.request
 import pytest
 from conftest import TINY_RUN, make_dvc_project, run, tiny_text
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture
 def mlflow_server(tmp_path):

@@ -64,7 +64,7 @@ def test_the_figure_check_catches_a_stale_figure():
 
 def test_every_test_the_fault_catalogue_names_exists():
     text = (REPO / "docs/faults.md").read_text()
-    named = re.findall(r"tests/(test_\w+\.py)(?:::(\w+))?", text)
+    named = re.findall(r"tests/((?:unit|e2e)/test_\w+\.py)(?:::(\w+))?", text)
     assert len(named) >= 24
     for file, test in named:
         path = REPO / "tests" / file

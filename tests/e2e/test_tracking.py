@@ -129,7 +129,6 @@ def without_timing(value):
     return value
 
 
-@pytest.mark.slow
 def test_reporting_cannot_change_a_runs_outputs(tmp_path):
     """Why dvc.yaml lists no chargpt/tracking/ module as a dep: the same tiny run, recorded in MLflow and with the
     null tracker (CHARGPT_TRACKING=off), writes the same model weights, curves, range test and scores."""

@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
 from conftest import REPO, TINY_RUN, tiny_text
@@ -18,7 +17,6 @@ from conftest import REPO, TINY_RUN, tiny_text
 from chargpt.data.corpus import split_corpus
 from chargpt.io import write_json
 
-pytestmark = pytest.mark.slow
 RUN = {
     **TINY_RUN,
     "model": {"n_layer": 2, "d_model": 64, "n_head": 2, "d_ff": 128, "context": 64, "dropout": 0.1},

@@ -4,12 +4,9 @@ import re
 import subprocess
 import sys
 
-import pytest
 import torch
 from conftest import REPO, TINY_RUN
 from test_resume import make_project
-
-pytestmark = pytest.mark.slow
 
 
 def test_diverging_training_fails_cleanly_and_is_recorded(tmp_path, params):

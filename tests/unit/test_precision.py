@@ -71,11 +71,11 @@ def test_a_collapsed_loss_scale_is_divergence():
 
 def test_a_resumed_fp16_run_continues_bit_for_bit_with_its_scaler(tmp_path):
     """The GradScaler's scale and growth tracker are part of the saved state (CPU, fp16 autocast forced)."""
-    from dataclasses import asdict
 
     from test_trainer import tiny_training_run
 
-    from chargpt.train.checkpoint import restore_training_state, save_training_state
+    from chargpt.train.checkpoint import restore_training_state
+    from chargpt.train.run import RunHooks
 
     sections = {"train": {"precision": "fp16", "iterations": 12, "log_interval": 4, "eval_interval": 4}}
 
@@ -85,24 +85,22 @@ def test_a_resumed_fp16_run_continues_bit_for_bit_with_its_scaler(tmp_path):
 
     plain = build()
     plain.scaler._growth_interval = 3  # so that the scale grows within the run and the tracker matters
-    train_loop(plain.parts(), plain.loop_config(), plain.hooks())
+    train_loop(plain.parts(), plain.loop_config(), RunHooks(plain, recording=False))
 
     broken = build()
     broken.scaler._growth_interval = 3
     state_path = tmp_path / "state.pt"
 
-    def save_at_5(state: LoopState):
-        if state.step == 5:
-            save_training_state(state_path, **broken.state_parts, loop=asdict(state))
-
     cfg = broken.loop_config()
-    cfg.checkpoint_every = 5
-    train_loop(broken.parts(), cfg, broken.hooks(on_checkpoint=save_at_5))
+    cfg.checkpoint_every = 5  # saved at step 5 only: the run "breaks" after it
+    hooks = RunHooks(broken, recording=False, state_path=state_path)
+    hooks.on_checkpoint = lambda state: RunHooks.on_checkpoint(hooks, state) if state.step == 5 else None
+    train_loop(broken.parts(), cfg, hooks)
     resumed = build()
     resumed.scaler._growth_interval = 3
     saved = restore_training_state(state_path, **resumed.state_parts)
     assert saved["scaler"]["scale"] > 65536.0  # it grew before the save
-    train_loop(resumed.parts(), resumed.loop_config(), resumed.hooks(), LoopState(**saved["loop"]))
+    train_loop(resumed.parts(), resumed.loop_config(), RunHooks(resumed, recording=False), LoopState(**saved["loop"]))
     assert resumed.scaler.state_dict() == plain.scaler.state_dict()
     for a, b in zip(plain.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.equal(a, b)

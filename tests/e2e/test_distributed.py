@@ -7,8 +7,6 @@ import pytest
 import torch
 from conftest import make_dvc_project, run, tiny_text
 
-pytestmark = pytest.mark.slow
-
 BASE = {
     "model": {"n_layer": 2, "d_model": 32, "n_head": 2, "d_ff": 64, "context": 32, "dropout": 0.0},
     "optimizer": {"name": "adamw", "weight_decay": 1.0e-4},

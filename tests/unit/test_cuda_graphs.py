@@ -11,10 +11,10 @@ from chargpt.model.config import ModelConfig
 from chargpt.model.gpt import GPT
 from chargpt.pipeline.config import RunConfig
 from chargpt.train.config import OptimizerConfig, ScheduleConfig
-from chargpt.train.cuda_graphs import DeviceHyperparams, GraphedStep
+from chargpt.train.cuda_graphs import SGD, AdamW, DeviceHyperparams, GraphedStep, capturable_optimizer
 from chargpt.train.loop import TrainStep
 from chargpt.train.muon import Muon
-from chargpt.train.optimizers import SGD, AdamW, build_optimizer
+from chargpt.train.optimizers import build_optimizer
 from chargpt.train.run import Execution
 from chargpt.train.schedule import build_scheduler
 
@@ -120,7 +120,7 @@ def train(name: str, graphed: bool, steps: int = 20, seen: list | None = None) -
     # fp32 Newton-Schulz: in bf16 a last-bit difference flips roundings, and the runs drift apart chaotically.
     cfg = OptimizerConfig(name=name, weight_decay=1e-2, muon_ns_dtype="fp32")
     lr_max = 0.1 if name == "sgd" else 1e-2
-    opt = build_optimizer(model, cfg, lr=1e-4, momentum=0.9, capturable=graphed)
+    opt = (capturable_optimizer if graphed else build_optimizer)(model, cfg, lr=1e-4, momentum=0.9)
     sched = build_scheduler(opt, ScheduleConfig(lr_max=lr_max), lr_max, steps)
     step = TrainStep(model, model.parameters(), opt, grad_clip=1.0)
     if graphed:
@@ -182,7 +182,7 @@ def test_hyperparameters_are_tensors_only_inside_the_step():
 def test_a_graphed_step_recaptures_when_its_key_changes():
     """On a CPU nothing is captured; the key logic (warm-up again after a change) is the same as on CUDA."""
     model = tiny_gpt()
-    opt = build_optimizer(model, OptimizerConfig(name="adamw"), lr=1e-3, momentum=0.9, capturable=True)
+    opt = capturable_optimizer(model, OptimizerConfig(name="adamw"), lr=1e-3, momentum=0.9)
     key = ["aux on"]
     step = GraphedStep(TrainStep(model, model.parameters(), opt), opt, CPU, graph_key=lambda: key[0], warmup_steps=2)
     x = torch.randint(0, 256, (2, 16))
@@ -242,12 +242,8 @@ class HostReadForbidden(torch.Tensor):
 @pytest.mark.parametrize("name", ["sgd", "adamw", "muon"])
 def test_the_optimizer_steps_never_read_the_hyperparameter_tensors_on_the_host(name):
     model = tiny_gpt()
-    opt = build_optimizer(
-        model,
-        OptimizerConfig(name=name, weight_decay=1e-2, muon_ns_dtype="fp32"),
-        lr=1e-3,
-        momentum=0.9,
-        capturable=True,
+    opt = capturable_optimizer(
+        model, OptimizerConfig(name=name, weight_decay=1e-2, muon_ns_dtype="fp32"), lr=1e-3, momentum=0.9
     )
     hyper = DeviceHyperparams(opt, CPU)
     hyper.tensors = [{k: t.as_subclass(HostReadForbidden) for k, t in mirrored.items()} for mirrored in hyper.tensors]

@@ -7,8 +7,6 @@ import pytest
 import yaml
 from conftest import TINY_COSINE_RUN, TINY_RUN, make_dvc_project, run, tiny_text
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):

@@ -15,7 +15,7 @@ from chargpt.errors import CompressionError
 from chargpt.evaluation.config import DynamicEvalConfig
 from chargpt.evaluation.scoring import dynamic_score, split_score
 from chargpt.model.config import ModelConfig
-from chargpt.model.gpt import GPT, KVCache
+from chargpt.model.gpt import GPT
 from chargpt.train.checkpoint import save_checkpoint
 from chargpt.use.compression import compress, decompress
 from chargpt.use.inference import file_sha256, load_trained, sample
@@ -47,12 +47,17 @@ def test_the_kv_cache_gives_the_full_windows_logits():
     model = GPT(CONFIG).eval()
     x = torch.randint(0, 256, (3, 32))
     full, _ = model(x)
-    cache = KVCache(CONFIG.n_layer)
-    pieces = [model.extend(x[:, :5], cache)] + [model.extend(x[:, t : t + 1], cache) for t in range(5, 20)]
-    pieces.append(model.extend(x[:, 20:], cache))  # several positions at once on a non-empty cache
+    cache = model.new_cache()
+    pieces = [model(x[:, :5], cache=cache)[0]]
+    storage = cache.keys.data_ptr(), cache.values.data_ptr()
+    pieces += [model(x[:, t : t + 1], cache=cache)[0] for t in range(5, 20)]
+    pieces.append(model(x[:, 20:], cache=cache)[0])  # several positions at once on a non-empty cache
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="exceeds the model's context 32"):
-        model.extend(x[:, :1], cache)
+    # one allocation for the whole window, at the first append: no byte copies the cache
+    assert (cache.keys.data_ptr(), cache.values.data_ptr()) == storage and cache.length == 32
+    assert cache.keys.shape == (CONFIG.n_layer, 3, CONFIG.n_head, CONFIG.context, CONFIG.d_model // CONFIG.n_head)
+    with pytest.raises(ValueError, match="window of 33 positions exceeds the model's context 32"):
+        model(x[:, :1], cache=cache)
 
 
 def test_sampling_is_reproducible_and_slides_past_the_context(checkpoint):
@@ -181,7 +186,6 @@ def test_the_commands_run_from_a_checkpoint(checkpoint, tmp_path):
     assert "dvc pull train@nope" in missing.stderr
 
 
-@pytest.mark.slow
 def test_the_round_trip_on_the_samples_test_split(checkpoint):
     import bz2
 

@@ -47,6 +47,12 @@ COMMANDS = {
         "decompress_main",
         "restore what `chargpt compress` wrote",
     ),
+    "runs": (
+        "chargpt.pipeline.dvc_status",
+        "build_parser",
+        "main",
+        "which named runs are trained, up to date or stale, and why (DVC's status, one line a run)",
+    ),
     "sync-dvc": (
         "chargpt.pipeline.dvc_sync",
         "build_parser",

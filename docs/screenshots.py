@@ -2,17 +2,22 @@
 Run it from the project (the repo, or a copy with trained runs):
 
     python docs/screenshots.py plots  [--out docs/dvc_plots.png]
+    python docs/screenshots.py plots-template               # .dvc/plots/offline.html, the page `dvc plots show` fills
     python docs/screenshots.py mlflow [--out-dir docs]      # docs/mlflow_runs.png, docs/mlflow_charts.png
 
 plots: `dvc plots show` into a temporary folder, then Debian's chromium (headless) loads the HTML, runs its
 Vega-Lite, and the check passes only if every plot on the page drew a chart (a canvas) and none shows a
-Vega error. The page loads vega from jsdelivr; with --offline (no internet, as on our CI machines) the
-same versions are fetched from the npm registry once (into ~/.cache/chargpt/npm) and the page points at them.
+Vega error. The page carries vega itself (.dvc/plots/offline.html, .dvc/config's plots.html_template): it draws
+with no network.
+
+plots-template: that page, DVC's own with the three vega scripts it would load from jsdelivr inlined, in the
+versions dvc_render names, fetched from the npm registry once (into ~/.cache/chargpt/npm). Rerun it after a DVC
+upgrade.
 
 mlflow: publishes the project's saved view (as `chargpt ui` does), starts `mlflow ui` on 127.0.0.1 (a free port)
 over the project's store, and screenshots the two links `chargpt ui` prints, in a fresh browser profile.
 
-Needs: chromium (`apt-get install chromium`), and npm for --offline.
+Needs: chromium (`apt-get install chromium`), and npm for plots-template.
 """
 
 from __future__ import annotations
@@ -61,37 +66,40 @@ def browser(*args: str, timeout: float = 180, budget_ms: int = 20000) -> str:
     return out.stdout
 
 
-def local_vega(html: str) -> str:
-    """The page with its jsdelivr scripts replaced by the same versions from the npm registry."""
+def vega_bundle(package: str, version: str) -> Path:
+    """The minified bundle of vega, vega-lite or vega-embed at `version`, fetched from the npm registry once."""
+    folder = NPM_CACHE / f"{package}@{version}"
+    bundle = folder / "node_modules" / package / "build" / f"{package}.min.js"
+    if not bundle.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        # --legacy-peer-deps: only the package's own bundle is used, its peers are the other two scripts
+        subprocess.run(
+            ["npm", "install", "--no-save", "--no-audit", "--no-fund", "--legacy-peer-deps", "--prefix", str(folder),
+             f"{package}@{version}"],
+            check=True, capture_output=True, timeout=300,
+        )  # fmt: skip
+    if not bundle.exists():
+        sys.exit(f"npm installed {package}@{version} but {bundle} is missing")
+    return bundle
 
-    def local(match: re.Match) -> str:
-        package, version = match.group(1), match.group(2)
-        folder = NPM_CACHE / f"{package}@{version}"
-        bundle = folder / "node_modules" / package / "build" / f"{package}.min.js"
-        if not bundle.exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            # --legacy-peer-deps: only the package's own bundle is used, its peers are the other two scripts
-            subprocess.run(
-                [
-                    "npm",
-                    "install",
-                    "--no-save",
-                    "--no-audit",
-                    "--no-fund",
-                    "--legacy-peer-deps",
-                    "--prefix",
-                    str(folder),
-                    f"{package}@{version}",
-                ],
-                check=True,
-                capture_output=True,
-                timeout=300,
-            )
-        if not bundle.exists():
-            sys.exit(f"npm installed {package}@{version} but {bundle} is missing")
-        return bundle.as_uri()
 
-    return CDN.sub(local, html)
+def plots_template(args: argparse.Namespace) -> None:
+    """.dvc/plots/offline.html: DVC's page with the vega scripts it loads from jsdelivr inlined, the same versions
+    (read from dvc_render), so that `dvc plots show` draws with no network (.dvc/config's plots.html_template)."""
+    from dvc_render.html import PAGE_HTML
+    from dvc_render.vega import VegaRenderer
+
+    scripts = []
+    for package, version in CDN.findall(VegaRenderer.SCRIPTS):
+        bundle = vega_bundle(package, version)
+        notice = (bundle.parent.parent / "LICENSE").read_text().strip()
+        scripts.append(f"<!-- {package}@{version}, from the npm registry. Its license:\n{notice}\n-->\n"
+                       f"<script>\n{bundle.read_text()}\n</script>")  # fmt: skip
+    if len(scripts) != 3 or any("</script" in s[s.index("<script>") + 8 : -9] for s in scripts):
+        sys.exit(f"expected the three vega scripts in dvc_render's page, found {len(scripts)}")
+    page = PAGE_HTML.replace("{scripts}", "\n".join(scripts))
+    args.out.write_text(page)
+    print(f"{args.out}: {len(page):,} bytes ({', '.join(p + '@' + v for p, v in CDN.findall(VegaRenderer.SCRIPTS))})")
 
 
 def plots(args: argparse.Namespace) -> None:
@@ -103,8 +111,8 @@ def plots(args: argparse.Namespace) -> None:
             sys.exit(f"dvc plots show failed: {shown.stderr}")
         page = Path(tmp) / "index.html"
         html = page.read_text()
-        if args.offline:
-            page.write_text(html := local_vega(html))
+        if CDN.search(html):
+            sys.exit(f"{page} loads vega from jsdelivr: .dvc/config's plots.html_template is not in effect")
         expected = html.count("vegaEmbed(")
         dom = browser("--dump-dom", page.as_uri())
         drawn = len(re.findall(r"<canvas", dom)) + len(re.findall(r'<svg class="marks"', dom))
@@ -184,11 +192,12 @@ def main() -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     p = sub.add_parser("plots", help="check that `dvc plots show` renders, and screenshot it")
     p.add_argument("--out", type=Path, default=Path("docs") / "dvc_plots.png")
-    p.add_argument("--offline", action="store_true", help="load vega from the npm registry instead of jsdelivr")
+    t = sub.add_parser("plots-template", help="write the offline page template for `dvc plots show`")
+    t.add_argument("--out", type=Path, default=ROOT / ".dvc" / "plots" / "offline.html")
     m = sub.add_parser("mlflow", help="screenshot the first screens of `chargpt ui` (runs table and charts)")
     m.add_argument("--out-dir", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
-    plots(args) if args.what == "plots" else mlflow(args)
+    {"plots": plots, "plots-template": plots_template, "mlflow": mlflow}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ TINY_COSINE_RUN = {
 # Scheduling hint for pytest-xdist (whole files per worker, in collection order): the longest files start first,
 # so the short ones fill in around them instead of one long file running alone at the end.
 LONGEST_FIRST = [
+    "test_readme_recipes.py",
     "test_pipeline_e2e.py",
     "test_distributed.py",
     "test_queue.py",

@@ -5,7 +5,9 @@
   (chargpt/tracking/: MLflow, the comparison, the saved view, PNG plots), which computes no result;
 - pipeline_runs.yaml: every named run (params.yaml's runs and the runs its grids expand to) with the params.yaml
   keys that define it (its own entry and the run it builds on), which the per-run stages iterate over;
-- the top-level `plots:`: every run on one chart (a plot that overlays files must name each one).
+- the top-level `plots:`: every run on one chart (a plot that overlays files must name each one);
+- the top-level `artifacts:`: each named run's model (DVC's model registry: `dvc artifacts get <repo> <run>` fetches
+  it without a clone, and DVC Studio and GTO list it), described and labelled from the run's resolved recipe.
 
     chargpt sync-dvc [--params params.yaml] [--dvc-yaml dvc.yaml] [--check | --report]
 
@@ -23,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from chargpt.io import atomic_open
-from chargpt.pipeline.config import load_params, resolve_run, run_sources
+from chargpt.pipeline.config import RunConfig, load_params, resolve_run, run_sources
 
 RUNS_FILE = "pipeline_runs.yaml"
 HEADER = """\
@@ -171,17 +173,29 @@ def plots_section(runs: list[str]) -> list[dict]:
     ]
 
 
+def artifact(cfg: RunConfig) -> dict:
+    """A run's model as a DVC artifact: what it is, in a line, and labels to filter by."""
+    m, o, t = cfg.model, cfg.optimizer, cfg.train
+    desc = (
+        f"chargpt run {cfg.name}: byte-level GPT, {m.n_layer} layers, d_model {m.d_model}, {m.n_head} heads, context "
+        f"{m.context}; {o.name}, {cfg.schedule.name} schedule, {t.iterations} steps of batch {t.batch_size}"
+    )
+    labels = [o.name, cfg.schedule.name, f"context-{m.context}", f"layers-{m.n_layer}"]
+    return {"path": f"models/{cfg.name}/model.pt", "type": "model", "desc": desc, "labels": labels}
+
+
 def render(dvc_yaml: str, params: dict, root: Path) -> tuple[str, str]:
     """(dvc.yaml, pipeline_runs.yaml) as they must be."""
     sources = run_sources(params)
-    for run in sources:  # every run valid, each key, base and grid value, before anything is read or written
-        resolve_run(params, run, sources=sources)
+    # every run valid, each key, base and grid value, before anything is read or written
+    configs = {run: resolve_run(params, run, sources=sources) for run in sources}
     spec = yaml.safe_load(dvc_yaml)
     for stage in spec["stages"].values():
         body = stage.get("do", stage)
         data = [d for d in body.get("deps", []) if not (isinstance(d, str) and is_code(d))]
         body["deps"] = code_deps(stage_script(stage), root) + data
     spec["plots"] = plots_section(list(sources))
+    spec["artifacts"] = {run: artifact(cfg) for run, cfg in configs.items()}
     runs = {
         "pipeline_runs": {
             name: {"own": s.own_key, "base": s.base_key, "root": s.root_key} for name, s in sources.items()

@@ -16,6 +16,7 @@ import torch
 
 from chargpt.errors import CheckpointError, ConfigError
 from chargpt.model.gpt import GPT
+from chargpt.pipeline.dvc_status import locked_stages
 from chargpt.pipeline.stage import model_path
 from chargpt.train.checkpoint import load_model
 
@@ -33,28 +34,18 @@ def checkpoint_path(run: str | None, checkpoint: str | Path | None, root: Path =
                 f"run {run!r} is not defined in {root / 'params.yaml'}"
                 + (f"; did you mean {close[0]!r}?" if close else f"; defined: {sorted(defined)}")
             )
-        if (root / "dvc.yaml").is_file() and f"train@{run}" not in _locked_stages(root / "dvc.lock"):
+        if (root / "dvc.yaml").is_file() and f"train@{run}" not in locked_stages(root):
             raise CheckpointError(
                 f"{path}: not found, and {root / 'dvc.lock'} records no train@{run}, so `dvc pull` cannot fetch it: "
-                f"train it here (dvc repro train@{run}), or have the clone that trained it commit and push dvc.lock "
-                f"and params.yaml (git add dvc.lock params.yaml; git commit; git push, beside dvc push), then git pull "
-                f"and dvc pull train@{run}"
+                f"train it here (dvc repro train@{run}), or have the clone that trained it commit and push what names "
+                f"it (git add dvc.lock params.yaml reports data; git commit; git push, beside dvc push), then git "
+                f"pull and dvc pull train@{run}"
             )
         raise CheckpointError(
             f"{path}: not found: run {run!r} has not been trained here. Train it (dvc repro "
             f"train@{run}) or fetch it from the DVC remote (dvc pull train@{run})"
         )
     return path
-
-
-def _locked_stages(lock: Path) -> set[str]:
-    """The stages dvc.lock records (none where there is no lock)."""
-    import yaml
-
-    try:
-        return set((yaml.safe_load(lock.read_text()) or {}).get("stages", {}))
-    except (OSError, yaml.YAMLError, AttributeError):
-        return set()
 
 
 def _defined_runs(params: Path) -> list[str] | None:

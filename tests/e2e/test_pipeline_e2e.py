@@ -1,6 +1,7 @@
 """End to end: real `dvc repro` of a tiny run on a generated corpus, in a temporary copy of the repo."""
 
 import json
+import subprocess
 import sys
 
 import pytest
@@ -120,6 +121,19 @@ def test_dvc_status_reports_exactly_the_stages_a_change_affects(project):
     assert stale_after_editing(root, env, "chargpt/train/muon.py") == per_run("lr_range_test", "train")
     assert stale_after_editing(root, env, "chargpt/model/gpt.py") == per_run("lr_range_test", "train", "evaluate")
     assert stale_after_editing(root, env, "chargpt/data/corpus.py") == {"download", "preprocess"}
+    # `chargpt runs`: the same, one line a run
+    runs = lambda: run(["chargpt", "runs"], root, env).stdout.splitlines()  # noqa: E731
+    assert [line.split()[:4] for line in runs()[1:3]] == [
+        ["tiny", "yes", "up", "to"],
+        ["tiny_cosine", "yes", "up", "to"],
+    ]
+    model_code = (root / "chargpt/model/gpt.py").read_text()
+    try:
+        (root / "chargpt/model/gpt.py").write_text(model_code + "\n# one more line\n")
+        tiny = runs()[1]
+        assert tiny.split()[:3] == ["tiny", "yes", "stale"] and "train: chargpt/model/gpt.py modified" in tiny, tiny
+    finally:
+        (root / "chargpt/model/gpt.py").write_text(model_code)
     assert stale_after_editing(root, env, "chargpt/train/config.py") == per_run("lr_range_test", "train", "evaluate")
     for reporting in ("chargpt/tracking/compare.py", "chargpt/tracking/view.py", "chargpt/tracking/store.py",
                       "chargpt/tracking/plots.py"):  # fmt: skip
@@ -167,6 +181,14 @@ def test_dvc_plots_overlay_every_run(project):
     assert {float(p["suggested_lr"]) for p in lr_spec["data"]["values"] if p["filename"].startswith("tiny/")} == {
         suggested
     }
+
+    # The HTML page carries vega itself (.dvc/config's plots.html_template), so it draws with no network.
+    run(["dvc", "plots", "show", "--out", "plots_html"], root, env)
+    page = (root / "plots_html/index.html").read_text()
+    assert "cdn.jsdelivr" not in page and "<script src=" not in page
+    assert page.count("vegaEmbed('#") == 5  # every plot
+    for package in ("vega@5", "vega-lite@5", "vega-embed@6"):
+        assert f"<!-- {package}." in page, package
 
 
 def test_compare_prints_one_row_per_run_with_iterations_to_target(project):
@@ -242,31 +264,31 @@ def test_a_config_error_stops_the_stage_before_any_work(project):
     )
 
 
-def test_push_then_a_fresh_clone_pulls_and_trains_nothing(project, tmp_path):
+def test_dvc_artifacts_get_fetches_a_runs_model_without_a_clone(project, tmp_path):
+    """dvc.yaml's artifacts (chargpt sync-dvc): after a push, `dvc artifacts get <repo> <run>` fetches the model into
+    an empty folder, and chargpt samples from it."""
     root, env, _ = project
-    if not (root / "reports/tiny/eval.json").exists():
+    if not (root / "models/tiny/model.pt").exists():
         pytest.skip("needs test_local_corpus_through_all_five_stages")
+    declared = yaml.safe_load((root / "dvc.yaml").read_text())["artifacts"]
+    assert set(declared) == {"tiny", "tiny_cosine"}
+    assert declared["tiny"]["path"] == "models/tiny/model.pt" and declared["tiny"]["type"] == "model"
+    assert "adamw" in declared["tiny"]["labels"] and "cosine" in declared["tiny_cosine"]["labels"]
     remote = tmp_path / "remote"
-    run(["dvc", "remote", "modify", "--local", "local", "url", str(remote)], root, env)  # not the user's ~/.cache
     run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "tiny run"], root, env)
+    run(["git", "commit", "-qm", "trained", "--allow-empty"], root, env)
+    run(["dvc", "remote", "modify", "--local", "local", "url", str(remote)], root, env)
     run(["dvc", "push"], root, env)
-
-    clone = tmp_path / "clone"
-    run(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
-    assert not (clone / "models/tiny/model.pt").exists()
-    run(["dvc", "remote", "modify", "--local", "local", "url", str(remote)], clone, env)
-    run(["dvc", "pull", "--with-deps", "evaluate@tiny"], clone, env)
-    assert (clone / "models/tiny/model.pt").read_bytes() == (root / "models/tiny/model.pt").read_bytes()
-    status = run(["dvc", "status", "--with-deps", "evaluate@tiny"], clone, env).stdout
-    assert "Data and pipelines are up to date" in status, status
-    assert "Running stage" not in run(["dvc", "repro", "evaluate@tiny"], clone, env).stdout
-
-    # Evaluating the pulled checkpoint again gives the same BPC.
-    before = json.loads((clone / "reports/tiny/eval.json").read_text())
-    run(["dvc", "repro", "--force", "--single-item", "evaluate@tiny"], clone, env)
-    after = json.loads((clone / "reports/tiny/eval.json").read_text())
-    assert after["test_bpc"] == before["test_bpc"] and after["val_bpc"] == before["val_bpc"]
+    # A version of the artifact, as DVC's model registry (GTO) records one: a git tag tiny@v0.0.1.
+    run(["gto", "register", "tiny", "--version", "v0.0.1", "-m", "the tiny run"], root, env)
+    out = tmp_path / "fetched"
+    out.mkdir()
+    run(["dvc", "artifacts", "get", str(root), "tiny", "-o", str(out / "model.pt"), "--remote-config",
+         f"url={remote}"], tmp_path, env)  # fmt: skip
+    assert (out / "model.pt").read_bytes() == (root / "models/tiny/model.pt").read_bytes()
+    sampled = subprocess.run(["chargpt", "sample", "--checkpoint", str(out / "model.pt"), "--prompt", "the ",
+                              "--bytes", "20"], cwd=tmp_path, env=env, capture_output=True)  # fmt: skip
+    assert sampled.returncode == 0 and len(sampled.stdout) == 20, sampled.stderr
 
 
 def test_dvc_exp_run_changes_one_key_of_a_variant_and_reruns_that_variant_only(project):

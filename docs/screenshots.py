@@ -3,7 +3,7 @@ Run it from the project (the repo, or a copy with trained runs):
 
     python docs/screenshots.py plots  [--out docs/dvc_plots.png]
     python docs/screenshots.py plots-template               # .dvc/plots/offline.html, the page `dvc plots show` fills
-    python docs/screenshots.py mlflow [--out-dir docs]      # docs/mlflow_runs.png, docs/mlflow_charts.png
+    python docs/screenshots.py mlflow [--out-dir docs]      # docs/mlflow_{runs,charts,models,home,experiment}.png
 
 plots: `dvc plots show` into a temporary folder, then Debian's chromium (headless) loads the HTML, runs its
 Vega-Lite, and the check passes only if every plot on the page drew a chart (a canvas) and none shows a
@@ -15,7 +15,8 @@ versions dvc_render names, fetched from the npm registry once (into ~/.cache/cha
 upgrade.
 
 mlflow: publishes the project's saved view (as `chargpt ui` does), starts `mlflow ui` on 127.0.0.1 (a free port)
-over the project's store, and screenshots the two links `chargpt ui` prints, in a fresh browser profile.
+over the project's store, and screenshots, in a fresh browser profile, the two links `chargpt ui` prints, the
+Logged Models view, MLflow's home and the experiment's own page.
 
 Needs: chromium (`apt-get install chromium`), and npm for plots-template.
 """
@@ -116,7 +117,8 @@ def plots(args: argparse.Namespace) -> None:
         expected = html.count("vegaEmbed(")
         dom = browser("--dump-dom", page.as_uri())
         drawn = len(re.findall(r"<canvas", dom)) + len(re.findall(r'<svg class="marks"', dom))
-        errors = re.findall(r"(?:Error|error):[^<]{0,200}", dom)
+        shown = re.sub(r"<script\b.*?</script>", "", dom, flags=re.S)  # the page's text, not the vega it carries
+        errors = re.findall(r"(?:Error|error):[^<]{0,200}", shown)
         print(f"{page}: {expected} plots on the page, {drawn} drawn by Vega in chromium")
         if expected == 0 or drawn < expected or errors:
             sys.exit(f"the plots did not all render: expected {expected}, drawn {drawn}; errors: {errors[:3]}")
@@ -172,11 +174,18 @@ def mlflow(args: argparse.Namespace) -> None:
         else:
             sys.exit("mlflow ui did not answer within 60 s")
         args.out_dir.mkdir(parents=True, exist_ok=True)
-        for mode, name in (("TABLE", "mlflow_runs.png"), ("CHART", "mlflow_charts.png")):
-            url = base + view.view_path(experiment_id, mode)
+        pages = [
+            (view.view_path(experiment_id, "TABLE"), "mlflow_runs.png"),  # the two links `chargpt ui` prints
+            (view.view_path(experiment_id, "CHART"), "mlflow_charts.png"),
+            (view.models_path(experiment_id), "mlflow_models.png"),  # MLflow 3's Logged Models view (wide: its metrics)
+            (view.home_path(), "mlflow_home.png"),  # and what a click from MLflow's own home reaches
+            (f"/#/experiments/{experiment_id}?workflowType=machine_learning", "mlflow_experiment.png"),
+        ]
+        for path, name in pages:
+            url = base + path
             browser(
                 f"--screenshot={(args.out_dir / name).resolve()}",
-                "--window-size=1920,1080",
+                "--window-size=3200,1000" if name == "mlflow_models.png" else "--window-size=1920,1080",
                 f"--user-data-dir={tempfile.mkdtemp()}",
                 url,
                 budget_ms=60000,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # torch's own stack: the build of torch a machine installs brings the matching ones (or none, for the CPU wheel)
-TORCH_STACK = re.compile(r"^(torch|triton|nvidia-[\w-]+|cuda-[\w-]+)==")
+TORCH_STACK = re.compile(r"^(torch|triton|nvidia-(?!ml-py)[\w-]+|cuda-[\w-]+)==")  # nvidia-ml-py: ours
 
 
 def compile_lock(extras: list[str], out: Path) -> None:

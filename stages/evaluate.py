@@ -86,6 +86,7 @@ def evaluate(cfg: RunConfig) -> dict:
     with store.start_run(
         cfg.name, f"evaluate@{cfg.name}", device, run_id if store.run_exists(run_id) else None, split_meta()
     ) as recorded:
+        # BPC and accuracy on the run and on its model (MLflow's model view)
         recorded.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}, state["step"])
         recorded.log_params({"eval.resolved_stride": stride})
         recorded.log_artifact(report_dir(cfg.name) / "eval.json")

@@ -76,7 +76,8 @@ def train(cfg: RunConfig, fresh: bool = False) -> tuple[TrainingRun, dict | None
             )
             metrics = write_outputs(run, hooks.curve, result, report_dir(name))
             plot_training_curve(hooks.curve, report_dir(name) / "train_curve.png", f"training: {name}")
-            recorded.log_training_outputs(metrics, report_dir(name), result.step)
+            recorded.log_model(run.params(), weights=model_path(name))  # MLflow's model view; DVC keeps the weights
+            recorded.log_training_outputs(metrics, report_dir(name), result.step)  # linked to the model too
     distributed.shutdown()
     if ranks.is_main:
         shutil.rmtree(state_path.parent, ignore_errors=True)  # complete: models/<run>/model.pt holds the run now

@@ -124,6 +124,8 @@ def make_dvc_project(root: Path, runs: dict, data: dict | None = None) -> tuple[
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # `python` in dvc.yaml: this venv
     env["DVC_NO_ANALYTICS"] = "1"
+    # MLflow publishes system metrics only after a whole interval (10 s by default): a tiny run lasts about a second
+    env["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "0.2"
     for cmd in (
         ["git", "init", "-q"],
         ["git", "config", "user.email", "t@example.com"],

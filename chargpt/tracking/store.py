@@ -1,4 +1,5 @@
-"""MLflow: one experiment for the project, one MLflow run per named run.
+"""MLflow: one experiment for the project, one MLflow run per named run, and its trained model in MLflow 3's
+Logged Models view (an external model: the weights stay in DVC, and the model says how to get them).
 
 Default store: the SQLite file `mlflow.db` at the project root, addressed by an absolute URI so that runs
 launched from DVC's temporary experiment copies (.dvc/tmp/exps/...) land in the same store.
@@ -8,6 +9,7 @@ launched from DVC's temporary experiment copies (.dvc/tmp/exps/...) land in the 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import subprocess
@@ -194,14 +196,29 @@ def run_exists(run_id: str | None) -> bool:
 
 
 STEP_METRICS = ("val_probe_bpc", "val_probe_accuracy")  # logged at every eval interval already
+MODEL_TYPE = "chargpt byte-level GPT"
+# Metrics of a trained model shown in MLflow's model view (the run keeps every metric).
+# (A metric logged with the model is the run's too: each is logged once, linked to both.)
+MODEL_METRICS = ("val_bpc", "test_bpc", "val_accuracy", "test_accuracy", "val_bpc_dynamic", "test_bpc_dynamic",
+                 "val_prefix_bpc", "test_prefix_bpc", "iterations", "train_seconds")  # fmt: skip
+SYSTEM_METRICS = "CHARGPT_SYSTEM_METRICS"  # off: no CPU/GPU utilisation and memory metrics in a training run
+
+
+def weights_note(run_name: str) -> str:
+    """Where a model's weights are: DVC holds them, MLflow only points at them."""
+    return (
+        f"models/{run_name}/model.pt, kept by DVC: `dvc pull train@{run_name}` in a clone, or `dvc artifacts get "
+        f"<repo> {run_name}` without one (after `gto register {run_name}`)"
+    )
 
 
 class RecordedRun:
     """One MLflow run of a stage: what the stage records goes through here (a NullRun records nothing)."""
 
-    def __init__(self, run: mlflow.ActiveRun):
-        self.run = run
+    def __init__(self, run: mlflow.ActiveRun, run_name: str):
+        self.run, self.run_name = run, run_name
         self.run_id: str | None = run.info.run_id
+        self._model_id: str | None = None
 
     def __enter__(self) -> RecordedRun:
         return self
@@ -213,7 +230,12 @@ class RecordedRun:
         mlflow.log_params(params)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        mlflow.log_metrics(metrics, step=step)
+        """A stage's final metrics, once each: those of MODEL_METRICS linked to the run's model as well."""
+        linked = {k: v for k, v in metrics.items() if k in MODEL_METRICS}
+        if linked:
+            mlflow.log_metrics(linked, step=step, model_id=self.model_id())
+        if rest := {k: v for k, v in metrics.items() if k not in MODEL_METRICS}:
+            mlflow.log_metrics(rest, step=step)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
@@ -248,10 +270,36 @@ class RecordedRun:
             for path in (csv_path, json_path, png_path):
                 mlflow.log_artifact(str(path), artifact_path="lr_range_test")
 
+    def log_model(self, params: dict, weights: Path | None = None) -> str:
+        """This run's trained model in MLflow's Logged Models view, linked to the run, with the run's params, the git
+        commit, and where the weights are (DVC keeps them: MLflow stores no copy, so no 165 MB a T12 run; `weights`,
+        the file, gives its sha256). Returns the model's id."""
+        name = self.run_name
+        tags = {"chargpt.run": name, "chargpt.weights": weights_note(name), **git_tags()}
+        if weights is not None:
+            tags["chargpt.model_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+        model = mlflow.create_external_model(
+            name=name, source_run_id=self.run_id, params={k: str(v) for k, v in params.items()}, tags=tags,
+            model_type=MODEL_TYPE,
+        )  # fmt: skip
+        self._model_id = model.model_id
+        return model.model_id
+
+    def model_id(self) -> str:
+        """The model this run logged (the newest, after a retraining), or a new one for a run that trained none here
+        (an evaluate of a pulled model whose training run is in another store)."""
+        if self._model_id is None:
+            found = mlflow.search_logged_models(
+                experiment_ids=[self.run.info.experiment_id], filter_string=f"source_run_id = '{self.run_id}'",
+                order_by=[{"field_name": "creation_time", "ascending": False}], output_format="list",
+            )  # fmt: skip
+            self._model_id = found[0].model_id if found else self.log_model({})
+        return self._model_id
+
     def log_training_outputs(self, metrics: dict, reports: Path, step: int) -> None:
         """A finished training run's final metrics (targets never reached left out) and its curve and plots."""
         final = {k: float(v) for k, v in metrics.items() if k not in STEP_METRICS and v is not None}
-        mlflow.log_metrics(final, step=step)
+        self.log_metrics(final, step)
         for name in ("train_curve.tsv", "train_curve.png", "lr_range_test.png"):
             mlflow.log_artifact(str(reports / name), artifact_path="plots" if name.endswith(".png") else None)
 
@@ -287,6 +335,9 @@ class NullRun(RecordedRun):
     def log_training_outputs(self, metrics: dict, reports: Path, step: int) -> None:
         pass
 
+    def log_model(self, params: dict, weights: Path | None = None) -> str:
+        return ""
+
 
 class StepLogger:
     """Logs step metrics to the active run, skipping steps it already holds (a resumed run recomputes the
@@ -307,6 +358,9 @@ def start_run(
     """Continue MLflow run `run_id`, or start a new one named after the named run (a NullRun where tracking is off)."""
     if not enabled():
         return NullRun()
+    # A training run records CPU/GPU utilisation and memory (MLflow's system metrics: psutil, pynvml on NVIDIA)
+    system = stage.startswith("train@") and os.environ.get(SYSTEM_METRICS, "on") != "off"
     if run_id is not None:
-        return RecordedRun(mlflow.start_run(run_id=run_id))
-    return RecordedRun(mlflow.start_run(run_name=run_name, tags=run_tags(run_name, stage, device, data_meta)))
+        return RecordedRun(mlflow.start_run(run_id=run_id, log_system_metrics=system), run_name)
+    tags = run_tags(run_name, stage, device, data_meta)
+    return RecordedRun(mlflow.start_run(run_name=run_name, tags=tags, log_system_metrics=system), run_name)

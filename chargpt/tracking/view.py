@@ -21,13 +21,15 @@ from chargpt.tracking.compare import find_project, latest_attempts, load_runs, r
 
 VIEW_KEY = "compare"  # MLflow's shared view: the experiment tag mlflow.sharedViewState.<key>, opened by URL
 # The view's metric columns: few, so that the varied params fit on the first screen beside them.
-SUMMARY_METRICS = ["val_bpc", "test_bpc", "test_accuracy", "test_bpc_dynamic", "iterations"]
+SUMMARY_METRICS = ["val_bpc", "test_bpc", "val_accuracy", "test_accuracy", "val_bpc_dynamic", "test_bpc_dynamic",
+                   "iterations"]  # fmt: skip
 CHART_METRICS = ["test_bpc", "val_bpc", "test_bpc_dynamic", "val_bpc_dynamic", "test_accuracy", "val_accuracy"]
 
 
 def varied_params(latest: pd.DataFrame) -> list[str]:
     """The recipe params (section.key) whose value differs between the named runs' latest attempts."""
-    varied = [c for c in recipe_params(latest) if latest[c].dropna().astype(str).nunique() > 1]
+    # A param one run sets and another lacks (eval.dynamic.* where only some runs evaluate dynamically) differs too.
+    varied = [c for c in recipe_params(latest) if latest[c].fillna("(unset)").astype(str).nunique() > 1]
     return sorted(c.removeprefix("params.") for c in varied)
 
 
@@ -106,6 +108,16 @@ def view_path(experiment_id: str, mode: str = "TABLE") -> str:
     )
 
 
+def models_path(experiment_id: str) -> str:
+    """The URL path of the experiment's Logged Models view (its trained models, by their metrics)."""
+    return f"/#/experiments/{experiment_id}/models?workflowType=machine_learning"
+
+
+def home_path() -> str:
+    """MLflow's home, in its model-training mode (MLflow 3 opens in GenAI mode otherwise)."""
+    return "/#/?workflowType=machine_learning"
+
+
 def ui_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chargpt ui",
@@ -132,7 +144,8 @@ def ui_main(argv: list[str] | None = None) -> None:
     base = f"http://{args.host}:{args.port}"
     print(
         f"runs by test BPC:  {base}{view_path(experiment_id)}\n"
-        f"their BPC charts:  {base}{view_path(experiment_id, 'CHART')}",
+        f"their BPC charts:  {base}{view_path(experiment_id, 'CHART')}\n"
+        f"trained models:    {base}{models_path(experiment_id)}",
         flush=True,
     )
     uri = store.tracking_uri(root)

@@ -254,6 +254,33 @@ def test_mlflow_records_the_run(project):
     assert view["compareRunCharts"][0]["metricKey"] in ("val_bpc", "test_bpc")
     assert "lr_max" not in run_.data.metrics and "resolved.lr_max" in run_.data.params  # a param, not a metric
 
+    # MLflow 3's Logged Models view: each run's trained model, linked to its run, ranked by its BPC, pointing at DVC
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    models = mlflow.search_logged_models(
+        experiment_ids=[experiment.experiment_id], output_format="list",
+        order_by=[{"field_name": "metrics.test_bpc", "ascending": True}],
+    )  # fmt: skip
+    assert sorted(m.name for m in models) == ["tiny", "tiny_cosine"]
+    (model,) = [m for m in models if m.name == "tiny"]
+    assert model.source_run_id == run_.info.run_id and model.status.to_proto() == 2  # READY
+    linked = {m.key: m.value for m in model.metrics}
+    assert linked["test_bpc"] == pytest.approx(ev["test_bpc"]) and linked["val_bpc"] == pytest.approx(ev["val_bpc"])
+    assert linked["test_accuracy"] == pytest.approx(ev["test_accuracy"]) and linked["iterations"] == 30
+    assert (
+        model.params["model.n_layer"] == "2" and model.tags["mlflow.source.git.commit"] == run_.data.tags["git_commit"]
+    )
+    assert "dvc pull train@tiny" in model.tags["chargpt.weights"]
+    import hashlib
+
+    assert (
+        model.tags["chargpt.model_sha256"] == hashlib.sha256((root / "models/tiny/model.pt").read_bytes()).hexdigest()
+    )
+    assert not client.list_artifacts(run_.info.run_id, "model")  # the weights are DVC's: no copy in MLflow
+    # and MLflow's system metrics of the training run (psutil), on by default
+    assert any(key.startswith("system/cpu_utilization") for key in run_.data.metrics), sorted(run_.data.metrics)
+
 
 def test_a_config_error_stops_the_stage_before_any_work(project):
     root, env, _ = project

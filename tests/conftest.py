@@ -40,6 +40,7 @@ TINY_COSINE_RUN = {
 LONGEST_FIRST = [
     "test_readme_recipes.py",
     "test_pipeline_e2e.py",
+    "test_notebook.py",
     "test_distributed.py",
     "test_queue.py",
     "test_resume.py",

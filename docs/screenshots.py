@@ -14,9 +14,10 @@ plots-template: that page, DVC's own with the three vega scripts it would load f
 versions dvc_render names, fetched from the npm registry once (into ~/.cache/chargpt/npm). Rerun it after a DVC
 upgrade.
 
-mlflow: publishes the project's saved view (as `chargpt ui` does), starts `mlflow ui` on 127.0.0.1 (a free port)
-over the project's store, and screenshots, in a fresh browser profile, the two links `chargpt ui` prints, the
-Logged Models view, MLflow's home and the experiment's own page.
+mlflow: publishes the project's saved view (as `chargpt ui` does), starts `mlflow ui --app-name chargpt` on
+127.0.0.1 (a free port) over the project's store, and screenshots, each in a fresh browser profile, the two links
+`chargpt ui` prints, the Logged Models view, MLflow's home and the experiment's own page at their plain URLs. The
+check passes only if the plain experiment page, in a fresh profile, shows the saved view's test_accuracy column.
 
 Needs: chromium (`apt-get install chromium`), and npm for plots-template.
 """
@@ -151,6 +152,8 @@ def mlflow(args: argparse.Namespace) -> None:
             "-m",
             "mlflow",
             "ui",
+            "--app-name",
+            view.UI_APP,
             "--host",
             "127.0.0.1",
             "--port",
@@ -178,8 +181,8 @@ def mlflow(args: argparse.Namespace) -> None:
             (view.view_path(experiment_id, "TABLE"), "mlflow_runs.png"),  # the two links `chargpt ui` prints
             (view.view_path(experiment_id, "CHART"), "mlflow_charts.png"),
             (view.models_path(experiment_id), "mlflow_models.png"),  # MLflow 3's Logged Models view (wide: its metrics)
-            (view.home_path(), "mlflow_home.png"),  # and what a click from MLflow's own home reaches
-            (f"/#/experiments/{experiment_id}?workflowType=machine_learning", "mlflow_experiment.png"),
+            ("/", "mlflow_home.png"),  # MLflow's own home, and the experiment a click from it reaches
+            (f"/#/experiments/{experiment_id}", "mlflow_experiment.png"),
         ]
         for path, name in pages:
             url = base + path
@@ -191,6 +194,12 @@ def mlflow(args: argparse.Namespace) -> None:
                 budget_ms=60000,
             )  # a fresh profile: a new user
             print(f"{url}\nscreenshot: {args.out_dir / name}")
+        # a new user's first look at the experiment: the seeded view's columns, not MLflow's defaults
+        url = f"{base}/#/experiments/{experiment_id}"
+        dom = browser("--dump-dom", f"--user-data-dir={tempfile.mkdtemp()}", url, budget_ms=60000)
+        if "test_accuracy" not in dom:  # a column of the view (the experiment's note names test_bpc, not this)
+            sys.exit(f"{url}: no test_accuracy column in a fresh browser profile; the chargpt app's seeding failed")
+        print(f"{url}: opens on the saved view (its test_accuracy column) in a fresh browser profile")
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -1,6 +1,8 @@
 import copy
 import http.server
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -139,3 +141,11 @@ def make_dvc_project(root: Path, runs: dict, data: dict | None = None) -> tuple[
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "init"], root, env)
     return root, env
+
+
+def seeded_views(page: str) -> list[dict]:
+    """The experiment views the chargpt MLflow app's UI page seeds (chargpt/tracking/ui_app.py, seed_script)."""
+    call = re.search(r"seedMlflowUi\(window\.localStorage, (.*)\);\n</script>", page)
+    assert call, "the page carries no seedMlflowUi call"
+    _, views = json.loads(f"[{call[1]}]")  # JSON reads the "<\/" escape as "</"
+    return views

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import time
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import mlflow
@@ -19,6 +20,7 @@ from chargpt.errors import TrackingError
 from chargpt.tracking import store
 from chargpt.tracking.compare import find_project, latest_attempts, load_runs, recipe_params
 
+UI_APP = "chargpt"  # `mlflow ui --app-name chargpt` (tracking/ui_app.py)
 VIEW_KEY = "compare"  # MLflow's shared view: the experiment tag mlflow.sharedViewState.<key>, opened by URL
 # The view's metric columns: few, so that the varied params fit on the first screen beside them.
 SUMMARY_METRICS = ["val_bpc", "test_bpc", "val_accuracy", "test_accuracy", "val_bpc_dynamic", "test_bpc_dynamic",
@@ -83,11 +85,22 @@ def publish_view(root: Path) -> str | None:
         "compareRunCharts": charts,
     }
     experiment_id = latest["experiment_id"].iloc[0]
+    store_view(mlflow.MlflowClient(), experiment_id, view)
+    return experiment_id
+
+
+def store_view(client: mlflow.MlflowClient, experiment_id: str, state: dict) -> None:
+    """Save the view state as the experiment's saved view VIEW_KEY."""
     now = int(time.time() * 1000)
     # MLflow's saved-view envelope: the UI lists it under Views, and opens it from viewStateShareKey in the URL.
-    envelope = {"name": "BPC by named run", "createdAt": now, "updatedAt": now, "state": json.dumps(view)}
-    mlflow.MlflowClient().set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(envelope))
-    return experiment_id
+    envelope = {"name": "BPC by named run", "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
+    client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(envelope))
+
+
+def stored_view(experiment_tags: dict[str, str]) -> dict | None:
+    """The view state store_view saved among an experiment's tags (None where there is none)."""
+    envelope = experiment_tags.get(f"mlflow.sharedViewState.{VIEW_KEY}")
+    return json.loads(json.loads(envelope)["state"]) if envelope else None
 
 
 def refresh_view(log: logging.Logger) -> None:
@@ -113,16 +126,13 @@ def models_path(experiment_id: str) -> str:
     return f"/#/experiments/{experiment_id}/models?workflowType=machine_learning"
 
 
-def home_path() -> str:
-    """MLflow's home, in its model-training mode (MLflow 3 opens in GenAI mode otherwise)."""
-    return "/#/?workflowType=machine_learning"
-
-
 def ui_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chargpt ui",
-        description="MLflow's UI over the project's store, opened on the named runs by test BPC (table) and their "
-        "BPC charts. It serves at http://HOST:PORT (default http://127.0.0.1:5000) and prints the two links.",
+        description="MLflow's UI over the project's store (MLflow's server, as the chargpt MLflow app). In a browser "
+        "with no choice of its own yet, MLflow's home opens in model-training mode and the experiment on its named "
+        "runs by test BPC, with BPC and accuracy columns. It serves at http://HOST:PORT (default "
+        "http://127.0.0.1:5000) and prints three links: that table, its BPC charts, and the trained models.",
     )
     parser.add_argument("--port", type=int, default=5000, help="the port it serves on (default 5000)")
     parser.add_argument(
@@ -149,18 +159,12 @@ def ui_main(argv: list[str] | None = None) -> None:
         flush=True,
     )
     uri = store.tracking_uri(root)
-    os.execvp(
-        sys.executable,
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "ui",
-            "--backend-store-uri",
-            uri,
-            "--host",
-            args.host,
-            "--port",
-            str(args.port),
-        ],
-    )
+    if not any(e.name == UI_APP for e in entry_points(group="mlflow.app")):
+        raise TrackingError(
+            f"MLflow finds no '{UI_APP}' app (the mlflow.app entry point in pyproject.toml): this environment "
+            f"predates it; reinstall the project: pip install -e ."
+        )
+    # the chargpt app: MLflow's server, whose page seeds a new browser with this view (tracking/ui_app.py)
+    # one worker: a UI for this machine's user starts in seconds, where MLflow's four take a minute on two cores
+    command = ["mlflow", "ui", "--app-name", UI_APP, "--backend-store-uri", uri, "--workers", "1", "--host", args.host]
+    os.execvp(sys.executable, [sys.executable, "-m", *command, "--port", str(args.port)])

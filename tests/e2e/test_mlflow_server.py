@@ -1,5 +1,6 @@
-"""A real `mlflow server` on 127.0.0.1: a tiny pipeline logs to it through MLFLOW_TRACKING_URI, and the REST
-client finds the run, its metrics, tags and artifacts there (and nothing in the local SQLite store)."""
+"""A real `mlflow server` on 127.0.0.1, as the chargpt MLflow app (`--app-name chargpt`, what `chargpt ui` serves): a
+tiny pipeline logs to it through MLFLOW_TRACKING_URI, and the REST client finds the run, its metrics, tags and
+artifacts there (and nothing in the local SQLite store); its UI page seeds a new browser with the stages' view."""
 
 import json
 import socket
@@ -9,7 +10,7 @@ import time
 import urllib.request
 
 import pytest
-from conftest import TINY_RUN, make_dvc_project, run, tiny_text
+from conftest import TINY_RUN, make_dvc_project, run, seeded_views, tiny_text
 
 
 @pytest.fixture
@@ -24,6 +25,8 @@ def mlflow_server(tmp_path):
             "-m",
             "mlflow",
             "server",
+            "--app-name",
+            "chargpt",
             "--host",
             "127.0.0.1",
             "--port",
@@ -89,3 +92,14 @@ def test_a_tiny_pipeline_logs_runs_metrics_and_artifacts_to_the_server(mlflow_se
     fetched = client.download_artifacts(tiny.info.run_id, "eval.json", str(tmp_path))
     assert json.loads(open(fetched).read()) == ev  # served back byte for byte
     assert (tmp_path / "served").is_dir()  # stored by the server, not by the client
+
+    # The UI page (under uvicorn, through the app's factory) carries the seed of the view the stages published
+    from chargpt.tracking.ui_app import experiment_state_key
+    from chargpt.tracking.view import stored_view
+
+    page = urllib.request.urlopen(f"{mlflow_server}/").read().decode()
+    assert page.index("seedMlflowUi(window.localStorage") < page.index("static/js/main.")
+    experiment = client.get_experiment(experiment.experiment_id)  # as the stages left it
+    (view,) = seeded_views(page)
+    assert view["key"] == experiment_state_key(experiment.experiment_id)
+    assert view["state"] == stored_view(experiment.tags) and "metrics.`test_bpc`" in view["state"]["selectedColumns"]

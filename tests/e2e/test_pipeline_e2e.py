@@ -245,7 +245,13 @@ def test_mlflow_records_the_run(project):
     assert (root / "mlartifacts").is_dir()  # artifacts beside the store, not in a DVC temp dir
     # The UI's saved view: a model-training experiment, the named runs by test BPC with BPC columns.
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    view = json.loads(json.loads(experiment.tags["mlflow.sharedViewState.compare"])["state"])
+    from chargpt.tracking import ui_app
+    from chargpt.tracking.view import stored_view
+
+    view = stored_view(experiment.tags)
+    # and the chargpt MLflow app seeds a new browser's table of this experiment with it
+    (seed,) = [s for s in ui_app.seeds(client) if s["key"] == ui_app.experiment_state_key(experiment.experiment_id)]
+    assert seed["state"] == view
     assert view["orderByKey"] == "metrics.`test_bpc`" and view["orderByAsc"] is True
     assert {"metrics.`val_bpc`", "metrics.`test_bpc`", "metrics.`test_accuracy`", "metrics.`iterations`"} <= set(
         view["selectedColumns"]

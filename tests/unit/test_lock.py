@@ -53,3 +53,29 @@ def test_the_installed_mlflow_ui_reads_what_the_saved_view_writes():
             f"relies on: install the locked MLflow {locked} (pip install -r requirements/dev.lock), or update view.py "
             f"for this MLflow"
         )
+
+
+def test_the_installed_mlflow_ui_keeps_its_state_where_the_chargpt_app_seeds_it():
+    """chargpt/tracking/ui_app.py writes localStorage keys that only MLflow's UI code defines: its mode, the
+    assistant's first-visit flag, and each experiment's table state. Where one moved, a new browser would get
+    MLflow's defaults (GenAI mode, no BPC column) again."""
+    build = Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js"
+    bundle = "".join(p.read_text(errors="ignore") for p in build.glob("*.js"))
+    version, locked = metadata.version("mlflow"), pins(REPO / "requirements/dev.lock")["mlflow"][0]
+    needed = {
+        "the useLocalStorage key format `${key}_v${version}`": r"`\$\{\w+\}_v\$\{\w+\}`",
+        "the mode's key": re.escape('key:"mlflow.workflowType",version:1'),
+        "the mode's value": re.escape('"machine_learning"'),
+        "the assistant's first-visit key": re.escape('key:"mlflow.assistant.fab.autoOpenedOnFirstLoad",version:1'),
+        "LocalStorageUtils' prefix": re.escape('["MLflowLocalStorage",') + r"\w+\.version,",
+        "its version": r'\w+\.version="1\.1"',
+        "the experiment page's store": re.escape('getStoreForComponent("ExperimentPage",'),
+        "the component state key": re.escape('reactComponentStateKey="ReactComponentState"'),
+        "the persist key, the sorted ids as JSON": r"JSON\.stringify\(\w+\.sort\(\)\)",
+    }
+    for what, pattern in needed.items():
+        assert re.search(pattern, bundle), (
+            f"MLflow {version}'s UI no longer has {what} ({pattern}), where the chargpt MLflow app "
+            f"(chargpt/tracking/ui_app.py) seeds a new browser: install the locked MLflow {locked} "
+            f"(pip install -r requirements/dev.lock), or update ui_app.py for this MLflow"
+        )

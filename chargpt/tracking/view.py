@@ -21,6 +21,7 @@ from chargpt.tracking import store
 from chargpt.tracking.compare import find_project, latest_attempts, load_runs, recipe_params
 
 UI_APP = "chargpt"  # `mlflow ui --app-name chargpt` (tracking/ui_app.py)
+LATEST_TAG = "chargpt.latest_attempt"  # on each named run's latest MLflow run only (mark_latest_attempts)
 VIEW_KEY = "compare"  # MLflow's shared view: the experiment tag mlflow.sharedViewState.<key>, opened by URL
 # The view's metric columns: few, so that the varied params fit on the first screen beside them.
 SUMMARY_METRICS = ["val_bpc", "test_bpc", "val_accuracy", "test_accuracy", "val_bpc_dynamic", "test_bpc_dynamic",
@@ -44,6 +45,8 @@ def publish_view(root: Path) -> str | None:
     if runs.empty:
         return None
     latest = latest_attempts(runs)
+    client = mlflow.MlflowClient()
+    mark_latest_attempts(client, runs, latest)
     metrics = [m for m in SUMMARY_METRICS if f"metrics.{m}" in latest]
     columns = [f"metrics.`{m}`" for m in metrics] + [f"params.`{p}`" for p in varied_params(latest)]
 
@@ -66,7 +69,8 @@ def publish_view(root: Path) -> str | None:
         line("train_loss", "chargpt-training"),
     ]
     view = {
-        "searchFilter": "tags.dvc_stage LIKE 'train@%'",  # the named runs, not their nested LR range tests
+        # each named run once, as `chargpt compare` shows it: not its earlier attempts, nor its nested LR range tests
+        "searchFilter": f"tags.`{LATEST_TAG}` = 'true'",
         "orderByKey": "metrics.`test_bpc`",
         "orderByAsc": True,
         "startTime": "ALL",
@@ -85,8 +89,20 @@ def publish_view(root: Path) -> str | None:
         "compareRunCharts": charts,
     }
     experiment_id = latest["experiment_id"].iloc[0]
-    store_view(mlflow.MlflowClient(), experiment_id, view)
+    store_view(client, experiment_id, view)
     return experiment_id
+
+
+def mark_latest_attempts(client: mlflow.MlflowClient, runs: pd.DataFrame, latest: pd.DataFrame) -> None:
+    """Tag each named run's latest attempt, and no other MLflow run, LATEST_TAG=true: a filter MLflow's UI can apply.
+    Writes only what changed."""
+    column = f"tags.{LATEST_TAG}"
+    marked = set(runs.loc[runs[column] == "true", "run_id"]) if column in runs else set()
+    wanted = set(latest["run_id"])
+    for run_id in sorted(wanted - marked):
+        client.set_tag(run_id, LATEST_TAG, "true")
+    for run_id in sorted(marked - wanted):
+        client.delete_tag(run_id, LATEST_TAG)
 
 
 def store_view(client: mlflow.MlflowClient, experiment_id: str, state: dict) -> None:

@@ -253,6 +253,8 @@ def test_mlflow_records_the_run(project):
     (seed,) = [s for s in ui_app.seeds(client) if s["key"] == ui_app.experiment_state_key(experiment.experiment_id)]
     assert seed["state"] == view
     assert view["orderByKey"] == "metrics.`test_bpc`" and view["orderByAsc"] is True
+    assert view["searchFilter"] == "tags.`chargpt.latest_attempt` = 'true'"  # each named run once, no range test
+    assert run_.data.tags["chargpt.latest_attempt"] == "true" and "chargpt.latest_attempt" not in child[0].data.tags
     assert {"metrics.`val_bpc`", "metrics.`test_bpc`", "metrics.`test_accuracy`", "metrics.`iterations`"} <= set(
         view["selectedColumns"]
     )
@@ -359,3 +361,16 @@ def test_dvc_exp_run_changes_one_key_of_a_variant_and_reruns_that_variant_only(p
     }
     assert "schedule.name=cosine" in rows["tiny_cosine"]["config_diff"]  # the resolved config, base included
     assert "train.target_bpc=[7.5]" in rows["tiny_cosine"]["config_diff"]
+    # MLflow's view shows each named run once: the latest attempt is tagged, the first tiny_cosine no longer
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("chargpt")
+    attempts = client.search_runs(
+        [experiment.experiment_id], "tags.`chargpt.run` = 'tiny_cosine'", order_by=["start_time DESC"]
+    )
+    attempts = [r for r in attempts if "mlflow.parentRunId" not in r.data.tags]
+    assert len(attempts) == 2 and [r.data.tags.get("chargpt.latest_attempt") for r in attempts] == ["true", None]
+    shown = client.search_runs([experiment.experiment_id], "tags.`chargpt.latest_attempt` = 'true'")
+    assert sorted(r.info.run_name for r in shown) == ["tiny", "tiny_cosine"]
+    assert shown[0].data.metrics.keys() >= {"test_bpc"}

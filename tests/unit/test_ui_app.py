@@ -143,3 +143,13 @@ def test_chargpt_ui_prints_the_links_and_serves_mlflow_as_the_chargpt_app(monkey
     monkeypatch.setattr(view, "entry_points", lambda group: [])
     with pytest.raises(TrackingError, match=r"no 'chargpt' app .* reinstall the project: pip install -e \."):
         view.ui_main(["--repo", str(tmp_path)])
+
+
+def test_a_store_that_cannot_be_read_leaves_mlflows_page_as_it_is(served, monkeypatch, tmp_path, caplog):
+    app = ui_app.create_app()
+    (tmp_path / "mlflow.db").write_bytes(b"not a database")
+    monkeypatch.setenv("_MLFLOW_SERVER_FILE_STORE", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with app.test_client() as http:
+        page = http.get("/").get_data(as_text=True)
+    assert "seedMlflowUi" not in page and 'src="static-files/static/js/main.' in page  # MLflow's UI, as it ships
+    assert "MLflow UI defaults not seeded" in caplog.text

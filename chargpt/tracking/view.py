@@ -167,20 +167,25 @@ def ui_main(argv: list[str] | None = None) -> None:
         raise TrackingError(
             f"{root}: no named run recorded yet; `dvc repro evaluate@quickstart` trains and records one"
         )
-    base = f"http://{args.host}:{args.port}"
+    uri = store.tracking_uri(root)
+    server = uri.startswith(("http://", "https://"))  # MLFLOW_TRACKING_URI names a team's tracking server
+    base = uri.rstrip("/") if server else f"http://{args.host}:{args.port}"
     print(
         f"runs by test BPC:  {base}{view_path(experiment_id)}\n"
         f"their BPC charts:  {base}{view_path(experiment_id, 'CHART')}\n"
         f"trained models:    {base}{models_path(experiment_id)}",
         flush=True,
     )
-    uri = store.tracking_uri(root)
+    if server:  # its own UI serves the runs; a local one cannot open a server's store
+        print(f"(the runs are on the tracking server {uri}: its UI serves these links; started as "
+              f"`mlflow server --app-name {UI_APP}`, it opens on them without one)", flush=True)  # fmt: skip
+        return
     if not any(e.name == UI_APP for e in entry_points(group="mlflow.app")):
         raise TrackingError(
             f"MLflow finds no '{UI_APP}' app (the mlflow.app entry point in pyproject.toml): this environment "
             f"predates it; reinstall the project: pip install -e ."
         )
     # the chargpt app: MLflow's server, whose page seeds a new browser with this view (tracking/ui_app.py)
-    # one worker: a UI for this machine's user starts in seconds, where MLflow's four take a minute on two cores
+    # one worker: a UI for this machine's user, up in about half the time MLflow's default four take
     command = ["mlflow", "ui", "--app-name", UI_APP, "--backend-store-uri", uri, "--workers", "1", "--host", args.host]
     os.execvp(sys.executable, [sys.executable, "-m", *command, "--port", str(args.port)])

@@ -153,3 +153,13 @@ def test_a_store_that_cannot_be_read_leaves_mlflows_page_as_it_is(served, monkey
         page = http.get("/").get_data(as_text=True)
     assert "seedMlflowUi" not in page and 'src="static-files/static/js/main.' in page  # MLflow's UI, as it ships
     assert "MLflow UI defaults not seeded" in caplog.text
+
+
+def test_with_a_tracking_server_chargpt_ui_prints_its_links_and_starts_nothing(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(view, "publish_view", lambda root: "7")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000/")
+    monkeypatch.setattr(view.os, "execvp", lambda *a: pytest.fail(f"started {a}"))
+    view.ui_main(["--repo", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "runs by test BPC:  http://mlflow.example:5000/#/experiments/7/runs?viewStateShareKey=compare" in printed
+    assert "`mlflow server --app-name chargpt`" in printed

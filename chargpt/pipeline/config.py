@@ -9,14 +9,16 @@ YAML dict.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import itertools
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from chargpt.data.config import DataConfig, read_params
 from chargpt.errors import ConfigError
@@ -28,9 +30,34 @@ from chargpt.train.config import LRRangeTestConfig, OptimizerConfig, ScheduleCon
 SECTIONS = ("data", "model", "optimizer", "schedule", "lr_range_test", "train", "eval")
 RUN_SECTIONS = SECTIONS[1:]  # what a named run may override
 
+# A run's name becomes a directory (models/<run>, reports/<run>, checkpoints/<run>, which train removes) and a word
+# in the commands DVC runs through a shell (--run ${key}): so ASCII letters, digits, `_`, `.` and `-` only, starting
+# with a letter or digit (no `..`, no `/`, nothing a shell or a page reads as syntax).
+RUN_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}"
+_RUN_NAME = re.compile(RUN_NAME_PATTERN)
+
+
+def check_run_name(name: object, where: str) -> str:
+    """`name` where it is a valid run name; else a ConfigError in one line saying where it is written."""
+    if not isinstance(name, str) or not _RUN_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{where}: run name {name!r} is not allowed: a run name matches {RUN_NAME_PATTERN} (letters, digits, "
+            f"_ . -, starting with a letter or digit, at most 100 characters), since it becomes a directory and a "
+            f"word of the commands DVC runs"
+        )
+    return name
+
+
+def run_name_argument(text: str) -> str:
+    """argparse's type for --run: the same rule, as a usage error that names the argument."""
+    try:
+        return check_run_name(text, "--run")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--run: ")) from None
+
 
 class RunConfig(Section):
-    name: str
+    name: Annotated[str, Field(pattern=f"^{RUN_NAME_PATTERN}$")]
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -225,6 +252,7 @@ def run_sources(params: dict[str, Any], source: str = "params.yaml") -> dict[str
     if not isinstance(grids, dict):
         raise ConfigError(f"{source}: grids: expected a mapping of grid name -> {{base, axes}}, got {grids!r}")
     for name, entry in runs.items():  # every entry, before any chain of bases reads one
+        check_run_name(name, f"{source}: runs")
         if entry is not None and not isinstance(entry, dict):
             raise ConfigError(f"{source}: runs.{name}: expected a mapping of sections, got {entry!r}")
     out: dict[str, RunSource] = {}
@@ -233,7 +261,9 @@ def run_sources(params: dict[str, Any], source: str = "params.yaml") -> dict[str
         out[name] = RunSource(f"runs.{name}", f"runs.{chain[-2 if len(chain) > 1 else -1]}",
                               _layers(chain, runs, source), f"runs.{chain[0]}")  # fmt: skip
     for name, grid in grids.items():
+        check_run_name(name, f"{source}: grids")  # the first word of each of its runs' names
         for run, run_source in _grid_runs(name, grid, runs, source).items():
+            check_run_name(run, f"{source}: grids.{name}")
             if run in out:
                 raise ConfigError(f"{source}: grids.{name}: its run {run!r} is also defined under runs")
             out[run] = run_source

@@ -9,6 +9,7 @@ from pathlib import Path
 from chargpt.data.config import SPLITS
 from chargpt.errors import ConfigError
 from chargpt.io import read_json
+from chargpt.pipeline.config import run_name_argument
 
 DATA_DIR = Path("data/processed")
 
@@ -16,7 +17,7 @@ DATA_DIR = Path("data/processed")
 def run_stage_parser(description: str | None) -> argparse.ArgumentParser:
     """The arguments every per-run stage takes: --run NAME [--params FILE]."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--run", required=True, help="a run defined under runs: in params.yaml")
+    parser.add_argument("--run", required=True, type=run_name_argument, help="a run defined under runs: in params.yaml")
     parser.add_argument("--params", default="params.yaml")
     return parser
 

@@ -23,14 +23,14 @@ import torch
 from chargpt.errors import ConfigError
 from chargpt.evaluation.config import DynamicEvalConfig
 from chargpt.evaluation.scoring import check_stride, dynamic_score, split_score
-from chargpt.pipeline.config import load_run_config
+from chargpt.pipeline.config import load_run_config, run_name_argument
 from chargpt.use.compression import compress, decompress, write
 from chargpt.use.inference import checkpoint_path, file_sha256, load_trained, sample
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--run", help="a run of params.yaml: its models/<run>/model.pt")
+    which.add_argument("--run", type=run_name_argument, help="a run of params.yaml: its models/<run>/model.pt")
     which.add_argument("--checkpoint", type=Path, help="a model checkpoint file instead")
     parser.add_argument("--params", default="params.yaml", help="with --run and --dynamic: where its settings are")
 

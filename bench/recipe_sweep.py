@@ -3,6 +3,7 @@
     python bench/recipe_sweep.py --run quickstart_adamw --grid bench/grids/quickstart_gpu.yaml --out sweep.jsonl
     python bench/recipe_sweep.py --summarize sweep.jsonl [more.jsonl ...]   # a markdown table, best first
     python bench/recipe_sweep.py --summarize sweep.jsonl --plot curves.png  # and the val probe curves
+    python bench/recipe_sweep.py --run quickstart --grid bench/grids/modern_cpu_alone.yaml --equal-seconds 210 ...
 
 The grid file is a list of {name, set: [section.key=value, ...]} variants of --run (params.yaml). Each
 variant goes through the pipeline's own stage functions, those `dvc repro` runs (stages/lr_range.py where
@@ -11,6 +12,12 @@ splits. It scores the whole val and test splits static and in consecutive window
 set eval.* otherwise). One JSON line per variant goes to --out as soon as it ends, with its val-probe curve, so
 iterations to a target can be read from it. Nothing is tracked in MLflow or DVC: the recipes found here go into
 params.yaml and are then run by `dvc exp run`, which is what docs/results.md reports.
+
+--equal-seconds S compares variants at equal training time rather than equal steps: before any variant trains, each
+one's step is timed here with nothing else of the sweep running (bench/throughput.py's measurement: the run's
+TrainStep, optimizer and precision, after warm-up steps; the fastest of three rounds taken round robin over the
+variants), and the variant trains for round(S / step time) iterations. Its record keeps the step time and the
+iterations it was given, so a row is reproduced on any machine by its `set` plus train.iterations.
 """
 
 from __future__ import annotations
@@ -165,6 +172,22 @@ def plot_curves(paths: list[str], out: str, match: str | None = None, title: str
     draw(curves, out, title, x_label="step", y_label="val probe BPC (bits per byte)")
 
 
+def step_seconds_here(cfgs: dict[str, object], rounds: int = 3, steps: int = 10) -> dict[str, float]:
+    """Each config's seconds per training step here: the fastest of `rounds` timings of `steps` steps, taken round
+    robin over the configs, so that a drift of the machine's speed touches every config alike."""
+    from bench.throughput import train_tokens_per_s
+    from chargpt.train.setup import autocast_dtype, select_device
+
+    best = dict.fromkeys(cfgs, float("inf"))
+    for _ in range(rounds):
+        for name, cfg in cfgs.items():
+            device = select_device(cfg.train)
+            precision = autocast_dtype(cfg.train, device)
+            tokens_per_s = train_tokens_per_s(cfg, device, precision, steps, "eager", cfg.train.batch_size)
+            best[name] = min(best[name], cfg.train.batch_size * cfg.model.context / tokens_per_s)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -180,6 +203,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: cores / workers)")
     parser.add_argument("--out")
+    parser.add_argument(
+        "--equal-seconds",
+        type=float,
+        metavar="S",
+        help="give each variant the iterations its measured step time fits in S seconds of training",
+    )
     parser.add_argument("--summarize", nargs="+", metavar="JSONL", help="print a table of these results and exit")
     parser.add_argument("--top", type=int, help="with --summarize: only the best N")
     parser.add_argument("--plot", metavar="PNG", help="with --summarize: also draw the val probe curves to PNG")
@@ -211,6 +240,14 @@ def main() -> None:
     for _, assignments in variants:  # every variant valid before any work starts
         with_overrides(base, assignments)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    step_seconds = {}
+    if args.equal_seconds:
+        torch.set_num_threads(threads)  # each variant is timed as a worker will run it
+        step_seconds = step_seconds_here({name: with_overrides(base, a) for name, a in variants})
+        for i, (name, assignments) in enumerate(variants):
+            iterations = max(1, round(args.equal_seconds / step_seconds[name]))
+            variants[i] = (name, [*assignments, f"train.iterations={iterations}"])
+            print(f"{name}: {step_seconds[name] * 1e3:.1f} ms/step -> {iterations} iterations", flush=True)
     start = time.perf_counter()
     with open(args.out, "a") as out, ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
         futures = {
@@ -226,6 +263,8 @@ def main() -> None:
                     "error": f"{type(e).__name__}: {e}",
                     "traceback": "".join(traceback.format_exception(e))[-4000:],
                 }
+            if futures[future] in step_seconds:
+                result["measured_step_seconds"] = step_seconds[futures[future]]
             out.write(json.dumps(result) + "\n")
             out.flush()
             summary = {

@@ -1,4 +1,5 @@
-"""The model section of params.yaml: the transformer's shape."""
+"""The model section of params.yaml: the transformer's shape, and the options of the modern recipe (each off by
+default, so that the runs that predate them train bit for bit as before)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from chargpt.settings import PositiveInt, Section
+from chargpt.settings import PositiveFloat, PositiveInt, Section
 
 
 class ModelConfig(Section):
@@ -17,15 +18,30 @@ class ModelConfig(Section):
     context: PositiveInt = 512
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
     # per_layer: Al-Rfou et al.'s learned positional embedding of each layer's own, added at every layer's input;
-    # input: one, added to the byte embedding only (GPT-2's).
-    positions: Literal["per_layer", "input"] = "per_layer"
+    # input: one, added to the byte embedding only (GPT-2's); rope: rotary embeddings of queries and keys (no table).
+    positions: Literal["per_layer", "input", "rope"] = "per_layer"
     vocab_size: Literal[256] = 256  # bytes, no remapping
     bias: bool = True  # biases in the Linear layers (LayerNorm keeps its own); the seed's model has none
     # The output head shares the byte embedding's matrix (Press & Wolf 2017), as the seed's model does.
     tie_embeddings: bool = False
+    # The feed-forward's nonlinearity. swiglu gates one d_ff-wide projection by another (3 matrices, not 2): set
+    # d_ff to 2/3 of ReLU's for the same parameters.
+    activation: Literal["relu", "relu2", "gelu", "swiglu"] = "relu"
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys before attention
+    zero_init: bool = False  # residual output projections (and an untied head) start at zero
+    logit_softcap: PositiveFloat | None = None  # logits = cap * tanh(logits / cap)
+    smear: bool = False  # mix the previous byte's embedding into each byte's, through a learned gate per feature
+    bigram: bool = False  # add an embedding of (previous byte, byte): 65,536 pairs + 256 rows for a window's first
+    value_residual: bool = False  # every layer's values mix in the first layer's, by a learned weight
+    embedding_skip: bool = False  # every block's input mixes in the embedding, by a learned weight
+    rope_base: PositiveFloat = 10000.0
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:
         if self.d_model % self.n_head:
             raise ValueError(f"n_head: {self.n_head} must divide d_model ({self.d_model})")
+        if self.positions == "rope" and (self.d_model // self.n_head) % 2:
+            raise ValueError(
+                f"positions: rope needs an even head size; d_model / n_head is {self.d_model // self.n_head}"
+            )
         return self

@@ -20,6 +20,10 @@ class OptimizerConfig(Section):
     # muon: the dtype of its Newton-Schulz iteration. auto: bf16 (torch's) where bf16 matmul is native (GPUs
     # with bf16, CPUs with avx512_bf16 or amx_bf16), fp32 elsewhere (emulated bf16 is far slower; docs/results.md).
     muon_ns_dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    # The LR of the embedding tables (bytes, byte pairs, positions; an output head tied to the byte embedding
+    # too), as a multiple of the schedule's: each row learns only from the batches its byte occurs in. 1.0 keeps
+    # one LR (and one parameter group fewer).
+    embedding_lr_scale: PositiveFloat = 1.0
 
 
 class ScheduleConfig(Section):

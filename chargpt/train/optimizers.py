@@ -16,11 +16,26 @@ from chargpt.train.config import OptimizerConfig
 from chargpt.train.muon import MuonWithAdamW
 
 
-def param_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
-    # Decay matrices and embeddings only: biases and LayerNorm gains have no scale to regularise.
+def param_groups(
+    params: list[torch.nn.Parameter], weight_decay: float, embeddings: list[torch.nn.Parameter] = (), lr_scale=1.0
+) -> list[dict]:
+    """Decay matrices and embeddings only: biases and LayerNorm gains have no scale to regularise. With an
+    `lr_scale` other than 1, the `embeddings` among `params` form a group of their own that carries it (the
+    schedule multiplies that group's LR by it)."""
     decay = [p for p in params if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in params if p.requires_grad and p.dim() < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if lr_scale != 1.0:
+        tables = {id(p) for p in embeddings}
+        groups[0]["params"] = [p for p in decay if id(p) not in tables]
+        groups.append(
+            {"params": [p for p in decay if id(p) in tables], "weight_decay": weight_decay, "lr_scale": lr_scale}
+        )
+    return groups
+
+
+def embedding_tables(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding)]
 
 
 def hidden_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -60,7 +75,8 @@ def build_optimizer(
     if cfg.name == "muon":
         hidden = hidden_matrices(model)
         hidden_ids = {id(p) for p in hidden}
-        rest = param_groups([p for p in model.parameters() if id(p) not in hidden_ids], cfg.weight_decay)
+        rest = [p for p in model.parameters() if id(p) not in hidden_ids]
+        rest = param_groups(rest, cfg.weight_decay, embedding_tables(model), cfg.embedding_lr_scale)
         return MuonWithAdamW(
             hidden,
             rest,
@@ -72,7 +88,7 @@ def build_optimizer(
             kernel,
             adamw_class=classes.adamw,
         )
-    groups = param_groups(list(model.parameters()), cfg.weight_decay)
+    groups = param_groups(list(model.parameters()), cfg.weight_decay, embedding_tables(model), cfg.embedding_lr_scale)
     if cfg.name == "sgd":
         return classes.sgd(groups, lr=lr, momentum=momentum, nesterov=cfg.nesterov, **kernel)
     return classes.adamw(groups, lr=lr, betas=(momentum, cfg.beta2), **kernel)

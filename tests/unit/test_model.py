@@ -85,7 +85,7 @@ def test_aux_loss_is_the_weighted_mean_of_every_layers_prediction_and_only_in_tr
     # By hand: each block's output through the shared final LayerNorm and head.
     x, per_layer = model.tok_emb(idx), []
     for block in model.blocks:
-        x = block(x)
+        x, _ = block(x)
         per_layer.append(torch.nn.functional.cross_entropy(model.head(model.ln_f(x)).view(-1, 256), targets.view(-1)))
     assert per_layer[-1].item() == pytest.approx(main.item(), rel=1e-6)
 

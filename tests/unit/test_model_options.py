@@ -1,0 +1,213 @@
+"""The modern recipe's model options (ModelConfig): each alone and all together build a causal model whose KV-cache
+path (sampling, the compressor) equals its full forward, that survives a checkpoint round trip, and whose parameters
+Muon and weight decay split as intended; each option does what it names, checked against a value derived by hand."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from chargpt.model.config import ModelConfig
+from chargpt.model.gpt import GPT, Rotary
+from chargpt.pipeline.config import RunConfig
+from chargpt.train.checkpoint import load_model, save_checkpoint
+from chargpt.train.config import OptimizerConfig
+from chargpt.train.optimizers import build_optimizer, hidden_matrices, param_groups
+
+BASE = dict(n_layer=3, d_model=32, n_head=4, d_ff=64, context=16, dropout=0.0)
+OPTIONS = {
+    "rope": {"positions": "rope"},
+    "input_positions": {"positions": "input"},
+    "qk_norm": {"qk_norm": True},
+    "relu2": {"activation": "relu2"},
+    "gelu": {"activation": "gelu"},
+    "swiglu": {"activation": "swiglu"},
+    "zero_init": {"zero_init": True},
+    "softcap": {"logit_softcap": 2.0},
+    "smear": {"smear": True},
+    "bigram": {"bigram": True},
+    "value_residual": {"value_residual": True},
+    "embedding_skip": {"embedding_skip": True},
+    "all": {
+        "positions": "rope",
+        "qk_norm": True,
+        "activation": "relu2",
+        "zero_init": True,
+        "logit_softcap": 15.0,
+        "smear": True,
+        "bigram": True,
+        "value_residual": True,
+        "embedding_skip": True,
+        "tie_embeddings": False,
+    },  # fmt: skip
+}
+
+
+def trained_a_little(options: dict, seed: int = 0) -> GPT:
+    """A model of these options whose zero-initialised parts (gates, skips, tables, zero-init matrices) are nudged,
+    so that every option takes part in the output."""
+    torch.manual_seed(seed)
+    model = GPT(ModelConfig(**(BASE | options)))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.fixture(params=sorted(OPTIONS))
+def options(request):
+    return OPTIONS[request.param]
+
+
+def test_shapes_and_a_finite_loss(options):
+    model = trained_a_little(options)
+    idx = torch.randint(0, 256, (3, 16))
+    logits, loss = model(idx, idx)
+    assert logits.shape == (3, 16, 256) and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())  # every option's parameters learn
+
+
+def test_future_bytes_never_change_earlier_logits(options):
+    model = trained_a_little(options)
+    idx = torch.randint(0, 256, (2, 16))
+    changed = idx.clone()
+    changed[:, 9:] = (idx[:, 9:] + 1) % 256
+    a, b = model(idx)[0], model(changed)[0]
+    torch.testing.assert_close(a[:, :9], b[:, :9], rtol=0, atol=1e-6)
+    assert not torch.allclose(a[:, 9:], b[:, 9:])
+
+
+def test_the_kv_cache_path_equals_the_full_forward(options):
+    model = trained_a_little(options)
+    idx = torch.randint(0, 256, (2, 16))
+    full = model(idx)[0]
+    cache = model.new_cache()
+    pieces = [model(idx[:, :5], cache=cache)[0]]  # a prompt, then a byte at a time, as sampling and compression do
+    pieces += [model(idx[:, t : t + 1], cache=cache)[0] for t in range(5, 16)]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=0, atol=2e-5)
+
+
+def test_checkpoint_round_trip(tmp_path, options):
+    model = trained_a_little(options)
+    cfg = ModelConfig(**BASE, **options)
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model, RunConfig(name="t", model=cfg).model_dump(mode="json"), step=1)
+    loaded, _ = load_model(path, expected=cfg)
+    idx = torch.randint(0, 256, (2, 16))
+    assert torch.equal(model(idx)[0], loaded.eval()(idx)[0])
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest_decaying_matrices_only(options):
+    model = GPT(ModelConfig(**BASE, **options))
+    hidden = {id(p) for p in hidden_matrices(model)}
+    blocks_linear = {id(m.weight) for m in model.blocks.modules() if isinstance(m, torch.nn.Linear)}
+    assert hidden == blocks_linear
+    assert all(p.dim() == 2 for p in hidden_matrices(model))  # Muon orthogonalises matrices only
+    optimizer = build_optimizer(model, OptimizerConfig(name="muon", weight_decay=0.1, muon_ns_dtype="fp32"), 1e-3, 0.9)
+    stepped = [id(p) for group in optimizer.param_groups for p in group["params"]]
+    assert sorted(stepped) == sorted({id(p) for p in model.parameters()})  # each parameter once, none left out
+    rest = [p for p in model.parameters() if id(p) not in hidden]
+    decay, no_decay = param_groups(rest, 0.1)
+    assert {id(p) for p in decay["params"]} == {id(p) for p in rest if p.dim() == 2}
+    assert {id(p) for p in no_decay["params"]} == {id(p) for p in rest if p.dim() < 2} and no_decay["weight_decay"] == 0
+    scalars = {n for n, p in model.named_parameters() if p.dim() < 2 and "ln" not in n and "bias" not in n}
+    expected = {
+        "value_residual": {"blocks.1.attn.value_mix", "blocks.2.attn.value_mix"},
+        "embedding_skip": {"blocks.1.embedding_skip", "blocks.2.embedding_skip"},
+        "smear": {"smear.gate"},
+    }
+    assert scalars == set().union(*(names for key, names in expected.items() if options.get(key)))
+
+
+def test_the_defaults_build_nothing_new():
+    names = set(GPT(ModelConfig(**BASE)).state_dict())
+    assert not any(word in name for name in names for word in ("bigram", "smear", "value_mix", "skip", "gate"))
+
+
+def test_rotary_scores_depend_on_the_distance_only():
+    rotary = Rotary(head_size=8, context=32, base=10000.0)
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+    at = lambda x, pos: rotary(x.expand(1, 1, pos + 1, 8).contiguous(), 0)[..., pos, :]  # noqa: E731
+    score = lambda m, n: (at(q, m) * at(k, n)).sum().item()  # noqa: E731
+    assert score(7, 3) == pytest.approx(score(20, 16), abs=1e-5)
+    assert score(7, 3) != pytest.approx(score(7, 4), abs=1e-3)
+    assert at(q, 5).norm().item() == pytest.approx(q.norm().item(), rel=1e-6)  # a rotation
+    torch.testing.assert_close(rotary(q.expand(1, 1, 4, 8), 2)[..., 0, :], at(q, 2))  # `start` is the position
+    assert GPT(ModelConfig(**BASE, positions="rope")).num_position_params() == 0
+
+
+def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
+    model = trained_a_little({"qk_norm": True, "bias": False})
+    idx = torch.randint(0, 256, (2, 16))
+    before = model(idx)[0]
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.qkv.weight[:64] *= 10.0  # the query and key rows (d_model = 32 each)
+    torch.testing.assert_close(model(idx)[0], before, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "activation, expected",
+    [("relu", lambda h: F.relu(h)), ("relu2", lambda h: F.relu(h) ** 2), ("gelu", lambda h: F.gelu(h))],
+)
+def test_the_activation_is_the_one_named(activation, expected):
+    ff = trained_a_little({"activation": activation}).blocks[0].ff
+    x = torch.randn(2, 5, 32)
+    torch.testing.assert_close(ff(x), ff.down(expected(ff.up(x))))
+
+
+def test_swiglu_gates_one_projection_by_another():
+    model = trained_a_little({"activation": "swiglu"})
+    ff = model.blocks[0].ff
+    x = torch.randn(2, 5, 32)
+    torch.testing.assert_close(ff(x), ff.down(F.silu(ff.gate(x)) * ff.up(x)))
+    assert sum(p.numel() for p in ff.parameters()) == 3 * 32 * 64 + 2 * 64 + 32  # three matrices, their biases
+
+
+def test_zero_init_starts_every_block_as_the_identity_and_predicts_uniform_bytes():
+    model = GPT(ModelConfig(**BASE, zero_init=True))
+    for block in model.blocks:
+        assert block.attn.proj.weight.abs().sum() == 0 and block.ff.down.weight.abs().sum() == 0
+    idx = torch.randint(0, 256, (2, 16))
+    _, loss = model(idx, idx)
+    assert loss.item() == pytest.approx(math.log(256), abs=1e-6)
+    tied = GPT(ModelConfig(**BASE, zero_init=True, tie_embeddings=True))
+    assert tied.head.weight.std().item() == pytest.approx(0.02, rel=0.2)  # the shared embedding keeps its init
+
+
+def test_the_soft_cap_bounds_the_logits_by_tanh():
+    capped, plain = trained_a_little({"logit_softcap": 0.5}), trained_a_little({})
+    capped.load_state_dict(plain.state_dict())
+    idx = torch.randint(0, 256, (2, 16))
+    torch.testing.assert_close(capped(idx)[0], 0.5 * torch.tanh(plain(idx)[0] / 0.5))
+
+
+def test_smear_adds_the_gated_embedding_of_the_previous_byte():
+    model = trained_a_little({"smear": True, "n_layer": 1})
+    idx = torch.tensor([[3, 7, 9]])
+    emb = model.tok_emb.weight
+    gate = model.smear.gate
+    expected = torch.stack([emb[3], emb[7] + gate * emb[3], emb[9] + gate * emb[7]])
+    seen = {}
+    model.blocks[0].register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
+    model(idx)
+    torch.testing.assert_close(seen["x"][0], expected)  # the first block's input (its positions come inside it)
+
+
+def test_the_bigram_table_has_a_row_per_pair_and_a_row_per_first_byte():
+    model = GPT(ModelConfig(**BASE, bigram=True))
+    assert model.bigram.table.weight.shape == (257 * 256, 32) and model.bigram.table.weight.abs().sum() == 0
+    with torch.no_grad():
+        model.bigram.table.weight[(7 + 1) * 256 + 9] = 1.0  # the pair (7, 9)
+        model.bigram.table.weight[0 * 256 + 7] = 2.0  # 7 as a window's first byte
+    out = model.bigram(torch.tensor([[7, 9, 9, 7, 9]]), GPT._previous_bytes(torch.tensor([[7, 9, 9, 7, 9]]), None))
+    assert out[0, :, 0].tolist() == [2.0, 1.0, 0.0, 0.0, 1.0]
+
+
+def test_rope_needs_an_even_head_size_and_says_so():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="positions: rope needs an even head size; d_model / n_head is 3"):
+        ModelConfig(d_model=12, n_head=4, positions="rope")

@@ -223,7 +223,8 @@ class GPT(nn.Module):
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         # Intermediate losses (off unless the trainer sets a progress): layer l of n fades out at progress
         # l / 2n. Buffers, not saved: the trainer sets the progress from the step. Updating a device buffer
-        # in place needs no host sync and never recompiles a torch.compile'd model.
+        # in place needs no host sync; the Python flag aux_active does recompile a torch.compile'd model, once,
+        # when the losses switch off (a graph is kept for each value).
         n = cfg.n_layer
         self.register_buffer("aux_ends", torch.tensor([layer / (2 * n) for layer in range(1, n)]), persistent=False)
         self.register_buffer("aux_progress", torch.zeros(()), persistent=False)

@@ -11,7 +11,8 @@
 
     chargpt sync-dvc [--params params.yaml] [--dvc-yaml dvc.yaml] [--check | --report]
 
-Everything else in dvc.yaml (commands, data deps, params, outs) is kept as written. --check changes nothing and
+Everything else in dvc.yaml (commands, data deps, params, outs) keeps its content, but the file is written anew
+by yaml.safe_dump (HEADER on top): comments and layout of a hand edit do not survive. --check changes nothing and
 exits 1 if anything is stale (a test runs it).
 """
 

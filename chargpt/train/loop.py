@@ -1,4 +1,5 @@
-"""A short, model-agnostic training loop (after minGPT's trainer). It imports only torch (and the error types).
+"""A short, model-agnostic training loop (after minGPT's trainer). Beside torch it imports only tqdm (the progress
+bar), the error types and the step timer: nothing of the model, data or tracking.
 
 The loop knows nothing of GPTs. It takes the run's parts (model, optimizer, scheduler, a batch source and a
 `step` that turns batches into one optimizer step), a LoopConfig, and hooks for what happens around it

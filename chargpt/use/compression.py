@@ -16,7 +16,8 @@ scores them.
 The same arithmetic on another machine can round differently (another torch build, CPU instruction set or thread
 count), and one different rounding makes the rest of the output garbage. So the header pins what decoding needs:
 the model file's sha256, the protocol, the length and the data's sha256, torch's version, the device, the CPU's
-instruction set and the thread count; decompress refuses a mismatch and checks the data's sha256 at the end.
+instruction set and the thread count. decompress refuses a mismatch of the others, runs with the header's thread
+count (and restores its own after), and checks the data's sha256 at the end.
 """
 
 from __future__ import annotations

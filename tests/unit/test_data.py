@@ -166,5 +166,15 @@ def test_batch_sampler_shapes_targets_and_determinism():
     assert x.shape == y.shape == (4, 16) and x.dtype == torch.int64
     assert torch.equal(y[:, :-1], x[:, 1:])  # targets are the inputs shifted by one byte
     assert torch.equal(x, b.next()[0])
+    # each window is one contiguous slice of the split: with data[i] = i mod 256 from a random-looking permutation,
+    # a window that skipped or repeated a byte would match no slice
+    data = torch.randperm(256, generator=torch.Generator().manual_seed(0)).repeat(4).to(torch.uint8)
+    sampler = BatchSampler(data, context=16, batch_size=8, seed=5, device=torch.device("cpu"))
+    for _ in range(3):
+        x, y = sampler.next()
+        for window, target in zip(x, y):
+            start = int(torch.nonzero(data[:256] == window[0])[0])  # each byte value occurs once per 256
+            slices = [data[s : s + 17].long() for s in range(start, len(data) - 16, 256)]
+            assert any(torch.equal(torch.cat([window, target[-1:]]), s) for s in slices)
     with pytest.raises(DataError, match="too short for windows of context 16"):
         BatchSampler(data[:10], context=16, batch_size=4, seed=0, device=torch.device("cpu"))

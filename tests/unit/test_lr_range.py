@@ -26,7 +26,13 @@ def test_range_test_stops_on_divergence_and_suggests_below_it():
     cfg = LRRangeTestConfig(lr_start=1e-3, lr_end=1e4, iterations=80, skip_start=3, divergence=2.0)
     result = range_test(model, opt, sampler.next, cfg)
     assert result.stopped_early and len(result.lrs) < 80  # LR 1e4 with SGD diverges long before the end
-    i_min = result.smoothed.index(min(result.smoothed[3:]))
+    # the smoothing recomputed from the raw losses and the config: a bias-corrected EMA
+    expected, avg = [], 0.0
+    for i, loss in enumerate(result.losses):
+        avg = cfg.smoothing * avg + (1 - cfg.smoothing) * loss
+        expected.append(avg / (1 - cfg.smoothing ** (i + 1)))
+    assert result.smoothed == pytest.approx(expected, rel=1e-12)
+    i_min = min(range(3, len(expected)), key=expected.__getitem__)
     assert result.lr_at_min_loss == result.lrs[i_min]
     assert result.suggested_lr == pytest.approx(result.lr_at_min_loss / 10)
     assert all(math.isfinite(v) for v in result.smoothed)
@@ -85,3 +91,28 @@ def test_range_test_measures_accuracy_every_interval_and_suggests_both_bounds():
     expected = accuracy_bounds(current, [logistic(lr, centre=0.05, width=0.005) for lr in current], 0.1, 0.9)
     assert (result.suggested_lr_min, result.suggested_lr) == expected
     assert result.suggested_lr_min < 0.05 < result.suggested_lr and not result.stopped_early
+
+
+class ScriptedLoss(torch.nn.Module):
+    """A model whose training loss is a given sequence, one value a step."""
+
+    def __init__(self, losses: list[float]):
+        super().__init__()
+        self.w, self.losses = torch.nn.Parameter(torch.zeros(())), iter(losses)
+
+    def forward(self, x, y):
+        return None, self.w * 0 + next(self.losses)
+
+
+def test_the_first_skip_start_steps_never_hold_the_minimum():
+    """The lowest loss comes at step 0 and the next lowest at step 4: with skip_start 3 the minimum is step 4's,
+    with 0 it is step 0's; with no smoothing (0) the curve is the raw losses."""
+    losses = [0.5, 5.0, 5.0, 5.0, 1.0, 2.0, 3.0, 4.0, 4.5, 4.8]
+    for skip_start, expected in ((3, 4), (0, 0)):
+        model = ScriptedLoss(losses)
+        cfg = LRRangeTestConfig(lr_start=1e-3, lr_end=1e3, iterations=10, skip_start=skip_start, smoothing=0.0,
+                                divergence=100.0, min_loss_divisor=1.0)  # fmt: skip
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+        result = range_test(model, opt, lambda: (None, None), cfg)
+        assert result.smoothed == pytest.approx(losses, rel=1e-6)  # the losses, as float32 gives them
+        assert result.lr_at_min_loss == pytest.approx(lr_at(cfg, expected), rel=1e-12) == result.suggested_lr

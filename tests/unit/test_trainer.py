@@ -66,9 +66,20 @@ def test_a_clean_run_logs_every_interval_and_counts_tokens():
 def test_a_stop_request_checkpoints_then_raises():
     from chargpt.errors import Interrupted
 
-    calls = iter(range(100))
+    model = NanAt(bad=-1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batch = lambda: (torch.zeros(1, 1), torch.zeros(1, 1))  # noqa: E731
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    parts = TrainParts(model, opt, sched, batch, TrainStep(model, model.parameters(), opt))
+    saved, polls = [], iter(range(100))
+    hooks = LoopHooks(
+        on_checkpoint=lambda state: saved.append((state.step, model.w.item())),
+        stop_requested=lambda: 15 if next(polls) == 2 else None,  # asked during the third step
+    )
     with pytest.raises(Interrupted, match="SIGTERM after step 3"):
-        run(NanAt(bad=-1), stop=lambda: 15 if next(calls) == 2 else None)
+        train_loop(parts, LoopConfig(10, log_interval=5, eval_interval=5, checkpoint_every=0), hooks)
+    # the stop's own save, at the step it stopped after, with the weights of that step: w = 2 - 0.8^3 by SGD
+    assert saved == [(3, pytest.approx(2 - 0.8**3))]
 
 
 def test_iterations_to_target_reads_the_val_probe_curve():

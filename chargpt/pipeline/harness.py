@@ -41,7 +41,9 @@ def time_limit_seconds() -> float | None:
     try:
         hours = float(text)
     except ValueError:
-        raise ConfigError(f"{MAX_HOURS}={text!r}: expected a number of hours (0: no limit)") from None
+        hours = math.nan
+    if not (math.isfinite(hours) and hours >= 0):  # nan, inf and -1 would each lift the limit without a word
+        raise ConfigError(f"{MAX_HOURS}={text!r}: expected a number of hours, 0 or more (0: no limit)")
     return hours * 3600 if hours > 0 else None
 
 

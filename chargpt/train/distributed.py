@@ -16,6 +16,8 @@ from typing import NoReturn
 import torch
 import torch.distributed as dist
 
+from chargpt.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Ranks:
@@ -34,8 +36,26 @@ class Ranks:
 
 def from_env() -> Ranks:
     """This process's place in a torchrun job (rank 0 of 1 when not launched by torchrun)."""
-    env = os.environ
-    return Ranks(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    given = {name: os.environ[name] for name in names if name in os.environ}
+    if not given:
+        return Ranks()
+    if len(given) < len(names):  # a stray one would make this a non-writing rank of a job that does not exist
+        missing = [name for name in names if name not in given]
+        raise ConfigError(
+            f"environment: {', '.join(f'{k}={v}' for k, v in given.items())} without {', '.join(missing)}: torchrun "
+            f"sets all three; unset {', '.join(given)} to run as a single process"
+        )
+    try:
+        ranks = Ranks(int(given["RANK"]), int(given["WORLD_SIZE"]), int(given["LOCAL_RANK"]))
+    except ValueError:
+        raise ConfigError(f"environment: {given}: RANK, WORLD_SIZE and LOCAL_RANK must be integers") from None
+    if not (ranks.world_size >= 1 and 0 <= ranks.rank < ranks.world_size and 0 <= ranks.local_rank < ranks.world_size):
+        raise ConfigError(
+            f"environment: {given}: expected 0 <= RANK < WORLD_SIZE and 0 <= LOCAL_RANK < WORLD_SIZE, as torchrun "
+            f"sets them"
+        )
+    return ranks
 
 
 def relaunch_under_torchrun(nproc: int) -> NoReturn:

@@ -8,12 +8,15 @@ launched from DVC's temporary experiment copies (.dvc/tmp/exps/...) land in the 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import logging
 import os
+import re
 import subprocess
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -51,16 +54,45 @@ def tracking_uri(root: Path | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or local_uri(root)
 
 
+SECRET_QUERY_KEYS = ("token", "password", "passwd", "secret", "key", "auth", "signature", "credential")
+
+
+def redact(uri: str) -> str:
+    """The URI as it may be shown, logged or stored: a `user:password@` becomes `***@`, and the value of a query
+    parameter that names a secret (token, password, key, ...) becomes `***`."""
+    parts = urllib.parse.urlsplit(uri)
+    pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    secret = [any(word in k.lower() for word in SECRET_QUERY_KEYS) for k, _ in pairs]
+    if "@" not in parts.netloc and not any(secret):
+        return uri  # as written (urlunsplit would turn sqlite:////path into sqlite://path)
+    netloc = "***@" + parts.netloc.rpartition("@")[2] if "@" in parts.netloc else parts.netloc
+    query = urllib.parse.urlencode([(k, "***" if hide else v) for (k, v), hide in zip(pairs, secret)], safe="*/:")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def redact_text(text: str) -> str:
+    """Any `scheme://user:password@` inside a message (an error from MLflow or urllib may quote the URI)."""
+    return re.sub(r"//[^/@\s]+@", "//***@", text)
+
+
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast on a tracking server that does not answer (MLflow's own retries take minutes)."""
+    """Fail fast on a tracking server that does not answer (MLflow's own retries take minutes). Credentials in the
+    URI (`https://user:password@host`) go as HTTP basic auth, as MLflow sends them; urllib would not."""
     if not uri.startswith(("http://", "https://")):
         return
+    parts = urllib.parse.urlsplit(uri)
+    request = urllib.request.Request(
+        urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])).rstrip("/") + "/health"
+    )
+    if parts.username is not None:
+        user = urllib.parse.unquote(parts.username) + ":" + urllib.parse.unquote(parts.password or "")
+        request.add_header("Authorization", "Basic " + base64.b64encode(user.encode()).decode())
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+        with urllib.request.urlopen(request, timeout=timeout_s):
             pass
-    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError, ValueError) as e:
         raise TrackingError(
-            f"MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)}); "
+            f"MLflow tracking server {redact(uri)} is unreachable ({redact_text(str(getattr(e, 'reason', e)))}); "
             f"start it, or unset MLFLOW_TRACKING_URI to log to the local SQLite store"
         ) from None
 
@@ -77,13 +109,13 @@ def sqlite_path(uri: str) -> str | None:
 
 def store_error(uri: str, error: Exception) -> TrackingError:
     """One line for a store that fails: which file or server, and what to do."""
-    reason = " ".join(str(getattr(error, "orig", None) or error).split())[:200]
+    reason = redact_text(" ".join(str(getattr(error, "orig", None) or error).split()))[:200]
     if db := sqlite_path(uri):
         return TrackingError(
             f"{db}: not a readable MLflow store ({reason}); move it aside to start a new one "
             f"(mv {db} {db}.broken), or set MLFLOW_TRACKING_URI to another store"
         )
-    return TrackingError(f"MLflow store {uri} failed ({reason})")
+    return TrackingError(f"MLflow store {redact(uri)} failed ({reason})")
 
 
 STORE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, mlflow.exceptions.MlflowException)
@@ -113,7 +145,7 @@ def setup(on_unreachable: str = "fail") -> str | None:
             raise
         log.warning("%s; logging to the local store %s instead (train.on_tracking_unreachable: local)", e, local_uri())
         os.environ.pop("MLFLOW_TRACKING_URI", None)
-        os.environ["CHARGPT_TRACKING_FALLBACK_FROM"] = uri  # run_tags() records it on the run
+        os.environ["CHARGPT_TRACKING_FALLBACK_FROM"] = redact(uri)  # run_tags() records it on the run
         user_uri, uri = None, local_uri()
     mlflow.set_tracking_uri(uri)
     db = sqlite_path(uri)

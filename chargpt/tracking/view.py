@@ -169,7 +169,7 @@ def ui_main(argv: list[str] | None = None) -> None:
         )
     uri = store.tracking_uri(root)
     server = uri.startswith(("http://", "https://"))  # MLFLOW_TRACKING_URI names a team's tracking server
-    base = uri.rstrip("/") if server else f"http://{args.host}:{args.port}"
+    base = store.redact(uri).rstrip("/") if server else f"http://{args.host}:{args.port}"
     print(
         f"runs by test BPC:  {base}{view_path(experiment_id)}\n"
         f"their BPC charts:  {base}{view_path(experiment_id, 'CHART')}\n"
@@ -177,7 +177,7 @@ def ui_main(argv: list[str] | None = None) -> None:
         flush=True,
     )
     if server:  # its own UI serves the runs; a local one cannot open a server's store
-        print(f"(the runs are on the tracking server {uri}: its UI serves these links; started as "
+        print(f"(the runs are on the tracking server {store.redact(uri)}: its UI serves these links; started as "
               f"`mlflow server --app-name {UI_APP}`, it opens on them without one)", flush=True)  # fmt: skip
         return
     if not any(e.name == UI_APP for e in entry_points(group="mlflow.app")):

@@ -157,9 +157,10 @@ def test_a_store_that_cannot_be_read_leaves_mlflows_page_as_it_is(served, monkey
 
 def test_with_a_tracking_server_chargpt_ui_prints_its_links_and_starts_nothing(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(view, "publish_view", lambda root: "7")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000/")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:s3cret@mlflow.example:5000/")
     monkeypatch.setattr(view.os, "execvp", lambda *a: pytest.fail(f"started {a}"))
     view.ui_main(["--repo", str(tmp_path)])
     printed = capsys.readouterr().out
-    assert "runs by test BPC:  http://mlflow.example:5000/#/experiments/7/runs?viewStateShareKey=compare" in printed
+    assert "runs by test BPC:  http://***@mlflow.example:5000/#/experiments/7/runs?viewStateShareKey=compare" in printed
+    assert "s3cret" not in printed and "alice" not in printed  # the links are for sharing: no credentials
     assert "`mlflow server --app-name chargpt`" in printed

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from chargpt.errors import CheckpointError
 from chargpt.io import atomic_open
 from chargpt.model.config import ModelConfig
 from chargpt.model.gpt import GPT
-from chargpt.settings import flatten
+from chargpt.settings import flatten, format_validation_error
 
 FORMAT_VERSION = 1
 
@@ -52,10 +54,57 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def available_memory() -> int:
+    """Bytes this machine can still hand out (MemAvailable; where /proc is missing, the physical memory)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def stored_model_config(path: Path, state: dict[str, Any]) -> ModelConfig:
+    """The model config a checkpoint holds, validated as params.yaml's model section is, in one line."""
+    config = state.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise CheckpointError(f"{path}: holds no model config (config.model); not a model file chargpt wrote")
+    if not isinstance(state.get("model"), dict):
+        raise CheckpointError(f"{path}: holds no weights (model); not a model file chargpt wrote")
+    try:
+        return ModelConfig(**config["model"])
+    except ValidationError as e:
+        raise CheckpointError(f"{path}: its model config is invalid: {format_validation_error(e)}") from None
+
+
+def check_weights_fit(path: Path, cfg: ModelConfig, weights: dict[str, Any]) -> None:
+    """Every tensor the config implies is in `weights` with its shape, and nothing else: checked on the meta device
+    (no memory), and the model must fit in this machine's memory, before a byte of it is allocated."""
+    with torch.device("meta"):
+        skeleton = GPT(cfg)
+    wanted = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    got = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__ for k, v in weights.items()}
+    problems = [f"{k} missing" for k in wanted if k not in got]
+    problems += [f"{k} not in this model" for k in got if k not in wanted]
+    problems += [f"{k}: expected {wanted[k]}, file has {got[k]}" for k in wanted if k in got and got[k] != wanted[k]]
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise CheckpointError(f"{path}: weights do not fit the model config stored with them: {shown}")
+    size = sum(p.numel() * p.element_size() for p in skeleton.parameters())
+    if size > (free := available_memory()):
+        raise CheckpointError(
+            f"{path}: its model needs {size / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB this machine "
+            f"has free"
+        )
+
+
 def load_model(path: str | Path, expected: ModelConfig | None = None) -> tuple[GPT, dict[str, Any]]:
-    """The model stored at `path`; if `expected` is given, its shape must match the stored one."""
+    """The model stored at `path`; if `expected` is given, its shape must match the stored one. The file is checked
+    before the model is built: its config validated, every weight's shape against the config, and the size."""
+    path = Path(path)
     state = load_checkpoint(path)
-    stored = ModelConfig(**state["config"]["model"])
+    stored = stored_model_config(path, state)
     if expected is not None:
         diff = {
             k: (v, getattr(stored, k))
@@ -65,6 +114,7 @@ def load_model(path: str | Path, expected: ModelConfig | None = None) -> tuple[G
         if diff:
             listed = ", ".join(f"{k}: expected {want}, checkpoint has {got}" for k, (want, got) in diff.items())
             raise CheckpointError(f"{path}: checkpoint is from another model shape ({listed})")
+    check_weights_fit(path, stored, state["model"])
     model = GPT(stored)
     try:
         model.load_state_dict(state["model"])

@@ -37,3 +37,49 @@ def test_other_model_shape_is_named(tmp_path):
     _, path = saved(tmp_path)
     with pytest.raises(CheckpointError, match="another model shape \\(d_model: expected 32, checkpoint has 16"):
         load_model(path, expected=CFG.model_copy(update={"d_model": 32}))
+
+
+def crafted(tmp_path, state):
+    path = tmp_path / "crafted.pt"
+    torch.save(state, path)
+    return path
+
+
+def test_a_tiny_file_asking_for_a_huge_model_is_refused_before_it_is_built(tmp_path):
+    config = RunConfig(name="t", model=CFG).model_dump(mode="json")
+    config["model"] |= {"n_layer": 40, "d_model": 65536, "n_head": 1, "d_ff": 262144}  # 8 TB of fp32 weights
+    path = crafted(tmp_path, {"format_version": 1, "model": GPT(CFG).state_dict(), "config": config, "step": 0})
+    with pytest.raises(CheckpointError, match=r"weights do not fit the model config stored with them: .* missing"):
+        load_model(path)
+
+
+def test_a_model_larger_than_the_free_memory_is_refused_naming_its_size(tmp_path, monkeypatch):
+    from chargpt.train import checkpoint
+
+    _, path = saved(tmp_path)
+    monkeypatch.setattr(checkpoint, "available_memory", lambda: 1000)
+    with pytest.raises(CheckpointError, match=r"its model needs 0\.0 GiB, more than the 0\.0 GiB this machine has"):
+        load_model(path)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda s: s.pop("config"), "holds no model config (config.model)"),
+        (lambda s: s.pop("model"), "holds no weights (model)"),
+        (lambda s: s["config"]["model"].update(n_head=3), "its model config is invalid: n_head: 3 must divide d_model"),
+        (lambda s: s["config"]["model"].update(d_model=-1), "its model config is invalid: d_model:"),
+        (lambda s: s["config"]["model"].update(surprise=1), "its model config is invalid: surprise: unknown key"),
+        (lambda s: s["model"].pop("head.weight"), "head.weight missing"),
+        (lambda s: s["model"].update(extra=torch.zeros(1)), "extra not in this model"),
+        (lambda s: s["model"].update({"tok_emb.weight": torch.zeros(256, 8)}),
+         "tok_emb.weight: expected (256, 16), file has (256, 8)"),
+    ],
+)  # fmt: skip
+def test_a_file_that_lacks_or_contradicts_is_one_line_saying_what(tmp_path, change, message):
+    model, path = saved(tmp_path)
+    state = torch.load(path, weights_only=True)
+    change(state)
+    with pytest.raises(CheckpointError) as e:
+        load_model(crafted(tmp_path, state))
+    assert message in str(e.value) and str(tmp_path / "crafted.pt") in str(e.value) and "\n" not in str(e.value)

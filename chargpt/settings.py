@@ -40,10 +40,11 @@ def format_validation_error(err: ValidationError, key_path: Callable[[tuple], st
         path = key_path(loc) if key_path else ".".join(map(str, loc))
         if e["type"] == "extra_forbidden":
             problems.append(f"{path}: unknown key (typo?)")
-        elif e["type"] in ("value_error", "assertion_error") or "input" not in e:
-            problems.append(f"{path}: {message}")
+        elif e["type"] in ("value_error", "assertion_error", "missing") or "input" not in e:
+            problems.append(f"{path}: {message}")  # (a missing key's "input" is the whole mapping around it)
         else:
-            problems.append(f"{path}: {message} (got {e['input']!r})")
+            got = repr(e["input"])
+            problems.append(f"{path}: {message} (got {got if len(got) <= 80 else got[:60] + '...' + got[-10:]})")
     return "; ".join(problems)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from chargpt.errors import ConfigError
 from chargpt.evaluation.config import DynamicEvalConfig
 from chargpt.evaluation.scoring import check_stride, dynamic_score, split_score
 from chargpt.pipeline.config import load_run_config, run_name_argument
-from chargpt.use.compression import compress, decompress, write
+from chargpt.use.compression import DEFAULT_MAX_LENGTH, compress, decompress, write
 from chargpt.use.inference import checkpoint_path, file_sha256, load_trained, sample
 
 
@@ -174,13 +175,25 @@ def decompress_parser() -> argparse.ArgumentParser:
     parser.add_argument("input")
     parser.add_argument("output")
     _model_arguments(parser)
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=DEFAULT_MAX_LENGTH,
+        help=f"refuse a file whose header declares more bytes than this (default {DEFAULT_MAX_LENGTH:,})",
+    )
     return parser
 
 
 def decompress_main(argv: list[str] | None = None) -> None:
     args = decompress_parser().parse_args(argv)
     path = checkpoint_path(args.run, args.checkpoint)
-    data, stats = decompress(load_trained(path), file_sha256(path), _read(args.input), args.input, str(path))
+    where = Path(args.output).resolve().parent
+    while not where.exists():  # the folder the output goes to may not be there yet
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    limit, why = (args.max_length, "--max-length") if args.max_length <= free else (free, "the free disk space")
+    blob = _read(args.input)
+    data, stats = decompress(load_trained(path), file_sha256(path), blob, args.input, str(path), limit, why)
     write(args.output, data)
     print(
         json.dumps(

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import struct
 import time
 import zlib
@@ -35,12 +36,14 @@ from pathlib import Path
 import constriction
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chargpt.errors import CompressionError
 from chargpt.evaluation.config import DynamicEvalConfig
 from chargpt.evaluation.scoring import DynamicEvaluation, check_stride, scored_mask, window_length, window_plan
 from chargpt.io import atomic_open
 from chargpt.model.gpt import GPT
+from chargpt.settings import format_validation_error
 
 MAGIC = b"CHARGPT\x00"
 # 2: MAGIC, the header's length (<I), the header (JSON), its CRC-32 (<I), then the payload (stored bytes and the
@@ -48,6 +51,62 @@ MAGIC = b"CHARGPT\x00"
 # decoding. 1: the same without the CRC and the payload's checksum (read, checked only after decoding).
 FORMAT = 2
 DEFAULT_LANES = 32
+MAX_LANES = 1024  # windows coded side by side; each lane holds a KV cache
+DEFAULT_MAX_LENGTH = 4 << 30  # bytes a header may declare before decompress allocates them (--max-length)
+SHA256 = Field(pattern=r"^[0-9a-f]{64}$")
+SHORT_TEXT = Field(max_length=100)
+
+
+class Protocol(BaseModel):
+    """How the bytes were coded: what `compress` accepts, and nothing else."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    context: int = Field(ge=1)
+    lanes: int = Field(ge=1, le=MAX_LANES)
+    stride: int | None = Field(default=None, ge=1)  # the first release's format-1 files have none
+    dynamic: dict | None = None  # a DynamicEvalConfig, checked as one
+
+
+class Header(BaseModel):
+    """A compressed file's header, typed and bounded: checked before decompress allocates or runs anything."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    format: int = Field(ge=1, le=FORMAT)
+    length: int = Field(ge=0)
+    sha256: str = SHA256
+    model_sha256: str = SHA256
+    protocol: Protocol
+    torch: str = SHORT_TEXT
+    device: str = SHORT_TEXT
+    cpu_capability: str = SHORT_TEXT
+    threads: int = Field(ge=1)
+    payload_bytes: int | None = Field(default=None, ge=0)  # format 2
+    payload_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
+def check_header(header: dict, source: str, max_length: int = DEFAULT_MAX_LENGTH, limit: str = "--max-length") -> dict:
+    """The header with its defaults, if every field is of its type and in its range, by the rules compress applies:
+    refused in one line before any of it is used (a crafted file computes its own CRC and sha256)."""
+    try:
+        checked = Header(**header)
+        protocol = checked.protocol
+        dynamic = DynamicEvalConfig(**protocol.dynamic) if protocol.dynamic is not None else None
+    except ValidationError as e:
+        raise CompressionError(f"{source}: invalid header: {format_validation_error(e)}") from None
+    except TypeError as e:  # not a mapping where one belongs
+        raise CompressionError(f"{source}: invalid header: {e}") from None
+    try:
+        check_stride(protocol.stride, protocol.context)
+        check_stride(dynamic.stride if dynamic else None, protocol.context)
+    except ValueError as e:
+        raise CompressionError(f"{source}: invalid header: protocol.{e}") from None
+    if checked.length > max_length:
+        raise CompressionError(
+            f"{source}: its header declares {checked.length:,} bytes, more than {limit} ({max_length:,} bytes)"
+        )
+    if checked.threads > (cores := os.cpu_count() or 1):
+        raise CompressionError(f"{source}: invalid header: threads {checked.threads} exceeds this machine's {cores}")
+    return checked.model_dump()
 
 
 def environment() -> dict:
@@ -183,6 +242,8 @@ def compress(
     start = time.perf_counter()
     n, context = len(data), model.cfg.context
     check_stride(stride, context)
+    if not 1 <= lanes <= MAX_LANES:
+        raise ValueError(f"lanes {lanes} must be between 1 and {MAX_LANES}")
     header = {
         "format": FORMAT,
         "length": n,
@@ -212,10 +273,9 @@ def compress(
     return out, Stats(n, len(out), len(out) - len(payload), time.perf_counter() - start)
 
 
-HEADER_KEYS = {"format", "length", "sha256", "model_sha256", "protocol", "torch", "device", "cpu_capability", "threads"}
-
-
-def read_header(blob: bytes, source: str) -> tuple[dict, int]:
+def read_header(
+    blob: bytes, source: str, max_length: int = DEFAULT_MAX_LENGTH, limit: str = "--max-length"
+) -> tuple[dict, int]:
     """The header, and where the payload starts: refused at once, naming what is wrong, if the file is not ours, is
     truncated, or its header or payload is damaged (format 2; a format-1 file is checked after decoding only)."""
     if not blob.startswith(MAGIC):
@@ -231,14 +291,17 @@ def read_header(blob: bytes, source: str) -> tuple[dict, int]:
         version = header.get("format") if isinstance(header, dict) else None
     except ValueError:
         version = None
-    if version == 1 and HEADER_KEYS <= set(header) and "payload_sha256" not in header:
-        return header, start + size
+    if version == 1 and "payload_sha256" not in header:
+        return check_header(header, source, max_length, limit), start + size
     if len(crc) < 4:
         raise CompressionError(f"{source}: truncated: {len(blob)} bytes, shorter than its header ({size} bytes) needs")
     if zlib.crc32(head) != struct.unpack("<I", crc)[0]:
         raise CompressionError(f"{source}: damaged header (its CRC-32 does not match)")
-    if version != FORMAT or not HEADER_KEYS | {"payload_bytes", "payload_sha256"} <= set(header):
+    if version != FORMAT:
         raise CompressionError(f"{source}: format {version!r}; this version reads formats 1 and {FORMAT}")
+    header = check_header(header, source, max_length, limit)
+    if header["payload_bytes"] is None or header["payload_sha256"] is None:
+        raise CompressionError(f"{source}: invalid header: format 2 records payload_bytes and payload_sha256")
     offset = start + size + 4
     payload = blob[offset:]
     if len(payload) != header["payload_bytes"]:
@@ -266,10 +329,17 @@ def check_setup(header: dict, model_sha256: str, model_file: str, source: str) -
 
 
 def decompress(
-    model: GPT, model_sha256: str, blob: bytes, source: str = "input", model_file: str = "model"
+    model: GPT,
+    model_sha256: str,
+    blob: bytes,
+    source: str = "input",
+    model_file: str = "model",
+    max_length: int = DEFAULT_MAX_LENGTH,
+    limit: str = "--max-length",
 ) -> tuple[bytes, Stats]:
+    """max_length: the most bytes a header may declare (`limit` says where that bound comes from)."""
     start = time.perf_counter()
-    header, offset = read_header(blob, source)
+    header, offset = read_header(blob, source, max_length, limit)
     check_setup(header, model_sha256, model_file, source)
     n, context = header["length"], header["protocol"]["context"]
     lanes, dynamic, stride = header["protocol"]["lanes"], header["protocol"]["dynamic"], header["protocol"]["stride"]

@@ -250,20 +250,105 @@ def test_damage_and_truncation_are_refused_before_any_decoding(checkpoint):
     assert "payload of" in refused(blob[:-3]) and "damaged payload" in refused(blob[:-1] + bytes([blob[-1] ^ 1]))
 
 
-def test_a_format_1_file_still_decodes(checkpoint):
-    import hashlib
+def split_blob(blob: bytes) -> tuple[dict, bytes]:
     import json
     import struct
 
     from chargpt.use.compression import MAGIC
 
+    (size,) = struct.unpack_from("<I", blob, len(MAGIC))
+    return json.loads(blob[len(MAGIC) + 4 : len(MAGIC) + 4 + size]), blob[len(MAGIC) + 4 + size + 4 :]
+
+
+def forge(header: dict, payload: bytes) -> bytes:
+    """A format-2 file with this header, its CRC-32 and the payload's length and sha256 all valid, as whoever
+    crafts a file would compute them."""
+    import hashlib
+    import json
+    import struct
+    import zlib
+
+    from chargpt.use.compression import MAGIC
+
+    header = header | {"payload_bytes": len(payload), "payload_sha256": hashlib.sha256(payload).hexdigest()}
+    head = json.dumps(header, sort_keys=True).encode()
+    return MAGIC + struct.pack("<I", len(head)) + head + struct.pack("<I", zlib.crc32(head)) + payload
+
+
+def test_a_format_1_file_as_the_first_release_wrote_it_decodes_byte_exact(checkpoint):
+    """The first release (5297e33) wrote MAGIC, the header's length, the header, then the stored bytes and the coder's
+    words: no CRC, no payload checksum, and a protocol of context, lanes and dynamic only (no stride)."""
+    import hashlib
+    import json
+    import struct
+
+    from chargpt.use.compression import MAGIC, environment
+
     model, sha = load_trained(checkpoint), file_sha256(checkpoint)
     data = tiny_text(500)
-    blob, _ = compress(model, sha, data)
-    (size,) = struct.unpack_from("<I", blob, len(MAGIC))
-    header = json.loads(blob[len(MAGIC) + 4 : len(MAGIC) + 4 + size])
-    payload = blob[len(MAGIC) + 4 + size + 4 :]
-    assert header.pop("payload_sha256") == hashlib.sha256(payload).hexdigest() and header.pop("payload_bytes")
-    head = json.dumps(header | {"format": 1}, sort_keys=True).encode()
-    old = MAGIC + struct.pack("<I", len(head)) + head + payload  # format 1: no CRC, no payload checksum
+    _, payload = split_blob(compress(model, sha, data)[0])  # the coding itself has not changed since
+    header = {"format": 1, "length": len(data), "sha256": hashlib.sha256(data).hexdigest(), "model_sha256": sha,
+              "protocol": {"context": 32, "lanes": 32, "dynamic": None}, **environment()}  # fmt: skip
+    head = json.dumps(header, sort_keys=True).encode()
+    old = MAGIC + struct.pack("<I", len(head)) + head + payload
     assert decompress(model, sha, old)[0] == data
+
+
+CRAFTED = [  # (change to a valid header, what the one line says)
+    (lambda h: h | {"length": 10**15}, "declares 1,000,000,000,000,000 bytes, more than --max-length"),
+    (lambda h: h | {"length": -5}, "length: Input should be greater than or equal to 0"),
+    (lambda h: h | {"length": 1.5}, "length: Input should be a valid integer"),
+    (lambda h: h | {"threads": 10**6}, "threads 1000000 exceeds this machine's"),
+    (lambda h: h | {"threads": 0}, "threads: Input should be greater than or equal to 1"),
+    (lambda h: h | {"protocol": h["protocol"] | {"stride": -3}}, "protocol.stride: Input should be greater than"),
+    (lambda h: h | {"protocol": h["protocol"] | {"stride": 33}}, "protocol.stride 33 must be between 1 and the model"),
+    (lambda h: h | {"protocol": h["protocol"] | {"lanes": 10**9}}, "protocol.lanes: Input should be less than"),
+    (lambda h: h | {"protocol": h["protocol"] | {"context": 0}}, "protocol.context: Input should be greater"),
+    (lambda h: h | {"protocol": h["protocol"] | {"dynamic": {"lr": -1}}}, "lr: Input should be greater than 0"),
+    (lambda h: h | {"protocol": "x"}, "protocol: Input should be a valid dictionary"),
+    (lambda h: h | {"sha256": "0" * 10**6}, "sha256: String should match pattern"),
+    (lambda h: h | {"surprise": 1}, "surprise: unknown key"),
+    (lambda h: {k: v for k, v in h.items() if k != "threads"}, "invalid header: threads: Field required"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("change, message", CRAFTED)
+def test_a_crafted_header_with_valid_checksums_is_refused_in_one_line_before_any_allocation(
+    checkpoint, change, message, version
+):
+    import struct
+    import time
+
+    from chargpt.use.compression import MAGIC
+
+    model, sha = load_trained(checkpoint), file_sha256(checkpoint)
+    header, payload = split_blob(compress(model, sha, tiny_text(300))[0])
+    crafted = change({k: v for k, v in header.items() if not k.startswith("payload_")})
+    if version == 1:  # format 1 files get the same checks
+        import json
+
+        head = json.dumps(crafted | {"format": 1}, sort_keys=True).encode()
+        blob = MAGIC + struct.pack("<I", len(head)) + head + payload
+    else:
+        blob = forge(crafted, payload)
+    start = time.perf_counter()
+    with pytest.raises(CompressionError) as e:
+        decompress(model, sha, blob, source="f.cgz")
+    assert time.perf_counter() - start < 1.0
+    text = str(e.value)
+    assert text.startswith("f.cgz: ") and "\n" not in text and len(text) < 400
+    assert message in text, text
+
+
+def test_decompress_max_length_refuses_a_longer_file_and_writes_nothing(checkpoint, tmp_path):
+    from chargpt.use.commands import decompress_main
+
+    model, sha = load_trained(checkpoint), file_sha256(checkpoint)
+    (tmp_path / "f.cgz").write_bytes(compress(model, sha, tiny_text(300))[0])
+    args = [str(tmp_path / "f.cgz"), str(tmp_path / "out" / "f.txt"), "--checkpoint", str(checkpoint)]
+    with pytest.raises(CompressionError, match=r"declares 300 bytes, more than --max-length \(299 bytes\)"):
+        decompress_main([*args, "--max-length", "299"])
+    assert not (tmp_path / "out").exists()
+    decompress_main([*args, "--max-length", "300"])
+    assert (tmp_path / "out" / "f.txt").read_bytes() == tiny_text(300)

@@ -119,6 +119,27 @@ def summarize(paths: list[str], top: int | None = None, match: str | None = None
     return "\n".join(lines) + "\n"
 
 
+def against_table(paths: list[str], baseline: str) -> str:
+    """Markdown: each variant against `baseline` (equal training time: the steps each was given and why), in the
+    order they ran."""
+    results = load_results(paths)
+    base = results[baseline]
+    lines = [
+        f"| variant | steps | ms/step timed | train s | val BPC | val vs {baseline} | test BPC | test accuracy |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results.values():
+        if "error" in r:
+            lines.append(f"| {r['name']} | | | | | | {r['error'][:80]} | |")
+            continue
+        timed = f"{r['measured_step_seconds'] * 1e3:.1f}" if "measured_step_seconds" in r else ""
+        lines.append(
+            f"| {r['name']} | {r['iterations']} | {timed} | {r['train_seconds']:.0f} | {r['val_bpc']:.5f} "
+            f"| {r['val_bpc'] - base['val_bpc']:+.5f} | {r['test_bpc']:.5f} | {r['test_accuracy']:.2%} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def load_results(paths: list[str]) -> dict[str, dict]:
     results = {}
     for path in paths:
@@ -218,11 +239,17 @@ def main() -> None:
         action="store_true",
         help="with --summarize: per shape, the best 1cycle variant against the best cosine control",
     )
+    parser.add_argument(
+        "--against", metavar="NAME", help="with --summarize: every variant against this one, in the order they ran"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.summarize:
         if args.plot:
             plot_curves(args.summarize, args.plot, args.match)
+        if args.against:
+            sys.stdout.write(against_table(args.summarize, args.against))
+            return
         sys.stdout.write(
             versus_control(args.summarize) if args.versus_control else summarize(args.summarize, args.top, args.match)
         )

@@ -105,7 +105,8 @@ def test_every_shipped_sweep_grid_is_valid_for_its_run():
     grids = sorted((REPO / "bench/grids").glob("*.yaml"))
     assert grids
     # The run each grid varies, as bench/gpu_check.sh passes it (--run); the rest vary quickstart_adamw.
-    runs = {"t12_recipes.yaml": "t12", "seed_final_recipes.yaml": "final", "precision_numerics.yaml": "quickstart"}
+    runs = {"t12_recipes.yaml": "t12", "seed_final_recipes.yaml": "final", "precision_numerics.yaml": "quickstart",
+            "modern_cpu_alone.yaml": "quickstart", "modern_cpu_combined.yaml": "quickstart"}  # fmt: skip
     script = (REPO / "bench/gpu_check.sh").read_text()
     for grid in ("t12_recipes.yaml", "seed_final_recipes.yaml"):
         assert f"--run {runs[grid]} --grid bench/grids/{grid}" in script
@@ -113,3 +114,38 @@ def test_every_shipped_sweep_grid_is_valid_for_its_run():
         base = load_run_config(runs.get(grid.name, "quickstart_adamw"), REPO / "params.yaml")
         for variant in yaml.safe_load(grid.read_text()):
             with_overrides(base, variant["set"])
+
+
+def test_recipe_sweep_at_equal_seconds_gives_each_variant_the_steps_its_timed_step_fits(tmp_path, params):
+    import json
+
+    from conftest import tiny_text
+
+    from chargpt.data.corpus import split_corpus
+    from chargpt.io import write_json
+
+    del params["grids"]
+    params["runs"] = {"tiny": {**TINY_RUN, "schedule": {"lr_min": 1.0e-4, "lr_max": 3.0e-3}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "corpus.bin").write_bytes(tiny_text(40_000))
+    write_json(tmp_path / "data/meta.json", split_corpus(tmp_path / "corpus.bin", tmp_path / "data", (0.9, 0.05, 0.05)))
+    # the second variant's step costs more (a wider feed-forward): it gets fewer steps in the same seconds
+    grid = [{"name": "plain", "set": []}, {"name": "wide", "set": ["model.d_ff=1024"]}]
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
+    sweep = [sys.executable, str(REPO / "bench/recipe_sweep.py")]
+    proc = subprocess.run(
+        [*sweep, "--params", str(tmp_path / "params.yaml"), "--run", "tiny", "--grid", str(tmp_path / "grid.yaml"),
+         "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out.jsonl"), "--equal-seconds", "1.5",
+         "--set", "train.checkpoint_every=0", "--set", "train.eval_interval=1000"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = {r["name"]: r for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
+    for r in results.values():
+        assert r["iterations"] == max(1, round(1.5 / r["measured_step_seconds"]))
+    assert results["wide"]["measured_step_seconds"] > results["plain"]["measured_step_seconds"]
+    assert results["wide"]["iterations"] < results["plain"]["iterations"]
+    table = subprocess.run([*sweep, "--summarize", str(tmp_path / "out.jsonl"), "--against", "plain"],
+                           capture_output=True, text=True).stdout.splitlines()  # fmt: skip
+    assert table[0].startswith("| variant | steps | ms/step timed |") and table[2].startswith("| plain | ")
+    assert "| +0.00000 |" in table[2] and len(table) == 4

@@ -74,7 +74,7 @@ def accuracy_bounds(
     return first_reaching(rise_fraction), first_reaching(flat_fraction)
 
 
-def range_test(
+def sweep_lr(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
@@ -186,4 +186,4 @@ def run_range_test(
                 model, held_out, cfg.model.context, cfg.train.batch_size, device=device, autocast_dtype=autocast_dtype
             ).accuracy
 
-    return range_test(model, optimizer, sampler.next, cfg.lr_range_test, autocast_dtype, max_seconds, accuracy)
+    return sweep_lr(model, optimizer, sampler.next, cfg.lr_range_test, autocast_dtype, max_seconds, accuracy)

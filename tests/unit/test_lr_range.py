@@ -9,7 +9,7 @@ from chargpt.errors import RangeTestError
 from chargpt.model.config import ModelConfig
 from chargpt.model.gpt import GPT
 from chargpt.train.config import LRRangeTestConfig
-from chargpt.train.lr_range import accuracy_bounds, lr_at, range_test
+from chargpt.train.lr_range import accuracy_bounds, lr_at, sweep_lr
 
 
 def test_lr_grows_exponentially_from_start_to_end():
@@ -24,7 +24,7 @@ def test_range_test_stops_on_divergence_and_suggests_below_it():
     sampler = BatchSampler(data, 16, 8, seed=0, device=torch.device("cpu"))
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     cfg = LRRangeTestConfig(lr_start=1e-3, lr_end=1e4, iterations=80, skip_start=3, divergence=2.0)
-    result = range_test(model, opt, sampler.next, cfg)
+    result = sweep_lr(model, opt, sampler.next, cfg)
     assert result.stopped_early and len(result.lrs) < 80  # LR 1e4 with SGD diverges long before the end
     # the smoothing recomputed from the raw losses and the config: a bias-corrected EMA
     expected, avg = [], 0.0
@@ -85,7 +85,7 @@ def test_range_test_measures_accuracy_every_interval_and_suggests_both_bounds():
         current.append(opt.param_groups[0]["lr"])
         return logistic(current[-1], centre=0.05, width=0.005)
 
-    result = range_test(model, opt, sampler.next, cfg, accuracy=probe)
+    result = sweep_lr(model, opt, sampler.next, cfg, accuracy=probe)
     assert result.accuracy_steps == list(range(4, 60, 5)) and len(result.accuracies) == 12
     assert current == pytest.approx([lr_at(cfg, s) for s in result.accuracy_steps])
     expected = accuracy_bounds(current, [logistic(lr, centre=0.05, width=0.005) for lr in current], 0.1, 0.9)
@@ -113,6 +113,6 @@ def test_the_first_skip_start_steps_never_hold_the_minimum():
         cfg = LRRangeTestConfig(lr_start=1e-3, lr_end=1e3, iterations=10, skip_start=skip_start, smoothing=0.0,
                                 divergence=100.0, min_loss_divisor=1.0)  # fmt: skip
         opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-        result = range_test(model, opt, lambda: (None, None), cfg)
+        result = sweep_lr(model, opt, lambda: (None, None), cfg)
         assert result.smoothed == pytest.approx(losses, rel=1e-6)  # the losses, as float32 gives them
         assert result.lr_at_min_loss == pytest.approx(lr_at(cfg, expected), rel=1e-12) == result.suggested_lr

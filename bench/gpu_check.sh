@@ -7,7 +7,8 @@
 #      without graphs (so that each optimizer's capture is checked); evaluation eager and from a CUDA graph;
 #   2. the seed's final and its optimizer variants at 19.7M training bytes (bench/grids/seed_final_recipes.yaml:
 #      2400 steps at batch 16), and the T12 recipes of #13 at 1200 steps of batch 32 (bench/grids/t12_recipes.yaml,
-#      variants of runs.t12); target <= 1.60 test BPC.
+#      variants of runs.t12); target <= 1.60 test BPC. Both grids hold the modern recipe of #29 (seed_final_modern:
+#      runs.final_modern; muon_modern: runs.t12_modern), measured against that target beside the recipes before it.
 # Part 2's sweeps share the GPU (their figures are BPC, not speed). One part failing does not stop the others.
 # Every figure is kept under <out dir>, and bench/gpu_report.py prints them as one table at the end.
 #

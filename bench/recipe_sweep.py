@@ -17,7 +17,8 @@ params.yaml and are then run by `dvc exp run`, which is what docs/results.md rep
 one's step is timed here with nothing else of the sweep running (bench/throughput.py's measurement: the run's
 TrainStep, optimizer and precision, after warm-up steps; the fastest of three rounds taken round robin over the
 variants), and the variant trains for round(S / step time) iterations. Its record keeps the step time and the
-iterations it was given, so a row is reproduced on any machine by its `set` plus train.iterations.
+iterations it was given, so a row is reproduced on any machine by its `set` plus train.iterations. Variants that
+differ only in train.seed are timed once and given the same steps.
 """
 
 from __future__ import annotations
@@ -119,11 +120,21 @@ def summarize(paths: list[str], top: int | None = None, match: str | None = None
     return "\n".join(lines) + "\n"
 
 
-def against_table(paths: list[str], baseline: str) -> str:
+def against_table(paths: list[str], baseline: str, json_out: str | None = None) -> str:
     """Markdown: each variant against `baseline` (equal training time: the steps each was given and why), in the
-    order they ran."""
+    order they ran; with `json_out`, the same rows as JSON lines (the differences included) to that file."""
     results = load_results(paths)
     base = results[baseline]
+    if json_out:
+        with open(json_out, "w") as f:
+            for r in results.values():
+                if "error" not in r:
+                    keys = ("name", "iterations", "measured_step_seconds", "train_seconds", "val_bpc", "test_bpc",
+                            "val_accuracy", "test_accuracy")  # fmt: skip
+                    row = {k: r.get(k) for k in keys} | {
+                        f"{k}_vs_{baseline}": round(r[k] - base[k], 5) for k in ("val_bpc", "test_bpc")
+                    }
+                    f.write(json.dumps(row) + "\n")
     lines = [
         f"| variant | steps | ms/step timed | train s | val BPC | val vs {baseline} | test BPC | test accuracy |",
         "|---|---|---|---|---|---|---|---|",
@@ -242,13 +253,14 @@ def main() -> None:
     parser.add_argument(
         "--against", metavar="NAME", help="with --summarize: every variant against this one, in the order they ran"
     )
+    parser.add_argument("--json", metavar="JSONL", help="with --against: also write its rows to this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.summarize:
         if args.plot:
             plot_curves(args.summarize, args.plot, args.match)
         if args.against:
-            sys.stdout.write(against_table(args.summarize, args.against))
+            sys.stdout.write(against_table(args.summarize, args.against, args.json))
             return
         sys.stdout.write(
             versus_control(args.summarize) if args.versus_control else summarize(args.summarize, args.top, args.match)
@@ -270,7 +282,11 @@ def main() -> None:
     step_seconds = {}
     if args.equal_seconds:
         torch.set_num_threads(threads)  # each variant is timed as a worker will run it
-        step_seconds = step_seconds_here({name: with_overrides(base, a) for name, a in variants})
+        # A seed changes no step's cost: variants that differ only in train.seed are timed once and get the same
+        # steps, so that a second seed measures the noise, not the timing's.
+        timed = {name: tuple(a for a in a_s if not a.startswith("train.seed=")) for name, a_s in variants}
+        by_config = step_seconds_here({key: with_overrides(base, list(key)) for key in dict.fromkeys(timed.values())})
+        step_seconds = {name: by_config[key] for name, key in timed.items()}
         for i, (name, assignments) in enumerate(variants):
             iterations = max(1, round(args.equal_seconds / step_seconds[name]))
             variants[i] = (name, [*assignments, f"train.iterations={iterations}"])

@@ -211,3 +211,20 @@ def test_rope_needs_an_even_head_size_and_says_so():
 
     with pytest.raises(ValidationError, match="positions: rope needs an even head size; d_model / n_head is 3"):
         ModelConfig(d_model=12, n_head=4, positions="rope")
+
+
+@pytest.mark.parametrize(
+    "run", ["final", "t12", "quickstart_classic", "quickstart_seed", "quickstart_adamw", "grid_min1e-3_mom090_wd1e-4"]
+)
+def test_the_runs_that_predate_the_options_use_none_of_them(run):
+    """They keep their figures: their models are built exactly as before (checked bit for bit at 100 training steps
+    when the options came, docs/results.md)."""
+    from conftest import REPO
+
+    from chargpt.pipeline.config import load_run_config
+
+    model = load_run_config(run, REPO / "params.yaml").model
+    defaults = ModelConfig()
+    options = ("activation", "qk_norm", "zero_init", "logit_softcap", "smear", "bigram", "value_residual",
+               "embedding_skip")  # fmt: skip
+    assert all(getattr(model, k) == getattr(defaults, k) for k in options) and model.positions != "rope"

@@ -37,7 +37,8 @@ def matches(figure: str, numbers: list[float]) -> bool:
     text = figure.rstrip("%").replace(",", "")
     decimals = len(text.split(".")[1]) if "." in text else 0
     value = float(text)  # the figure as printed: any recorded number that rounds to it (records may be rounded too)
-    return any(abs(x * (100 if percent else 1) - value) <= 0.5 * 10**-decimals + 1e-12 for x in numbers)
+    # FIGURE takes no sign ("-0.067 val" is read as 0.067), so a difference recorded as -0.06656 matches it
+    return any(abs(abs(x) * (100 if percent else 1) - value) <= 0.5 * 10**-decimals + 1e-12 for x in numbers)
 
 
 def test_every_figure_in_the_readme_is_in_a_file_a_command_wrote():

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The quickstart and quickstart_classic side by side on this machine (#29): each through the whole pipeline on the
+# shipped sample, one after the other with nothing else running, in a fresh clone of this repository:
+#   bench/quickstart_side_by_side.sh <out.json>
+# Prints and writes each run's pipeline seconds (the first run's include download and preprocess, shared by the
+# second), training seconds and steps, val/test BPC and accuracy, static and dynamic, and the machine.
+set -euo pipefail
+out=$(realpath -m "${1:?usage: bench/quickstart_side_by_side.sh <out.json>}")
+repo=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d)
+git clone -q "$repo" "$work/clone"
+cd "$work/clone"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this clone's code, whatever the environment installed
+declare -A seconds
+for run in quickstart quickstart_classic; do
+  start=$SECONDS
+  dvc exp run -S data.url=samples/enwiki-sample.xml.bz2 -S data.checksums=null "evaluate@$run" >"$work/$run.log" 2>&1 \
+    || { tail -20 "$work/$run.log"; exit 1; }
+  seconds[$run]=$((SECONDS - start))
+done
+python3 - "$out" "${seconds[quickstart]}" "${seconds[quickstart_classic]}" <<'PY'
+import json, sys, torch
+out, new, classic = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+result = {"machine": f"{cpu}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}",
+          "torch": torch.__version__}
+for run, pipeline in (("quickstart", new), ("quickstart_classic", classic)):
+    ev, tm = (json.load(open(f"reports/{run}/{f}.json")) for f in ("eval", "train_metrics"))
+    result[run] = {"pipeline_seconds": pipeline, "train_seconds": tm["train_seconds"], "iterations": tm["iterations"],
+                   **{k: ev[k] for k in ev if k.endswith(("_bpc", "_accuracy", "_bpc_dynamic", "_accuracy_dynamic"))}}
+new_run, old_run = result["quickstart"], result["quickstart_classic"]
+result["quickstart_minus_classic"] = {k: round(new_run[k] - old_run[k], 5) for k in new_run if k != "pipeline_seconds"}
+json.dump(result, open(out, "w"), indent=2)
+print(json.dumps(result, indent=2))
+PY

@@ -2,9 +2,9 @@
 # The GPU figures in one prepared run (at most 8 minutes on a bare H100/H200), for a session lent a GPU:
 #   0. the user's path: `dvc exp run` of the seed's final model (runs.final) on the sample, cut to 1200 steps, through
 #      lr_range_test, train and evaluate (bench/seed_final_dvc.sh): each stage's seconds, val/test BPC and accuracy;
-#   1. training throughput and MFU of the seed's final model (T12's shape, 2 heads, tied, no biases): eager,
-#      torch.compile, CUDA graphs, and both, at batch 16 (the seed's) and 32, SGD; AdamW and Muon compiled, with and
-#      without graphs (so that each optimizer's capture is checked); evaluation eager and from a CUDA graph;
+#   1. training throughput, MFU and compile time of the seed's final model (T12's shape, 2 heads, tied, no biases):
+#      eager, torch.compile, and torch.compile's reduce-overhead mode (CUDA graphs: train.cuda_graphs) at batch 16
+#      (the seed's) and 32, SGD; AdamW and Muon compiled in both modes; evaluation in each mode;
 #   2. the seed's final and its optimizer variants at 19.7M training bytes (bench/grids/seed_final_recipes.yaml:
 #      2400 steps at batch 16), and the T12 recipes of #13 at 1200 steps of batch 32 (bench/grids/t12_recipes.yaml,
 #      variants of runs.t12); target <= 1.60 test BPC. Both grids hold the modern recipe of #29 (seed_final_modern:
@@ -49,20 +49,20 @@ bench/seed_final_dvc.sh "$out" ${SEED_SET:-} | tail -1
 
 if [ "$cuda" = 1 ]; then
   stamp "1. throughput"
-  # --isolate: each figure in a process of its own (a failed capture would poison the ones after it).
+  # --isolate: each figure in a process of its own (a mode that fails spares the ones after it).
   tp=(python3 bench/throughput.py --run final --steps 30 --preprocess-mb 0 --no-fp32-baseline --isolate
       --json "$out/throughput.jsonl" --set eval.batch_size=64)
-  "${tp[@]}" --modes eager,graphs,compile,compile+graphs --batch-sizes 16,32 --eval-bytes 2000000 \
+  "${tp[@]}" --modes eager,compile,reduce-overhead --batch-sizes 16,32 --eval-bytes 2000000 \
     2>"$out/throughput_sgd.err" | tee "$out/throughput_sgd.txt"
   for optimizer in adamw muon; do
-    "${tp[@]}" --set optimizer.name=$optimizer --modes compile,compile+graphs --batch-sizes 16,32 --eval-bytes 0 \
+    "${tp[@]}" --set optimizer.name=$optimizer --modes compile,reduce-overhead --batch-sizes 16,32 --eval-bytes 0 \
       2>"$out/throughput_$optimizer.err" | tee "$out/throughput_$optimizer.txt"
   done
   device_set=(--set train.device=cuda)
 else
   device_set=()
 fi
-# Part 2 runs eagerly (no compile minutes per process, no capture): its figures are BPC. Evaluation on consecutive
+# Part 2 runs eagerly (no compile minutes per process): its figures are BPC. Evaluation on consecutive
 # windows (eval.stride=null), as every T12 figure before: the seed's stride 1 is part 0's.
 exec_set=(--set train.compile=false --set train.cuda_graphs=false --set train.checkpoint_every=0
           --set eval.batch_size=64 --set eval.stride=null)

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from chargpt.device import device_name, precision_name
+from chargpt.device import describe, precision_name
 from chargpt.pipeline.config import load_run_config, with_overrides
 from chargpt.pipeline.stage import DATA_DIR, report_dir
 
@@ -84,11 +84,11 @@ def run_variant(params: str, run: str, name: str, assignments: list[str], data_d
         **{k: scores[k] for k in ("val_bpc", "test_bpc", "val_accuracy", "test_accuracy")},
         "n_params": trained.model.num_params(),
         "execution": {
-            "precision": precision_name(trained.autocast),
-            "compile": trained.execution.compile,
-            "cuda_graphs": trained.execution.cuda_graphs,
+            "precision": precision_name(trained.amp_dtype),
+            "compile": trained.compile_mode is not None,
+            "cuda_graphs": trained.compile_mode == "reduce-overhead",
         },
-        "device": device_name(trained.device),
+        "device": describe(trained.device),
         **({"range_test": {k: range_test[k] for k in RANGE_TEST_KEYS}} if range_test else {}),
         "curve": curve,
     }
@@ -208,14 +208,15 @@ def step_seconds_here(cfgs: dict[str, object], rounds: int = 3, steps: int = 10)
     """Each config's seconds per training step here: the fastest of `rounds` timings of `steps` steps, taken round
     robin over the configs, so that a drift of the machine's speed touches every config alike."""
     from bench.throughput import train_tokens_per_s
-    from chargpt.train.setup import autocast_dtype, select_device
+    from chargpt.device import resolve_amp_dtype
+    from chargpt.train.setup import select_device
 
     best = dict.fromkeys(cfgs, float("inf"))
     for _ in range(rounds):
         for name, cfg in cfgs.items():
             device = select_device(cfg.train)
-            precision = autocast_dtype(cfg.train, device)
-            tokens_per_s = train_tokens_per_s(cfg, device, precision, steps, "eager", cfg.train.batch_size)
+            amp_dtype = resolve_amp_dtype(cfg.train.precision, device)
+            tokens_per_s, _ = train_tokens_per_s(cfg, device, amp_dtype, steps, "eager", cfg.train.batch_size)
             best[name] = min(best[name], cfg.train.batch_size * cfg.model.context / tokens_per_s)
     return best
 

@@ -1,16 +1,16 @@
 """Training and evaluation throughput of a run's config on this machine, as ratios measured in one process.
 
-    python bench/throughput.py [--run quickstart] [--steps 10] [--modes eager,compile,graphs,compile+graphs]
+    python bench/throughput.py [--run quickstart] [--steps 10] [--modes eager,compile,reduce-overhead]
                                [--batch-sizes 32,64] [--set optimizer.name=adamw ...]
 
 Prints: the peak GEMM throughput measured here (fp32, and bf16 or fp16), then one row per execution mode and
 batch size: training tokens/s, the step time, and model FLOPs utilisation (6N + 12 L d T FLOPs per token, as
 nanoGPT estimates it) against the measured peak of the run's precision; the same step in plain fp32 eager
-and each mode's speed-up over it; evaluation tokens/s (eager, and replayed from a CUDA graph on CUDA); and
-preprocess MB/s on a generated file. Modes: eager; compile (torch.compile); graphs (the whole step in a CUDA
-graph, chargpt/train/cuda_graphs.py); compile+graphs. The graph modes need CUDA. --modes defaults to the mode the
-run resolves to on this device. The step is the train stage's: TrainStep (clipping, the run's optimizer)
-under a constant LR.
+and each mode's speed-up over it; evaluation tokens/s (eager, and in each compiled mode asked for); and preprocess
+MB/s on a generated file. Modes: eager; compile (torch.compile); reduce-overhead (torch.compile replaying CUDA
+graphs: train.cuda_graphs, CUDA only). --modes defaults to the mode the run resolves to on this device. The step is
+the train stage's: TrainStep (clipping, the run's optimizer) under a constant LR, compile time excluded (printed
+apart).
 """
 
 from __future__ import annotations
@@ -27,20 +27,18 @@ from pathlib import Path
 import torch
 
 from chargpt.data.corpus import split_corpus
-from chargpt.device import autocast as device_autocast
-from chargpt.device import device_name, precision_name
+from chargpt.device import autocast, describe, precision_name, resolve_amp_dtype
 from chargpt.evaluation.scoring import split_score
 from chargpt.model.gpt import GPT
 from chargpt.pipeline.config import load_run_config, with_overrides
-from chargpt.train.cuda_graphs import GraphedStep, capturable_optimizer
 from chargpt.train.loop import LoopConfig, TrainParts, TrainStep, train_loop
 from chargpt.train.optimizers import build_optimizer
-from chargpt.train.run import Execution
-from chargpt.train.setup import autocast_dtype, select_device
+from chargpt.train.run import compile_mode
+from chargpt.train.setup import select_device
 
 # One static graph per batch size, as a training run compiles it (not one dynamic graph for all).
 torch._dynamo.config.automatic_dynamic_shapes = False
-MODES = {"eager": (False, False), "compile": (True, False), "graphs": (False, True), "compile+graphs": (True, True)}
+MODES = {"eager": None, "compile": "default", "reduce-overhead": "reduce-overhead"}  # name: torch.compile's mode
 
 
 def sync(device: torch.device) -> None:
@@ -66,34 +64,34 @@ def flops_per_token(model: GPT) -> float:
     return 6 * n + 12 * cfg.n_layer * cfg.d_model * cfg.context
 
 
-def train_tokens_per_s(cfg, device, autocast, steps: int, mode: str, batch_size: int) -> float:
-    compile_model, graphs = MODES[mode]
+def train_tokens_per_s(cfg, device, amp_dtype, steps: int, mode: str, batch_size: int) -> tuple[float, float]:
+    """Training tokens/s of `mode` at `batch_size`, and the seconds its first 5 steps took (compiling, and recording
+    the CUDA graphs)."""
     torch.manual_seed(0)
     model = GPT(cfg.model).to(device)
-    build = capturable_optimizer if graphs else build_optimizer
-    opt = build(model, cfg.optimizer, lr=1e-4, momentum=cfg.schedule.momentum_max)
+    opt = build_optimizer(model, cfg.optimizer, lr=1e-4, momentum=cfg.schedule.momentum_max)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     x = torch.randint(0, 256, (batch_size, cfg.model.context), device=device)
-    forward = torch.compile(model) if compile_model else model
-    scaler = torch.amp.GradScaler(device.type) if autocast == torch.float16 else None
+    forward = torch.compile(model, mode=MODES[mode]) if MODES[mode] else model
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     step = TrainStep(
         forward,
         model.parameters(),
         opt,
         grad_clip=cfg.optimizer.grad_clip,
-        autocast=lambda: device_autocast(device, autocast),
+        amp_context=lambda: autocast(device, amp_dtype),
         scaler=scaler,
     )
-    if graphs:
-        step = GraphedStep(step, opt, device)
     parts = TrainParts(model, opt, sched, lambda: (x, x), step)
     loop = lambda n: train_loop(parts, LoopConfig(n, n, n, check_every_step=device.type == "cpu"))  # noqa: E731
-    loop(5)  # warm-up: compilation, and the graph's warm-up steps and capture
+    t = time.perf_counter()
+    loop(5)  # warm-up: compilation, and reduce-overhead's recording of its graphs
     sync(device)
+    warmup = time.perf_counter() - t
     t = time.perf_counter()
     loop(steps)
     sync(device)
-    return steps * x.numel() / (time.perf_counter() - t)
+    return steps * x.numel() / (time.perf_counter() - t), warmup
 
 
 def measure(isolate: bool, fn, *args):
@@ -103,15 +101,13 @@ def measure(isolate: bool, fn, *args):
         return pool.submit(fn, *args).result()
 
 
-def eval_tokens_per_s(cfg, device, autocast, n_bytes: int, compile_model: bool, graphs: bool) -> float:
+def eval_tokens_per_s(cfg, device, amp_dtype, n_bytes: int, mode: str) -> float:
     model = GPT(cfg.model).to(device)
-    model = torch.compile(model) if compile_model else model
+    model = torch.compile(model, mode=MODES[mode]) if MODES[mode] else model
     data = torch.randint(0, 256, (n_bytes,), dtype=torch.uint8)
 
     def run(d):
-        return split_score(
-            model, d, cfg.model.context, cfg.eval.batch_size, device=device, autocast_dtype=autocast, cuda_graphs=graphs
-        )
+        return split_score(model, d, cfg.model.context, cfg.eval.batch_size, device=device, amp_dtype=amp_dtype)
 
     run(data[: cfg.model.context * cfg.eval.batch_size * 2 + 1])  # warm-up
     t = time.perf_counter()
@@ -132,7 +128,7 @@ def preprocess_mb_per_s(size: int = 100_000_000, repeats: int = 3) -> list[float
         return speeds
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="quickstart")
     parser.add_argument("--params", default="params.yaml")
@@ -154,105 +150,113 @@ def main() -> None:
     )
     parser.add_argument("--json", metavar="FILE", help="also append each figure to FILE as a JSON line")
     parser.add_argument(
-        "--isolate",
-        action="store_true",
-        help="measure each mode in a process of its own (a failed CUDA graph capture leaves the "
-        "process's RNG in capture mode, failing every later measurement)",
+        "--isolate", action="store_true", help="measure each mode in a process of its own (one failing spares the rest)"
     )
     args = parser.parse_args()
-
-    def record(**figure) -> None:
-        if args.json:
-            with open(args.json, "a") as f:
-                f.write(
-                    json.dumps({"run": args.run, "set": args.set, "device": name, "torch": torch.__version__, **figure})
-                    + "\n"
-                )
-
-    cfg = with_overrides(load_run_config(args.run, args.params), args.set)
-    device = select_device(cfg.train)
-    autocast = autocast_dtype(cfg.train, device)
-    resolved = Execution.resolve(cfg.train, device, autocast, world_size=1)
-    default_mode = {v: k for k, v in MODES.items()}[(resolved.compile, resolved.cuda_graphs)]
-    modes = args.modes.split(",") if args.modes else [default_mode]
-    if unknown := set(modes) - set(MODES):
+    if args.modes and (unknown := set(args.modes.split(",")) - set(MODES)):
         parser.error(f"--modes: unknown {sorted(unknown)}; known: {list(MODES)}")
-    if device.type != "cuda" and any(MODES[m][1] for m in modes):
-        parser.error("--modes: the graph modes need a CUDA device")
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else [cfg.train.batch_size]
+    return args
 
-    n = args.gemm_size or (8192 if device.type == "cuda" else 1024)
-    low = autocast or torch.bfloat16
-    peaks = {dt: peak_gemm_tflops(device, dt, n) for dt in (torch.float32, low)}
-    name = device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(
-        f"device: {name}; torch {torch.__version__}; run {args.run!r} {args.set or ''}; precision "
-        f"{precision_name(autocast)}; optimizer {cfg.optimizer.name}; context {cfg.model.context}"
-    )
-    print(
-        f"peak GEMM ({n}^2, best of 5): fp32 {peaks[torch.float32]:.3f} TFLOP/s, {precision_name(low)} "
-        f"{peaks[low]:.3f} TFLOP/s"
-    )
-    record(kind="peak", fp32_tflops=peaks[torch.float32], low_precision=precision_name(low), low_tflops=peaks[low])
 
-    fpt = flops_per_token(GPT(cfg.model))
-    peak = peaks[autocast or torch.float32]
-    baseline = (
-        {}
-        if args.no_fp32_baseline
-        else {b: train_tokens_per_s(cfg, device, None, args.steps, "eager", b) for b in batch_sizes}
-    )
-    for b in batch_sizes:
-        for mode in modes:
+class Bench:
+    """One run's config on this device, and where its figures go (stdout, and --json's lines)."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.cfg = with_overrides(load_run_config(args.run, args.params), args.set)
+        self.device = select_device(self.cfg.train)
+        self.amp_dtype = resolve_amp_dtype(self.cfg.train.precision, self.device)
+        cuda = self.device.type == "cuda"
+        self.name = describe(self.device) + ("" if cuda else f", {torch.get_num_threads()} threads")
+        default_mode = {v: k for k, v in MODES.items()}[compile_mode(self.cfg.train, self.device)]
+        self.modes = args.modes.split(",") if args.modes else [default_mode]
+        if not cuda and "reduce-overhead" in self.modes:
+            raise SystemExit("--modes: reduce-overhead records CUDA graphs, and this run is not on a CUDA device")
+        self.batch_sizes = (
+            [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else [self.cfg.train.batch_size]
+        )
+
+    def record(self, **figure) -> None:
+        if self.args.json:
+            line = {"run": self.args.run, "set": self.args.set, "device": self.name, "torch": torch.__version__}
+            with open(self.args.json, "a") as f:
+                f.write(json.dumps(line | figure) + "\n")
+
+    def peak(self) -> float:
+        """Prints and records the peak GEMM throughput of fp32 and the low precision; returns the run's."""
+        n = self.args.gemm_size or (8192 if self.device.type == "cuda" else 1024)
+        low = self.amp_dtype or torch.bfloat16
+        peaks = {dt: peak_gemm_tflops(self.device, dt, n) for dt in (torch.float32, low)}
+        print(
+            f"device: {self.name}; torch {torch.__version__}; run {self.args.run!r} {self.args.set or ''}; precision "
+            f"{precision_name(self.amp_dtype)}; optimizer {self.cfg.optimizer.name}; context {self.cfg.model.context}"
+        )
+        print(
+            f"peak GEMM ({n}^2, best of 5): fp32 {peaks[torch.float32]:.3f} TFLOP/s, {precision_name(low)} "
+            f"{peaks[low]:.3f} TFLOP/s"
+        )
+        self.record(
+            kind="peak", fp32_tflops=peaks[torch.float32], low_precision=precision_name(low), low_tflops=peaks[low]
+        )
+        return peaks[self.amp_dtype or torch.float32]
+
+    def train(self, peak: float) -> None:
+        cfg, args = self.cfg, self.args
+        fpt = flops_per_token(GPT(cfg.model))
+        baseline = {}
+        if not args.no_fp32_baseline:
+            baseline = {
+                b: train_tokens_per_s(cfg, self.device, None, args.steps, "eager", b)[0] for b in self.batch_sizes
+            }
+        for b, mode in ((b, mode) for b in self.batch_sizes for mode in self.modes):
+            about = {"kind": "train", "mode": mode, "batch_size": b, "optimizer": cfg.optimizer.name}
             try:
-                tps = measure(args.isolate, train_tokens_per_s, cfg, device, autocast, args.steps, mode, b)
-            except Exception as e:  # one mode failing (e.g. a capture error) must not lose the others' figures
-                traceback.print_exc()
-                record(
-                    kind="train",
-                    mode=mode,
-                    batch_size=b,
-                    optimizer=cfg.optimizer.name,
-                    error=f"{type(e).__name__}: {e}",
+                tps, warmup = measure(
+                    args.isolate, train_tokens_per_s, cfg, self.device, self.amp_dtype, args.steps, mode, b
                 )
+            except Exception as e:  # one mode failing (e.g. a graph that fails to record) must not lose the others'
+                traceback.print_exc()
+                self.record(**about, error=f"{type(e).__name__}: {e}")
                 print(f"train {mode} batch {b}x{cfg.model.context}: FAILED {type(e).__name__}: {e}", flush=True)
                 continue
-            versus = f"; {tps / baseline[b]:.2f}x plain fp32 eager ({baseline[b]:,.0f})" if baseline else ""
-            record(
-                kind="train",
-                mode=mode,
-                batch_size=b,
+            ms, mfu = b * cfg.model.context / tps * 1e3, fpt * tps / 1e12 / peak
+            self.record(
+                **about,
                 context=cfg.model.context,
-                optimizer=cfg.optimizer.name,
-                precision=precision_name(autocast),
+                precision=precision_name(self.amp_dtype),
                 tokens_per_s=tps,
-                ms_per_step=b * cfg.model.context / tps * 1e3,
-                mfu=fpt * tps / 1e12 / peak,
+                ms_per_step=ms,
+                mfu=mfu,
+                warmup_seconds=warmup,
                 fp32_eager_tokens_per_s=baseline.get(b),
             )
+            versus = f"; {tps / baseline[b]:.2f}x plain fp32 eager ({baseline[b]:,.0f})" if baseline else ""
             print(
-                f"train {mode} batch {b}x{cfg.model.context}: {tps:,.0f} tokens/s, "
-                f"{b * cfg.model.context / tps * 1e3:.2f} ms/step, {fpt * tps / 1e12:.3f} TFLOP/s, "
-                f"MFU {fpt * tps / 1e12 / peak:.1%} of the measured {precision_name(autocast)} peak{versus}",
+                f"train {mode} batch {b}x{cfg.model.context}: {tps:,.0f} tokens/s, {ms:.2f} ms/step, "
+                f"{fpt * tps / 1e12:.3f} TFLOP/s, MFU {mfu:.1%} of the measured {precision_name(self.amp_dtype)} "
+                f"peak{versus}; first 5 steps (compiling) {warmup:.1f} s",
                 flush=True,
             )
-    if args.eval_bytes:  # eager against a CUDA graph's replay (compile would only add its minutes here)
-        compile_model = False
-        for graphs in [False, True] if device.type == "cuda" else [False]:
+
+    def evaluate(self) -> None:
+        for mode in dict.fromkeys(["eager", *self.modes]):
+            about = {"kind": "eval", "mode": mode, "batch_size": self.cfg.eval.batch_size}
             try:
-                tps = eval_tokens_per_s(cfg, device, autocast, args.eval_bytes, compile_model, graphs)
+                tps = eval_tokens_per_s(self.cfg, self.device, self.amp_dtype, self.args.eval_bytes, mode)
             except Exception as e:
                 traceback.print_exc()
-                record(kind="eval", compile=compile_model, cuda_graphs=graphs, error=f"{type(e).__name__}: {e}")
+                self.record(**about, error=f"{type(e).__name__}: {e}")
                 continue
-            record(
-                kind="eval", compile=compile_model, cuda_graphs=graphs, batch_size=cfg.eval.batch_size, tokens_per_s=tps
-            )
-            print(
-                f"eval {'compile' if compile_model else 'eager'}{'+graphs' if graphs else ''} batch "
-                f"{cfg.eval.batch_size}: {tps:,.0f} tokens/s",
-                flush=True,
-            )
+            self.record(**about, tokens_per_s=tps)
+            print(f"eval {mode} batch {self.cfg.eval.batch_size}: {tps:,.0f} tokens/s", flush=True)
+
+
+def main() -> None:
+    args = parse_args()
+    bench = Bench(args)
+    bench.train(bench.peak())
+    if args.eval_bytes:
+        bench.evaluate()
     if args.preprocess_mb:
         speeds = sorted(preprocess_mb_per_s(args.preprocess_mb * 1_000_000))
         print(

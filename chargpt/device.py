@@ -1,4 +1,5 @@
-"""What the hardware offers: native bf16, the autocast dtype a run uses, the CPU's name. Imports no chargpt module.
+"""What the hardware offers: native bf16, the autocast dtype a run uses (its `amp_dtype`), the name of a device.
+Imports no chargpt module.
 
 Precision by device (`train.precision: auto`):
 - CUDA of compute capability >= 8.0 (A100, H100, L4, RTX 30xx and later): bf16 autocast;
@@ -50,8 +51,9 @@ def has_native_bf16(device: torch.device) -> bool:
     return cuda_has_bf16_tensor_cores(device) if device.type == "cuda" else cpu_has_native_bf16()
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of `precision` (auto | bf16 | fp16 | fp32) on `device`; None: plain fp32."""
+def resolve_amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The amp_dtype of `precision` (auto | bf16 | fp16 | fp32) on `device`: what autocast lowers matmuls to,
+    or None for plain fp32."""
     if precision != "auto":
         return DTYPES[precision]
     if device.type == "cuda":
@@ -59,17 +61,18 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if cpu_has_native_bf16() else None
 
 
-def precision_name(dtype: torch.dtype | None) -> str:
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+def precision_name(amp_dtype: torch.dtype | None) -> str:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, "fp32")
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """Autocast to `dtype` on `device`; no-op for None (fp32)."""
-    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """The one autocast helper: autocast to `amp_dtype` on `device`; a no-op for None (fp32)."""
+    return torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None)
 
 
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+def describe(device: torch.device) -> str:
+    """How messages, tags and tables name a device: the GPU's name, or the CPU's model."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
 
 
 def cpu_model() -> str:

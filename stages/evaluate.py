@@ -5,7 +5,7 @@ import logging
 import time
 
 from chargpt.data.batches import load_split
-from chargpt.device import precision_name
+from chargpt.device import precision_name, resolve_amp_dtype
 from chargpt.evaluation.scoring import dynamic_score, split_score
 from chargpt.io import write_json
 from chargpt.pipeline.config import RunConfig, load_run_config
@@ -13,7 +13,7 @@ from chargpt.pipeline.harness import run_stage
 from chargpt.pipeline.stage import DATA_DIR, model_path, report_dir, run_stage_parser, split_meta
 from chargpt.tracking import store, view
 from chargpt.train.checkpoint import load_model
-from chargpt.train.setup import autocast_dtype, prepare
+from chargpt.train.setup import prepare
 
 log = logging.getLogger("stages.evaluate")
 
@@ -29,7 +29,7 @@ def evaluate(cfg: RunConfig) -> dict:
     device = prepare(cfg.train)
     model, state = load_model(model_path(cfg.name), expected=cfg.model)
     model.to(device)
-    stride, autocast = cfg.eval.stride or cfg.model.context, autocast_dtype(cfg.train, device)
+    stride, amp_dtype = cfg.eval.stride or cfg.model.context, resolve_amp_dtype(cfg.train.precision, device)
     metrics: dict = {"iterations": state["step"]}
     for split in ("val", "test"):
         data = load_split(DATA_DIR / f"{split}.bin")
@@ -38,7 +38,7 @@ def evaluate(cfg: RunConfig) -> dict:
         data = data[: cfg.eval.max_bytes] if name != split else data
         start = time.perf_counter()
         score = split_score(
-            model, data, cfg.model.context, cfg.eval.batch_size, stride, device, autocast, progress=True
+            model, data, cfg.model.context, cfg.eval.batch_size, stride, device, amp_dtype, progress=True
         )
         seconds = time.perf_counter() - start
         metrics |= {
@@ -76,7 +76,7 @@ def evaluate(cfg: RunConfig) -> dict:
     metrics["protocol"] = {
         "context": cfg.model.context,
         "stride": stride,
-        "precision": precision_name(autocast),
+        "precision": precision_name(amp_dtype),
         "scored": "every byte after the first of each split (or prefix), exactly once",
         **({"dynamic": cfg.eval.dynamic.model_dump()} if cfg.eval.dynamic else {}),
     }

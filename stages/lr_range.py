@@ -3,13 +3,14 @@
 import logging
 
 from chargpt.data.batches import load_split
+from chargpt.device import describe, resolve_amp_dtype
 from chargpt.io import write_json, write_table
 from chargpt.pipeline.config import RunConfig, load_run_config
 from chargpt.pipeline.harness import ending_runs, run_stage, time_limit_seconds
 from chargpt.pipeline.stage import DATA_DIR, check_fits, report_dir, run_stage_parser, split_meta
 from chargpt.tracking.plots import plot_range_test
 from chargpt.train.lr_range import run_range_test
-from chargpt.train.setup import autocast_dtype, device_label, prepare
+from chargpt.train.setup import prepare
 
 log = logging.getLogger("stages.lr_range_test")
 
@@ -26,8 +27,9 @@ def range_test(cfg: RunConfig) -> dict:
     device = prepare(cfg.train)
     val = load_split(DATA_DIR / "val.bin") if cfg.lr_range_test.method == "linear_accuracy" else None
     train = load_split(DATA_DIR / "train.bin")
-    with ending_runs(f"lr_range_test@{cfg.name}", device_label(device)):
-        result = run_range_test(cfg, device, train, autocast_dtype(cfg.train, device), time_limit_seconds(), val)
+    amp_dtype = resolve_amp_dtype(cfg.train.precision, device)
+    with ending_runs(f"lr_range_test@{cfg.name}", describe(device)):
+        result = run_range_test(cfg, device, train, amp_dtype, time_limit_seconds(), val)
 
     out = report_dir(cfg.name)
     # The schedule's own bounds beside the suggestion: a run with fixed bounds (the seed's) shows what the test says.

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import shutil
 
+from chargpt.device import describe, resolve_amp_dtype
 from chargpt.pipeline.config import RunConfig, load_run_config
 from chargpt.pipeline.harness import ending_runs, run_stage, time_limit_seconds
 from chargpt.pipeline.stage import (
@@ -25,7 +26,7 @@ from chargpt.train import distributed
 from chargpt.train.checkpoint import remove_stale_temporaries, restore_training_state, save_checkpoint
 from chargpt.train.loop import LoopState, stop_on_signals, train_loop
 from chargpt.train.run import RunHooks, TrainingRun, write_outputs
-from chargpt.train.setup import autocast_dtype, device_label, prepare
+from chargpt.train.setup import prepare
 
 log = logging.getLogger("stages.train")
 
@@ -56,13 +57,13 @@ def train(cfg: RunConfig, fresh: bool = False) -> tuple[TrainingRun, dict | None
             log.info("removed %d half-written state file(s) of killed saves in %s", len(stale), state_path.parent)
     distributed.barrier()  # every rank sees the same saved state, or none
     lr_max = resolve_lr_max(name, cfg.schedule.lr_min, cfg.schedule.lr_max)
-    run = TrainingRun.build(cfg, device, autocast_dtype(cfg.train, device), lr_max, DATA_DIR, ranks)
+    run = TrainingRun.build(cfg, device, resolve_amp_dtype(cfg.train.precision, device), lr_max, DATA_DIR, ranks)
     saved = restore_training_state(state_path, **run.state_parts) if state_path.exists() else None
     metrics = None
     with contextlib.ExitStack() as stack:
         hooks = RunHooks(run, stack.enter_context(stop_on_signals()), recording=ranks.is_main)
         recorded = start_recording(stack, hooks, saved, state_path, meta) if ranks.is_main else None
-        with ending_runs(f"train@{name}", device_label(device), recorded, report=ranks.is_main):
+        with ending_runs(f"train@{name}", describe(device), recorded, report=ranks.is_main):
             loop_state = LoopState(**saved["loop"]) if saved else LoopState()
             result = train_loop(run.parts(), run.loop_config(time_limit_seconds()), hooks, loop_state)
         if ranks.is_main:

@@ -67,43 +67,18 @@ class Score:
 
 
 def batch_totals(
-    model: torch.nn.Module, chunk: torch.Tensor, scored: torch.Tensor, autocast_dtype: torch.dtype | None
+    model: torch.nn.Module, chunk: torch.Tensor, scored: torch.Tensor, amp_dtype: torch.dtype | None
 ) -> torch.Tensor:
     """(2,) float64: the summed nats, and the count of bytes the model's top-1 prediction gets right, over the scored
     positions of one batch of windows: chunk (B, T+1) holds the inputs and their next bytes, `scored` (B, T) marks
     the positions each window scores."""
-    with autocast(chunk.device, autocast_dtype):
+    with autocast(chunk.device, amp_dtype):
         logits, _ = model(chunk[:, :-1])  # (B, T, vocab)
     targets = chunk[:, 1:]
     # float64: over millions of bytes the BPC must not drift by fp32 rounding (a uniform model scores 8.0)
     nats = F.cross_entropy(logits.double().transpose(1, 2), targets, reduction="none")  # (B, T)
     correct = (logits.argmax(dim=-1) == targets) & scored  # (B, T)
     return torch.stack((torch.where(scored, nats, 0.0).sum(dtype=torch.float64), correct.sum(dtype=torch.float64)))
-
-
-class GraphedBatchTotals:
-    """batch_totals for full batches of one shape, captured in a CUDA graph once and replayed (no launch gaps)."""
-
-    def __init__(
-        self, model: torch.nn.Module, shape: tuple[int, int], device: torch.device, autocast_dtype: torch.dtype | None
-    ):
-        self.chunk = torch.zeros(shape, dtype=torch.long, device=device)
-        self.scored = torch.ones(shape[0], shape[1] - 1, dtype=torch.bool, device=device)
-        stream = torch.cuda.Stream(device)
-        stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # warm-up: lazily created state (and torch.compile's kernels) before capture
-                batch_totals(model, self.chunk, self.scored, autocast_dtype)
-        torch.cuda.current_stream(device).wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.totals = batch_totals(model, self.chunk, self.scored, autocast_dtype)
-
-    def __call__(self, chunk: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
-        self.chunk.copy_(chunk, non_blocking=True)
-        self.scored.copy_(scored, non_blocking=True)
-        self.graph.replay()
-        return self.totals
 
 
 def scored_mask(T: int, n_scored: torch.Tensor) -> torch.Tensor:
@@ -129,26 +104,20 @@ def split_score(
     batch_size: int,
     stride: int | None = None,
     device: torch.device = torch.device("cpu"),
-    autocast_dtype: torch.dtype | None = None,
+    amp_dtype: torch.dtype | None = None,
     progress: bool = False,
-    cuda_graphs: bool = False,
 ) -> Score:
-    """The score of `model` on the flat uint8 tensor `data`. cuda_graphs: on CUDA, replay the full batches' forward
-    from a CUDA graph."""
+    """The score of `model` (plain or torch.compile'd) on the flat uint8 tensor `data`."""
     plan = window_plan(len(data), context, stride or context)
     T = window_length(len(data), context)
     was_training = model.training
     model.eval()
-    graphed = None
-    if cuda_graphs and device.type == "cuda" and len(plan) >= batch_size:
-        graphed = GraphedBatchTotals(model, (batch_size, T + 1), device, autocast_dtype)
     totals = torch.zeros(2, dtype=torch.float64, device=device)
     batches = window_batches(data, plan, T, batch_size, device)
     for chunk, scored in tqdm(
         batches, desc="eval", disable=not progress, mininterval=1.0, total=math.ceil(len(plan) / batch_size)
     ):
-        full = len(chunk) == batch_size
-        totals += graphed(chunk, scored) if graphed and full else batch_totals(model, chunk, scored, autocast_dtype)
+        totals += batch_totals(model, chunk, scored, amp_dtype)
     model.train(was_training)
     return Score.from_totals(totals, len(data) - 1)
 

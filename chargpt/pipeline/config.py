@@ -88,10 +88,10 @@ class RunConfig(Section):
                 f"train.cuda_graphs: true cannot combine with train.nproc: {t.nproc} (DDP's all-reduce "
                 f"is not captured); set train.cuda_graphs: false"
             )
-        if t.cuda_graphs and t.precision == "fp16":
+        if t.cuda_graphs and t.compile is False:
             raise ValueError(
-                "train.cuda_graphs: true cannot combine with train.precision: fp16 (the GradScaler decides "
-                "on the host whether to skip a step); set one of them otherwise"
+                "train.cuda_graphs: true is torch.compile's reduce-overhead mode, and train.compile is false; "
+                "set train.compile: auto (or true), or train.cuda_graphs: false"
             )
         if self.lr_range_test.lr_end <= self.schedule.lr_min:
             raise ValueError(

@@ -26,7 +26,7 @@ import sqlalchemy.exc
 import torch
 from filelock import FileLock
 
-from chargpt.device import cpu_model, device_name
+from chargpt.device import describe
 from chargpt.errors import TrackingError
 from chargpt.io import read_json
 
@@ -193,10 +193,9 @@ def data_tags(meta: dict | None) -> dict[str, str]:
 def hardware(device: torch.device) -> str:
     """What a run's speed depends on: the GPU's name, or the CPU's model and torch's thread count."""
     if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} x {max(1, int(os.environ.get('WORLD_SIZE', 1)))}"
-    model = cpu_model()
+        return f"{describe(device)} x {max(1, int(os.environ.get('WORLD_SIZE', 1)))}"
     threads = torch.get_num_threads()
-    return f"{model}, {threads} thread{'s' if threads != 1 else ''}"
+    return f"{describe(device)}, {threads} thread{'s' if threads != 1 else ''}"
 
 
 def run_tags(run_name: str, stage: str, device: torch.device, data_meta: dict | None = None) -> dict[str, str]:
@@ -208,7 +207,7 @@ def run_tags(run_name: str, stage: str, device: torch.device, data_meta: dict | 
     return {
         "chargpt.run": run_name,
         "dvc_stage": stage,
-        "device": device_name(device),
+        "device": device.type,
         "hardware": hardware(device),
         "torch_version": torch.__version__,
         **git_tags(),

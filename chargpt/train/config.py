@@ -141,9 +141,9 @@ class TrainConfig(Section):
     # torch.compile the model for training and evaluation (a minute or more of compiling first). auto: on CUDA,
     # not on a CPU (where it measured slower; docs/results.md).
     compile: bool | Literal["auto"] = "auto"
-    # Capture the whole training step (forward, backward, clipping, optimizer step) in a CUDA graph and replay it
-    # (chargpt/train/cuda_graphs.py), and the evaluation forward too. CUDA only; off by default: on an H100 at T12 it
-    # measured no faster than torch.compile alone (docs/gpu.md).
+    # Compile in torch's "reduce-overhead" mode: torch.compile records the compiled forward and backward as CUDA
+    # graphs and replays them (no launch gaps); the optimizer steps outside, on torch's fused kernels. CUDA only;
+    # implies compile. Off by default (docs/gpu.md has what it measured).
     cuda_graphs: bool = False
     # Divergence that stays finite: stop when an interval's mean train loss rises this many nats above the
     # first interval's (a val probe worse than a uniform guess, 8 bits per byte, stops it too).

@@ -5,7 +5,8 @@ The loop knows nothing of GPTs. It takes the run's parts (model, optimizer, sche
 `step` that turns batches into one optimizer step), a LoopConfig, and hooks for what happens around it
 (evaluation, metrics, checkpoints, stop requests, step-dependent settings). `TrainStep` is the plain step:
 forward and backward over the micro-batches (gradient accumulation), clipping, the optimizer step, and a
-GradScaler for fp16. A CUDA-graph step (chargpt.train.cuda_graphs) plugs in as the same kind of callable.
+GradScaler for fp16. Compiling is the caller's: it hands TrainStep a torch.compile'd model (in reduce-overhead mode,
+torch replays the forward and backward from CUDA graphs).
 `LoopState` is everything of the loop's own that a resumed run needs.
 """
 
@@ -37,7 +38,7 @@ class StepResult:
 
 
 class TrainStep:
-    """One optimizer step, eagerly: forward and backward over `micro_batches` micro-batches, clip, step.
+    """One optimizer step: forward and backward over `micro_batches` micro-batches, clip, step.
 
     Under DistributedDataParallel gradients are all-reduced on the last micro-batch only. With a GradScaler
     (fp16) the loss is scaled before backward and the gradients unscaled before clipping; a step whose
@@ -50,31 +51,27 @@ class TrainStep:
         optimizer: torch.optim.Optimizer,
         *,
         grad_clip: float = 0.0,
-        autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+        amp_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
         micro_batches: int = 1,
         scaler: torch.amp.GradScaler | None = None,
     ):
-        """autocast: the run's mixed-precision context (chargpt.device.autocast); plain fp32 by default."""
-        self.forward, self.params, self.optimizer = forward, list(params), optimizer
-        self.grad_clip, self.autocast, self.micro_batches, self.scaler = grad_clip, autocast, micro_batches, scaler
+        """amp_context: makes the run's mixed-precision context (chargpt.device.autocast); plain fp32 by default."""
+        self.forward, self.params, self.optimizer, self.grad_clip = forward, list(params), optimizer, grad_clip
+        self.amp_context, self.micro_batches, self.scaler = amp_context, micro_batches, scaler
 
     def __call__(self, batches: Sequence[Batch]) -> StepResult:
-        result = self.run(batches)
-        self.optimizer.zero_grad(set_to_none=True)
-        return result
-
-    def run(self, batches: Sequence[Batch]) -> StepResult:
-        """The step without zeroing the gradients after it (a CUDA graph captures this)."""
         loss = None
         for i, (x, y) in enumerate(batches):
             last = i == len(batches) - 1
             # DDP: all-reduce the gradients once per step, on the last micro-batch
             sync = contextlib.nullcontext() if last or not hasattr(self.forward, "no_sync") else self.forward.no_sync()
-            with sync, self.autocast():
+            with sync, self.amp_context():
                 _, micro_loss = self.forward(x, y)
                 scaled = micro_loss / len(batches)
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            loss = micro_loss.detach() if loss is None else loss + micro_loss.detach()
+            # A copy: in reduce-overhead mode the next forward's replay reuses its output's memory.
+            micro_loss = micro_loss.detach().clone()
+            loss = micro_loss if loss is None else loss + micro_loss
         if len(batches) > 1:
             loss = loss / len(batches)  # the mean over the step's micro-batches
         if self.scaler:
@@ -87,10 +84,12 @@ class TrainStep:
             clipped = None
         if not self.scaler:
             self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
             return StepResult(loss, grad_norm, clipped)
         scale = self.scaler.get_scale()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
         # The scaler halves its scale after a step it skipped, and only then.
         return StepResult(
             loss, grad_norm, clipped, skipped=self.scaler.get_scale() < scale, loss_scale=self.scaler.get_scale()
@@ -103,7 +102,7 @@ class TrainParts:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     next_batch: Callable[[], Batch]
-    step: Callable[[Sequence[Batch]], StepResult]  # TrainStep or a CUDA-graph step; has .micro_batches
+    step: TrainStep
 
 
 @dataclass

@@ -79,7 +79,7 @@ def sweep_lr(
     optimizer: torch.optim.Optimizer,
     next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
     cfg: LRRangeTestConfig,
-    autocast_dtype: torch.dtype | None = None,
+    amp_dtype: torch.dtype | None = None,
     max_seconds: float | None = None,
     accuracy: Callable[[], float] | None = None,
 ) -> RangeTestResult:
@@ -97,7 +97,7 @@ def sweep_lr(
         for group in optimizer.param_groups:
             group["lr"] = lr
         x, y = next_batch()
-        with autocast(device, autocast_dtype):
+        with autocast(device, amp_dtype):
             _, loss = model(x, y)
         loss_value = loss.item()  # the test's decision needs it every step
         if not math.isfinite(loss_value):
@@ -158,7 +158,7 @@ def run_range_test(
     cfg: RunConfig,
     device: torch.device,
     train_split: torch.Tensor,
-    autocast_dtype: torch.dtype | None,
+    amp_dtype: torch.dtype | None,
     max_seconds: float | None = None,
     val_split: torch.Tensor | None = None,
 ) -> RangeTestResult:
@@ -183,7 +183,7 @@ def run_range_test(
 
         def accuracy() -> float:
             return split_score(
-                model, held_out, cfg.model.context, cfg.train.batch_size, device=device, autocast_dtype=autocast_dtype
+                model, held_out, cfg.model.context, cfg.train.batch_size, device=device, amp_dtype=amp_dtype
             ).accuracy
 
-    return sweep_lr(model, optimizer, sampler.next, cfg.lr_range_test, autocast_dtype, max_seconds, accuracy)
+    return sweep_lr(model, optimizer, sampler.next, cfg.lr_range_test, amp_dtype, max_seconds, accuracy)

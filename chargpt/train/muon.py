@@ -37,18 +37,13 @@ def lr_ratio(adjust_lr_fn: str | None, shape: torch.Size) -> float:
 def muon_update(
     param: torch.Tensor, grad: torch.Tensor, momentum_buffer: torch.Tensor, group: dict, ns_dtype: torch.dtype
 ) -> None:
-    """One Muon step of one matrix, as torch.optim.Muon does it, with the orthogonalisation in `ns_dtype`.
-    The LR and momentum may be 0-dim tensors (a CUDA graph's step reads them from the device)."""
+    """One Muon step of one matrix, as torch.optim.Muon does it, with the orthogonalisation in `ns_dtype`."""
     lr, momentum = group["lr"], group["momentum"]
     momentum_buffer.lerp_(grad, 1 - momentum)
     update = grad.lerp(momentum_buffer, momentum) if group["nesterov"] else momentum_buffer
     update = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"], ns_dtype)
     param.mul_(1 - lr * group["weight_decay"])  # decoupled weight decay
-    ratio = lr_ratio(group["adjust_lr_fn"], param.shape)
-    if isinstance(lr, torch.Tensor):
-        param.sub_(update * (lr * ratio))  # add_'s alpha must be a Python number
-    else:
-        param.add_(update, alpha=-lr * ratio)
+    param.add_(update, alpha=-lr * lr_ratio(group["adjust_lr_fn"], param.shape))
 
 
 class Muon(torch.optim.Muon):
@@ -60,8 +55,7 @@ class Muon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure=None):
-        tensor_hyperparameters = any(isinstance(g["lr"], torch.Tensor) for g in self.param_groups)
-        if self.ns_dtype == torch.bfloat16 and not tensor_hyperparameters:
+        if self.ns_dtype == torch.bfloat16:
             return super().step(closure)
         if closure is not None:
             raise ValueError("Muon.step takes no closure")
@@ -100,7 +94,6 @@ class MuonWithAdamW(torch.optim.Optimizer):
         weight_decay: float,
         ns_dtype: torch.dtype,
         adamw_kernel: dict,
-        adamw_class: type[torch.optim.AdamW] = torch.optim.AdamW,
     ):
         self.muon = Muon(
             [{"params": hidden_matrices, "weight_decay": weight_decay}],
@@ -110,7 +103,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
             nesterov=True,
             adjust_lr_fn="match_rms_adamw",
         )
-        self.adamw = adamw_class(rest, lr=lr, betas=(momentum, beta2), **adamw_kernel)
+        self.adamw = torch.optim.AdamW(rest, lr=lr, betas=(momentum, beta2), **adamw_kernel)
         # The shared defaults: every group gets "betas" (Muon's too), so OneCycleLR cycles beta1 everywhere.
         super().__init__(self.muon.param_groups + self.adamw.param_groups, {"lr": lr, "betas": (momentum, beta2)})
 

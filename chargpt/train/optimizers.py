@@ -1,13 +1,9 @@
 """The run's optimizer: SGD with Nesterov momentum, AdamW (beta1 is the cycled momentum), or Muon for the
-transformer blocks' matrices with AdamW for the rest, stepped as one (chargpt.train.muon).
-
-A step captured in a CUDA graph needs optimizers that read their scheduled LR and momentum from device tensors:
-chargpt.train.cuda_graphs builds them through build_optimizer's `classes`, and holds their steps.
+transformer blocks' matrices with AdamW for the rest, stepped as one (chargpt.train.muon). On a GPU, SGD and
+AdamW run torch's fused kernels (one launch per step); on a CPU, their multi-tensor (foreach) path.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 
@@ -53,25 +49,15 @@ def muon_ns_dtype(cfg: OptimizerConfig, model: torch.nn.Module) -> torch.dtype:
     return torch.bfloat16 if has_native_bf16(next(model.parameters()).device) else torch.float32
 
 
-@dataclass(frozen=True)
-class OptimizerClasses:
-    """The classes build_optimizer makes each optimizer of, and their kernel options."""
-
-    sgd: type[torch.optim.SGD] = torch.optim.SGD
-    adamw: type[torch.optim.AdamW] = torch.optim.AdamW
-    kernel: dict | None = None  # None: one fused kernel per step on a GPU, the foreach (multi-tensor) path on a CPU
-
-
 def build_optimizer(
     model: torch.nn.Module,
     cfg: OptimizerConfig,
     lr: float,
     momentum: float,
-    classes: OptimizerClasses = OptimizerClasses(),
 ) -> torch.optim.Optimizer:
-    """The optimizer of `cfg` over `model`: torch's own, or those of `classes` (chargpt.train.cuda_graphs')."""
+    """The optimizer of `cfg` over `model`, at `lr` and `momentum` until the scheduler sets them."""
     cuda = next(model.parameters()).device.type == "cuda"
-    kernel = classes.kernel if classes.kernel is not None else {"fused": True} if cuda else {"foreach": True}
+    kernel = {"fused": True} if cuda else {"foreach": True}
     if cfg.name == "muon":
         hidden = hidden_matrices(model)
         hidden_ids = {id(p) for p in hidden}
@@ -86,9 +72,8 @@ def build_optimizer(
             cfg.weight_decay,
             muon_ns_dtype(cfg, model),
             kernel,
-            adamw_class=classes.adamw,
         )
     groups = param_groups(list(model.parameters()), cfg.weight_decay, embedding_tables(model), cfg.embedding_lr_scale)
     if cfg.name == "sgd":
-        return classes.sgd(groups, lr=lr, momentum=momentum, nesterov=cfg.nesterov, **kernel)
-    return classes.adamw(groups, lr=lr, betas=(momentum, cfg.beta2), **kernel)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=cfg.nesterov, **kernel)
+    return torch.optim.AdamW(groups, lr=lr, betas=(momentum, cfg.beta2), **kernel)

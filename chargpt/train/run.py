@@ -1,4 +1,6 @@
-"""The pieces of one training run, built from its config, and the outputs a finished run writes."""
+"""One training run assembled from its config: the model, its optimizer and schedule, the batches, the step
+(chargpt.train.loop's TrainStep, compiled as train.compile and train.cuda_graphs say), the hooks around the loop,
+and the outputs a finished run writes."""
 
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ from chargpt.model.gpt import GPT
 from chargpt.settings import flatten
 from chargpt.train.checkpoint import save_training_state
 from chargpt.train.config import TrainConfig
-from chargpt.train.cuda_graphs import GraphedStep, capturable_optimizer
 from chargpt.train.distributed import Ranks
 from chargpt.train.loop import LoopConfig, LoopState, TrainParts, TrainStep
 from chargpt.train.optimizers import build_optimizer
@@ -41,35 +42,27 @@ CURVE_COLUMNS = [
 UNIFORM_BPC = 8.0  # a uniform guess over the 256 byte values
 
 
-@dataclass(frozen=True)
-class Execution:
-    """How the run executes on its device (not what it computes): compile and CUDA graphs, resolved from auto."""
-
-    compile: bool
-    cuda_graphs: bool
-
-    @classmethod
-    def resolve(cls, t: TrainConfig, device: torch.device, autocast: torch.dtype | None, world_size: int) -> Execution:
-        cuda = device.type == "cuda"
-        if t.cuda_graphs and not cuda:
+def compile_mode(t: TrainConfig, device: torch.device) -> str | None:
+    """How the model's forward and backward run: None (eagerly), "default" (torch.compile) or "reduce-overhead"
+    (torch.compile, replaying its kernels from CUDA graphs: train.cuda_graphs). train.compile: auto compiles on
+    CUDA only."""
+    if t.cuda_graphs:
+        if device.type != "cuda":
             raise ConfigError(
                 f"train.cuda_graphs: true needs a CUDA device; this run is on {device.type} "
                 f"(train.device: {t.device}); set train.cuda_graphs: false"
             )
-        if t.cuda_graphs and autocast == torch.float16:
-            raise ConfigError(
-                f"train.cuda_graphs: true cannot combine with fp16 (train.precision: {t.precision} chose "
-                f"fp16 on this GPU; its GradScaler decides on the host); set train.cuda_graphs: false"
-            )
-        return cls(compile=t.compile if t.compile != "auto" else cuda, cuda_graphs=t.cuda_graphs)
+        return "reduce-overhead"
+    compiled = t.compile if t.compile != "auto" else device.type == "cuda"
+    return "default" if compiled else None
 
 
 @dataclass
 class TrainingRun:
     cfg: RunConfig
     device: torch.device
-    autocast: torch.dtype | None
-    execution: Execution
+    amp_dtype: torch.dtype | None  # what autocast lowers to (chargpt.device); None: fp32
+    compile_mode: str | None  # compile_mode()'s
     lr_max: float
     model: GPT
     forward_model: (
@@ -88,7 +81,7 @@ class TrainingRun:
         cls,
         cfg: RunConfig,
         device: torch.device,
-        autocast: torch.dtype | None,
+        amp_dtype: torch.dtype | None,
         lr_max: float,
         data_dir: Path,
         ranks: Ranks = Ranks(),
@@ -98,12 +91,11 @@ class TrainingRun:
             accumulation = t.accumulation_steps(ranks.world_size)
         except ValueError as e:
             raise ConfigError(f"run {cfg.name!r}: {e}") from None
-        execution = Execution.resolve(t, device, autocast, ranks.world_size)
+        mode = compile_mode(t, device)
         model = GPT(cfg.model).to(device)
-        build = capturable_optimizer if execution.cuda_graphs else build_optimizer
-        optimizer = build(model, cfg.optimizer, lr=cfg.schedule.lr_min, momentum=cfg.schedule.momentum_max)
+        optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.schedule.lr_min, momentum=cfg.schedule.momentum_max)
         scheduler = build_scheduler(optimizer, cfg.schedule, lr_max, t.iterations)  # counts global (optimizer) steps
-        scaler = torch.amp.GradScaler(device.type) if autocast == torch.float16 else None
+        scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
         sampler = BatchSampler(
             load_split(data_dir / "train.bin"),
             cfg.model.context,
@@ -121,12 +113,12 @@ class TrainingRun:
             forward_model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None
             )
-        forward_model = torch.compile(forward_model) if execution.compile else forward_model
+        forward_model = torch.compile(forward_model, mode=mode) if mode else forward_model
         return cls(
             cfg,
             device,
-            autocast,
-            execution,
+            amp_dtype,
+            mode,
             lr_max,
             model,
             forward_model,
@@ -157,13 +149,10 @@ class TrainingRun:
             self.model.parameters(),
             self.optimizer,
             grad_clip=self.cfg.optimizer.grad_clip,
-            autocast=lambda: autocast(self.device, self.autocast),
+            amp_context=lambda: autocast(self.device, self.amp_dtype),
             micro_batches=self.accumulation_steps,
             scaler=self.scaler,
         )
-        if self.execution.cuda_graphs:
-            # The auxiliary losses switch off half-way, which changes the model's graph: a new capture.
-            step = GraphedStep(step, self.optimizer, self.device, graph_key=lambda: self.model.aux_active)
         return TrainParts(self.model, self.optimizer, self.scheduler, self.sampler.next, step)
 
     def loop_config(self, max_seconds: float | None = None) -> LoopConfig:
@@ -195,8 +184,7 @@ class TrainingRun:
             self.cfg.model.context,
             self.cfg.eval.batch_size,
             device=self.device,
-            autocast_dtype=self.autocast,
-            cuda_graphs=self.execution.cuda_graphs,
+            amp_dtype=self.amp_dtype,
         )
         return {"val_probe_bpc": score.bpc, "val_probe_accuracy": score.accuracy}
 
@@ -204,9 +192,9 @@ class TrainingRun:
         muon = getattr(self.optimizer, "muon", None)
         return flatten(self.cfg.model_dump(mode="json", exclude={"name"})) | {
             "resolved.lr_max": self.lr_max,
-            "resolved.precision": precision_name(self.autocast),
-            "resolved.compile": self.execution.compile,
-            "resolved.cuda_graphs": self.execution.cuda_graphs,
+            "resolved.precision": precision_name(self.amp_dtype),
+            "resolved.compile": self.compile_mode is not None,
+            "resolved.cuda_graphs": self.compile_mode == "reduce-overhead",
             "model.n_params": self.model.num_params(),
             "train.val_probe_bytes": len(self.val_probe),
             "resolved.processes": self.ranks.world_size,

@@ -1,4 +1,4 @@
-"""A run's device, threads, seeds and precision, from its train section."""
+"""A run's device, threads and seeds, from its train section (its precision: chargpt.device.resolve_amp_dtype)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import random
 import numpy as np
 import torch
 
-from chargpt.device import autocast_dtype as device_autocast_dtype
 from chargpt.errors import ConfigError
 from chargpt.train.config import TrainConfig
 
@@ -23,11 +22,6 @@ def select_device(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype the run uses on `device` (None: plain fp32); see chargpt.device."""
-    return device_autocast_dtype(cfg.precision, device)
-
-
 def prepare(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
     """Device, thread count and every RNG seeded from the run's seed."""
     if cfg.threads:
@@ -40,8 +34,3 @@ def prepare(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
         torch.backends.cudnn.allow_tf32 = cfg.tf32
     return device
-
-
-def device_label(device: torch.device) -> str:
-    """How a message names where a run is: 'this CPU' or the GPU's name."""
-    return "this CPU" if device.type == "cpu" else torch.cuda.get_device_name(device)

@@ -8,6 +8,8 @@ import torch
 from conftest import REPO, TINY_RUN
 from test_resume import make_project
 
+from chargpt.device import cpu_model
+
 
 def test_diverging_training_fails_cleanly_and_is_recorded(tmp_path, params):
     del params["grids"]  # its runs build on the repo's runs, replaced here
@@ -63,7 +65,7 @@ def test_a_run_too_long_for_this_machine_stops_early_and_says_how_to_go_on(tmp_p
             timeout=300,
         )
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-        assert "on this CPU: estimated" in proc.stderr and "dvc repro evaluate@quickstart" in proc.stderr
+        assert f"on {cpu_model()}: estimated" in proc.stderr and "dvc repro evaluate@quickstart" in proc.stderr
         assert "CHARGPT_MAX_HOURS=1 dvc repro" in proc.stderr
     assert not (root / "models/tiny/model.pt").exists()
     assert not stale.exists() and "removed 1 half-written state file(s)" in proc.stderr  # train removes them first

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from chargpt.device import autocast, autocast_dtype
+from chargpt.device import autocast, resolve_amp_dtype
 from chargpt.errors import DivergedError
 from chargpt.train.loop import LoopConfig, LoopHooks, LoopState, TrainParts, TrainStep, train_loop
 
@@ -16,15 +16,15 @@ from chargpt.train.loop import LoopConfig, LoopHooks, LoopState, TrainParts, Tra
 )
 def test_auto_picks_fp16_below_compute_capability_8_and_bf16_from_it(monkeypatch, capability, expected):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    assert autocast_dtype("auto", torch.device("cuda", 0)) == expected
+    assert resolve_amp_dtype("auto", torch.device("cuda", 0)) == expected
 
 
 def test_a_forced_precision_is_used_anywhere(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     for device in (torch.device("cpu"), torch.device("cuda", 0)):
-        assert autocast_dtype("fp16", device) == torch.float16
-        assert autocast_dtype("bf16", device) == torch.bfloat16
-        assert autocast_dtype("fp32", device) is None
+        assert resolve_amp_dtype("fp16", device) == torch.float16
+        assert resolve_amp_dtype("bf16", device) == torch.bfloat16
+        assert resolve_amp_dtype("fp32", device) is None
 
 
 class InfAt(torch.nn.Module):
@@ -45,7 +45,7 @@ def run_fp16(model, total=10):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     scaler = torch.amp.GradScaler("cpu")
     step = TrainStep(
-        model, model.parameters(), opt, autocast=lambda: autocast(torch.device("cpu"), torch.float16), scaler=scaler
+        model, model.parameters(), opt, amp_context=lambda: autocast(torch.device("cpu"), torch.float16), scaler=scaler
     )
     logged = []
     parts = TrainParts(model, opt, sched, lambda: (torch.zeros(1, 1), torch.zeros(1, 1)), step)
@@ -81,7 +81,7 @@ def test_a_resumed_fp16_run_continues_bit_for_bit_with_its_scaler(tmp_path):
 
     def build():
         torch.manual_seed(0)
-        return tiny_training_run(tmp_path, autocast=torch.float16, **sections)
+        return tiny_training_run(tmp_path, amp_dtype=torch.float16, **sections)
 
     plain = build()
     plain.scaler._growth_interval = 3  # so that the scale grows within the run and the tracker matters

@@ -111,7 +111,7 @@ def test_before_step_sees_every_step_index_also_after_a_resume():
     assert seen == [5, 6, 7]
 
 
-def tiny_training_run(tmp_path, autocast=None, **sections):
+def tiny_training_run(tmp_path, amp_dtype=None, **sections):
     from conftest import tiny_text
 
     from chargpt.data.corpus import split_corpus
@@ -123,7 +123,7 @@ def tiny_training_run(tmp_path, autocast=None, **sections):
         split_corpus(tmp_path / "corpus", tmp_path, (0.9, 0.05, 0.05))
     sections = {"model": {"n_layer": 2, "d_model": 16, "n_head": 2, "d_ff": 32, "context": 16}, **sections}
     sections["train"] = {"iterations": 100, "batch_size": 2, "eval_batches": 1, **sections.get("train", {})}
-    return TrainingRun.build(RunConfig(name="t", **sections), torch.device("cpu"), autocast, 1e-3, tmp_path)
+    return TrainingRun.build(RunConfig(name="t", **sections), torch.device("cpu"), amp_dtype, 1e-3, tmp_path)
 
 
 def test_a_training_run_with_aux_losses_sets_the_weights_from_the_global_step(tmp_path):

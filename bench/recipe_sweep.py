@@ -221,7 +221,7 @@ def step_seconds_here(cfgs: dict[str, object], rounds: int = 3, steps: int = 10)
     return best
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--run",
@@ -255,21 +255,17 @@ def main() -> None:
         "--against", metavar="NAME", help="with --summarize: every variant against this one, in the order they ran"
     )
     parser.add_argument("--json", metavar="JSONL", help="with --against: also write its rows to this file")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.summarize:
-        if args.plot:
-            plot_curves(args.summarize, args.plot, args.match)
-        if args.against:
-            sys.stdout.write(against_table(args.summarize, args.against, args.json))
-            return
-        sys.stdout.write(
-            versus_control(args.summarize) if args.versus_control else summarize(args.summarize, args.top, args.match)
-        )
+        print_summary(args)
         return
     if not (args.grid and args.out):
-        parser.error("--grid and --out are required (or --summarize)")
-
+        sys.exit("--grid and --out are required (or --summarize)")
     grid = yaml.safe_load(Path(args.grid).read_text())
     if not isinstance(grid, list) or not all(
         isinstance(v, dict) and {"name", "set"} >= set(v) and "name" in v for v in grid
@@ -283,15 +279,38 @@ def main() -> None:
     step_seconds = {}
     if args.equal_seconds:
         torch.set_num_threads(threads)  # each variant is timed as a worker will run it
-        # A seed changes no step's cost: variants that differ only in train.seed are timed once and get the same
-        # steps, so that a second seed measures the noise, not the timing's.
-        timed = {name: tuple(a for a in a_s if not a.startswith("train.seed=")) for name, a_s in variants}
-        by_config = step_seconds_here({key: with_overrides(base, list(key)) for key in dict.fromkeys(timed.values())})
-        step_seconds = {name: by_config[key] for name, key in timed.items()}
-        for i, (name, assignments) in enumerate(variants):
-            iterations = max(1, round(args.equal_seconds / step_seconds[name]))
-            variants[i] = (name, [*assignments, f"train.iterations={iterations}"])
-            print(f"{name}: {step_seconds[name] * 1e3:.1f} ms/step -> {iterations} iterations", flush=True)
+        variants, step_seconds = at_equal_seconds(variants, base, args.equal_seconds)
+    run_grid(args, variants, threads, step_seconds)
+
+
+def print_summary(args: argparse.Namespace) -> None:
+    if args.plot:
+        plot_curves(args.summarize, args.plot, args.match)
+    if args.against:
+        sys.stdout.write(against_table(args.summarize, args.against, args.json))
+        return
+    sys.stdout.write(
+        versus_control(args.summarize) if args.versus_control else summarize(args.summarize, args.top, args.match)
+    )
+
+
+def at_equal_seconds(variants: list, base, seconds: float) -> tuple[list, dict[str, float]]:
+    """The variants, each given the iterations its step time here fits in `seconds`; and those step times."""
+    # A seed changes no step's cost: variants that differ only in train.seed are timed once and get the same
+    # steps, so that a second seed measures the noise, not the timing's.
+    timed = {name: tuple(a for a in a_s if not a.startswith("train.seed=")) for name, a_s in variants}
+    by_config = step_seconds_here({key: with_overrides(base, list(key)) for key in dict.fromkeys(timed.values())})
+    step_seconds = {name: by_config[key] for name, key in timed.items()}
+    given = []
+    for name, assignments in variants:
+        iterations = max(1, round(seconds / step_seconds[name]))
+        given.append((name, [*assignments, f"train.iterations={iterations}"]))
+        print(f"{name}: {step_seconds[name] * 1e3:.1f} ms/step -> {iterations} iterations", flush=True)
+    return given, step_seconds
+
+
+def run_grid(args: argparse.Namespace, variants: list, threads: int, step_seconds: dict[str, float]) -> None:
+    """Each variant in a worker process; one JSON line each to args.out as it ends."""
     start = time.perf_counter()
     with open(args.out, "a") as out, ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
         futures = {

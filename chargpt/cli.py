@@ -18,7 +18,7 @@ COMMANDS = {
         "one row per named run from MLflow: recipe, iterations, val/test BPC and accuracy",
     ),
     "ui": (
-        "chargpt.tracking.view",
+        "chargpt.tracking.ui",
         "ui_parser",
         "ui_main",
         "MLflow's UI, opened on the named runs by test BPC and their charts",
@@ -52,6 +52,12 @@ COMMANDS = {
         "build_parser",
         "main",
         "which named runs are trained, up to date or stale, and why (DVC's status, one line a run)",
+    ),
+    "check": (
+        "chargpt.pipeline.config",
+        "check_parser",
+        "check_main",
+        "validate every named run of params.yaml (each stage does it first)",
     ),
     "sync-dvc": (
         "chargpt.pipeline.dvc_sync",

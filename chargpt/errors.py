@@ -20,10 +20,6 @@ class TrackingError(RuntimeError):
     """An MLflow store that cannot be reached or read; the message names it and what to do."""
 
 
-class GraphCaptureError(RuntimeError):
-    """A training step that cannot be captured in a CUDA graph here; the message says what to set instead."""
-
-
 class RangeTestError(RuntimeError):
     """An LR range test whose curve suggests no LR (it diverged at once, or the accuracy never rose); says why."""
 
@@ -75,4 +71,4 @@ class Interrupted(Exception):
         return type(self), (self.signum, self.step)
 
 
-STAGE_ERRORS = (ConfigError, DataError, CheckpointError, TrackingError, GraphCaptureError, RangeTestError)
+STAGE_ERRORS = (ConfigError, DataError, CheckpointError, TrackingError, RangeTestError)

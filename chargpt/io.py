@@ -15,6 +15,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from chargpt.errors import DataError
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
@@ -64,11 +66,22 @@ def write_table(path: str | Path, header: Sequence[str], rows: Sequence[Sequence
         writer.writerows(rows)
 
 
-def read_json(path: str | Path) -> Any:
+def read_json(path: str | Path, *required: str) -> Any:
+    """A JSON file another stage wrote, with the keys of `required` (dotted paths, e.g. "splits.train.bytes"):
+    DataError names the file and what is wrong where it is missing, damaged, or written by an older version."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: not found (has the stage that writes it run?)") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON: {e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({e}); rerun the stage that writes it") from None
+    for key in required:
+        node = data
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise DataError(
+                    f"{path}: no {key} (written by an older version, or damaged); rerun the stage that writes it"
+                )
+            node = node[part]
+    return data

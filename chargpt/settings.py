@@ -4,6 +4,7 @@ chargpt.model.config, chargpt.train.config, chargpt.evaluation.config) depends o
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Annotated
 
@@ -26,12 +27,19 @@ def own_words(e: dict) -> str:
     return e["msg"]
 
 
+# How pydantic names the member of a union a value failed (constrained-float, literal['auto'], function-after[...],
+# a model's class): not a key of params.yaml.
+UNION_MEMBER = re.compile(r"[a-z]+(-[a-z]+)+(\[.*\])?|[a-z]+\[.*\]|int|float|bool|str|none|[A-Z]\w*")
+
+
 def format_validation_error(err: ValidationError, key_path: Callable[[tuple], str] | None = None) -> str:
     """One line: each problem as `<key path>: <what is wrong>`; key_path maps a location to where its value is
-    written (default: the dotted location)."""
-    problems = []
+    written (default: the dotted location). A value no member of a union takes is one problem: each member's words,
+    joined by "or"."""
+    problems: dict[str, list[str]] = {}
+    got: dict[str, str] = {}
     for e in err.errors():
-        loc = tuple(p for p in e["loc"] if p != "")
+        loc = tuple(p for p in e["loc"] if p != "" and not (isinstance(p, str) and UNION_MEMBER.fullmatch(p)))
         message = own_words(e)
         # A validator names the key it refuses at the start of its message ("lr_min: ...", "train.nproc: ...").
         head, sep, rest = message.partition(": ")
@@ -39,13 +47,14 @@ def format_validation_error(err: ValidationError, key_path: Callable[[tuple], st
             loc, message = (*loc, *head.split(".")), rest
         path = key_path(loc) if key_path else ".".join(map(str, loc))
         if e["type"] == "extra_forbidden":
-            problems.append(f"{path}: unknown key (typo?)")
-        elif e["type"] in ("value_error", "assertion_error", "missing") or "input" not in e:
-            problems.append(f"{path}: {message}")  # (a missing key's "input" is the whole mapping around it)
-        else:
-            got = repr(e["input"])
-            problems.append(f"{path}: {message} (got {got if len(got) <= 80 else got[:60] + '...' + got[-10:]})")
-    return "; ".join(problems)
+            message = "unknown key (typo?)"
+        elif e["type"] not in ("value_error", "assertion_error", "missing") and "input" in e:
+            shown = repr(e["input"])  # (a missing key's "input" is the whole mapping around it: not shown)
+            got[path] = f" (got {shown if len(shown) <= 80 else shown[:60] + '...' + shown[-10:]})"
+        problems.setdefault(path, []).append(message)
+    return "; ".join(
+        f"{path}: {' or '.join(dict.fromkeys(words))}{got.get(path, '')}" for path, words in problems.items()
+    )
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, object]:

@@ -138,8 +138,8 @@ def free_port() -> int:
 def mlflow(args: argparse.Namespace) -> None:
     """The first screens a user gets from `chargpt ui`: the saved view of the runs table, and its charts."""
     sys.path.insert(0, str(ROOT))
-    from chargpt.tracking import compare, view
-    from chargpt.tracking import store as tracking
+    from chargpt.tracking import compare, ui, view
+    from chargpt.tracking import connection as tracking
 
     root = compare.find_project()
     experiment_id = view.publish_view(root)
@@ -153,7 +153,7 @@ def mlflow(args: argparse.Namespace) -> None:
             "mlflow",
             "ui",
             "--app-name",
-            view.UI_APP,
+            ui.UI_APP,
             "--host",
             "127.0.0.1",
             "--port",

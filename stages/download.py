@@ -2,10 +2,11 @@
 
 import argparse
 import logging
+from pathlib import Path
 
 from chargpt.data.config import load_data_config
 from chargpt.data.corpus import download_corpus
-from chargpt.pipeline.harness import run_stage
+from chargpt.pipeline.harness import run_stage, sweep_temporaries
 
 log = logging.getLogger("stages.download")
 
@@ -18,6 +19,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = load_data_config(args.params)
+    sweep_temporaries(Path(args.out).parent, Path(args.info).parent)
     log.info("fetching %s", cfg.url)
     download_corpus(cfg, args.out, args.info)
 

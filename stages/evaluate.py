@@ -9,9 +9,10 @@ from chargpt.device import precision_name, resolve_amp_dtype
 from chargpt.evaluation.scoring import dynamic_score, split_score
 from chargpt.io import write_json
 from chargpt.pipeline.config import RunConfig, load_run_config
-from chargpt.pipeline.harness import run_stage
+from chargpt.pipeline.harness import run_stage, sweep_temporaries
 from chargpt.pipeline.stage import DATA_DIR, model_path, report_dir, run_stage_parser, split_meta
-from chargpt.tracking import store, view
+from chargpt.tracking import record, view
+from chargpt.tracking.connection import connect
 from chargpt.train.checkpoint import load_model
 from chargpt.train.setup import prepare
 
@@ -25,8 +26,9 @@ def main() -> None:
 
 def evaluate(cfg: RunConfig) -> dict:
     """The stage's work, in the working directory's layout (bench/recipe_sweep.py runs it too): eval.json as a dict."""
-    store.setup(cfg.train.on_tracking_unreachable)  # fails fast on an unreachable tracking server
+    connection = connect(cfg.train.on_tracking_unreachable)  # fails fast on an unreachable tracking server
     device = prepare(cfg.train)
+    sweep_temporaries(report_dir(cfg.name))
     model, state = load_model(model_path(cfg.name), expected=cfg.model)
     model.to(device)
     stride, amp_dtype = cfg.eval.stride or cfg.model.context, resolve_amp_dtype(cfg.train.precision, device)
@@ -36,43 +38,9 @@ def evaluate(cfg: RunConfig) -> dict:
         # A prefix is reported under its own name, never as the whole-split figure.
         name = f"{split}_prefix" if cfg.eval.max_bytes and len(data) > cfg.eval.max_bytes else split
         data = data[: cfg.eval.max_bytes] if name != split else data
-        start = time.perf_counter()
-        score = split_score(
-            model, data, cfg.model.context, cfg.eval.batch_size, stride, device, amp_dtype, progress=True
-        )
-        seconds = time.perf_counter() - start
-        metrics |= {
-            f"{name}_bpc": round(score.bpc, 5),
-            f"{name}_accuracy": round(score.accuracy, 5),
-            f"{name}_bytes_scored": score.bytes_scored,
-            f"{name}_seconds": round(seconds, 1),
-        }
-        log.info(
-            "%s: %.5f BPC, accuracy %.2f%%, over %d bytes (%.0f s)",
-            name,
-            score.bpc,
-            100 * score.accuracy,
-            score.bytes_scored,
-            seconds,
-        )
+        metrics |= static_metrics(name, model, data, cfg, stride, device, amp_dtype)
         if cfg.eval.dynamic:  # beside the static figure, never in its place
-            start = time.perf_counter()
-            dynamic = dynamic_score(model, data, cfg.model.context, cfg.eval.dynamic, device, progress=True)
-            seconds = time.perf_counter() - start
-            metrics |= {
-                f"{name}_bpc_dynamic": round(dynamic.bpc, 5),
-                f"{name}_accuracy_dynamic": round(dynamic.accuracy, 5),
-                f"{name}_dynamic_seconds": round(seconds, 1),
-                f"{name}_dynamic_bytes_per_second": round(dynamic.bytes_scored / seconds, 1),
-            }
-            log.info(
-                "%s: %.5f BPC, accuracy %.2f%%, with dynamic evaluation (%.0f s, %.0f bytes/s)",
-                name,
-                dynamic.bpc,
-                100 * dynamic.accuracy,
-                seconds,
-                dynamic.bytes_scored / seconds,
-            )
+            metrics |= dynamic_metrics(name, model, data, cfg, device)
     metrics["protocol"] = {
         "context": cfg.model.context,
         "stride": stride,
@@ -83,15 +51,56 @@ def evaluate(cfg: RunConfig) -> dict:
     write_json(report_dir(cfg.name) / "eval.json", metrics)
 
     run_id = state.get("mlflow_run_id")  # the training run; absent from a store that did not train this model
-    with store.start_run(
-        cfg.name, f"evaluate@{cfg.name}", device, run_id if store.run_exists(run_id) else None, split_meta()
-    ) as recorded:
+    run_id = run_id if record.run_exists(connection, run_id) else None
+    with record.start_run(connection, cfg.name, f"evaluate@{cfg.name}", device, run_id, split_meta()) as recorded:
         # BPC and accuracy on the run and on its model (MLflow's model view)
         recorded.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}, state["step"])
         recorded.log_params({"eval.resolved_stride": stride})
         recorded.log_artifact(report_dir(cfg.name) / "eval.json")
-    view.refresh_view(log)
+    view.refresh_view(connection, log)
     return metrics
+
+
+def static_metrics(name: str, model, data, cfg: RunConfig, stride: int, device, amp_dtype) -> dict:
+    """BPC and accuracy of split (or prefix) `name` under the window protocol, and the seconds they took."""
+    start = time.perf_counter()
+    score = split_score(model, data, cfg.model.context, cfg.eval.batch_size, stride, device, amp_dtype, progress=True)
+    seconds = time.perf_counter() - start
+    log.info(
+        "%s: %.5f BPC, accuracy %.2f%%, over %d bytes (%.0f s)",
+        name,
+        score.bpc,
+        100 * score.accuracy,
+        score.bytes_scored,
+        seconds,
+    )
+    return {
+        f"{name}_bpc": round(score.bpc, 5),
+        f"{name}_accuracy": round(score.accuracy, 5),
+        f"{name}_bytes_scored": score.bytes_scored,
+        f"{name}_seconds": round(seconds, 1),
+    }
+
+
+def dynamic_metrics(name: str, model, data, cfg: RunConfig, device) -> dict:
+    """The same with dynamic evaluation (eval.dynamic), and its speed."""
+    start = time.perf_counter()
+    dynamic = dynamic_score(model, data, cfg.model.context, cfg.eval.dynamic, device, progress=True)
+    seconds = time.perf_counter() - start
+    log.info(
+        "%s: %.5f BPC, accuracy %.2f%%, with dynamic evaluation (%.0f s, %.0f bytes/s)",
+        name,
+        dynamic.bpc,
+        100 * dynamic.accuracy,
+        seconds,
+        dynamic.bytes_scored / seconds,
+    )
+    return {
+        f"{name}_bpc_dynamic": round(dynamic.bpc, 5),
+        f"{name}_accuracy_dynamic": round(dynamic.accuracy, 5),
+        f"{name}_dynamic_seconds": round(seconds, 1),
+        f"{name}_dynamic_bytes_per_second": round(dynamic.bytes_scored / seconds, 1),
+    }
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from chargpt.data.batches import load_split
 from chargpt.device import describe, resolve_amp_dtype
 from chargpt.io import write_json, write_table
 from chargpt.pipeline.config import RunConfig, load_run_config
-from chargpt.pipeline.harness import ending_runs, run_stage, time_limit_seconds
+from chargpt.pipeline.harness import ending_runs, run_stage, sweep_temporaries, time_limit_seconds
 from chargpt.pipeline.stage import DATA_DIR, check_fits, report_dir, run_stage_parser, split_meta
 from chargpt.tracking.plots import plot_range_test
 from chargpt.train.lr_range import run_range_test
@@ -24,6 +24,7 @@ def range_test(cfg: RunConfig) -> dict:
     """The stage's work, in the working directory's layout (bench/recipe_sweep.py runs it too): lr_range_test.json
     as a dict."""
     check_fits(cfg.name, cfg.model.context, split_meta())
+    sweep_temporaries(report_dir(cfg.name))
     device = prepare(cfg.train)
     val = load_split(DATA_DIR / "val.bin") if cfg.lr_range_test.method == "linear_accuracy" else None
     train = load_split(DATA_DIR / "train.bin")

@@ -7,7 +7,7 @@ from pathlib import Path
 from chargpt.data.config import load_data_config
 from chargpt.data.corpus import split_corpus
 from chargpt.io import read_json, write_json
-from chargpt.pipeline.harness import run_stage
+from chargpt.pipeline.harness import run_stage, sweep_temporaries
 
 log = logging.getLogger("stages.preprocess")
 
@@ -20,7 +20,8 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = load_data_config(args.params)
-    source = read_json(Path(args.corpus).with_suffix(".json"))
+    sweep_temporaries(args.out)
+    source = read_json(Path(args.corpus).with_suffix(".json"), "url", "verified")
     meta = split_corpus(args.corpus, args.out, cfg.split)
     meta["source"] = {"url": source["url"], "verified": source["verified"]}
     write_json(Path(args.out) / "meta.json", meta)

@@ -9,7 +9,7 @@ import shutil
 
 from chargpt.device import describe, resolve_amp_dtype
 from chargpt.pipeline.config import RunConfig, load_run_config
-from chargpt.pipeline.harness import ending_runs, run_stage, time_limit_seconds
+from chargpt.pipeline.harness import ending_runs, run_stage, sweep_temporaries, time_limit_seconds
 from chargpt.pipeline.stage import (
     DATA_DIR,
     check_fits,
@@ -20,7 +20,8 @@ from chargpt.pipeline.stage import (
     run_stage_parser,
     split_meta,
 )
-from chargpt.tracking import store, view
+from chargpt.tracking import record, view
+from chargpt.tracking.connection import Connection, connect
 from chargpt.tracking.plots import plot_training_curve
 from chargpt.train import distributed
 from chargpt.train.checkpoint import remove_stale_temporaries, restore_training_state, save_checkpoint
@@ -46,8 +47,8 @@ def train(cfg: RunConfig, fresh: bool = False) -> tuple[TrainingRun, dict | None
     ranks, state_path = distributed.from_env(), checkpoint_dir(name) / "last.pt"
     if cfg.train.nproc > 1 and not ranks.enabled:
         distributed.relaunch_under_torchrun(cfg.train.nproc)
-    if ranks.is_main:
-        store.setup(cfg.train.on_tracking_unreachable)  # fails fast on an unreachable server, before any data is read
+    # fails fast on an unreachable server, before any data is read
+    connection = connect(cfg.train.on_tracking_unreachable) if ranks.is_main else None
     device = prepare(cfg.train, ranks.local_rank)
     distributed.init(ranks, device)
     if ranks.is_main:
@@ -55,6 +56,7 @@ def train(cfg: RunConfig, fresh: bool = False) -> tuple[TrainingRun, dict | None
             shutil.rmtree(state_path.parent, ignore_errors=True)
         if stale := remove_stale_temporaries(state_path):
             log.info("removed %d half-written state file(s) of killed saves in %s", len(stale), state_path.parent)
+        sweep_temporaries(model_path(name).parent, report_dir(name))
     distributed.barrier()  # every rank sees the same saved state, or none
     lr_max = resolve_lr_max(name, cfg.schedule.lr_min, cfg.schedule.lr_max)
     run = TrainingRun.build(cfg, device, resolve_amp_dtype(cfg.train.precision, device), lr_max, DATA_DIR, ranks)
@@ -62,7 +64,7 @@ def train(cfg: RunConfig, fresh: bool = False) -> tuple[TrainingRun, dict | None
     metrics = None
     with contextlib.ExitStack() as stack:
         hooks = RunHooks(run, stack.enter_context(stop_on_signals()), recording=ranks.is_main)
-        recorded = start_recording(stack, hooks, saved, state_path, meta) if ranks.is_main else None
+        recorded = start_recording(stack, hooks, saved, state_path, meta, connection) if ranks.is_main else None
         with ending_runs(f"train@{name}", describe(device), recorded, report=ranks.is_main):
             loop_state = LoopState(**saved["loop"]) if saved else LoopState()
             result = train_loop(run.parts(), run.loop_config(time_limit_seconds()), hooks, loop_state)
@@ -82,7 +84,7 @@ def train(cfg: RunConfig, fresh: bool = False) -> tuple[TrainingRun, dict | None
     distributed.shutdown()
     if ranks.is_main:
         shutil.rmtree(state_path.parent, ignore_errors=True)  # complete: models/<run>/model.pt holds the run now
-        view.refresh_view(log)
+        view.refresh_view(connection, log)
         log.info(
             "trained %d steps in %.0fs; val probe BPC %.4f, accuracy %.2f%%",
             result.step,
@@ -93,12 +95,14 @@ def train(cfg: RunConfig, fresh: bool = False) -> tuple[TrainingRun, dict | None
     return run, metrics
 
 
-def start_recording(stack, hooks: RunHooks, saved: dict | None, state_path, meta: dict) -> store.RecordedRun:
+def start_recording(
+    stack, hooks: RunHooks, saved: dict | None, state_path, meta: dict, connection: Connection | None
+) -> record.RecordedRun | record.NullRun:
     """The run's MLflow run (continued where the saved state names one the store still holds), and the hooks
     wired to it: the curve so far, its step logger, and checkpoints that name it."""
     run, name = hooks.run, hooks.run.cfg.name
-    resume_id = saved["mlflow_run_id"] if saved and store.run_exists(saved["mlflow_run_id"]) else None
-    recorded = stack.enter_context(store.start_run(name, f"train@{name}", run.device, resume_id, meta))
+    resume_id = saved["mlflow_run_id"] if saved and record.run_exists(connection, saved["mlflow_run_id"]) else None
+    recorded = stack.enter_context(record.start_run(connection, name, f"train@{name}", run.device, resume_id, meta))
     if resume_id is None:
         recorded.log_params(run.params())
         recorded.log_range_test(*(report_dir(name) / f"lr_range_test.{x}" for x in ("csv", "json", "png")), name)

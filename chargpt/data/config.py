@@ -42,8 +42,13 @@ class DataConfig(Section):
         sha256="2b49720ec4d78c3c9fabaee6e4179a5e997302b3a70029f30f2d582218c024a8",
     )
     split: tuple[Fraction, Fraction, Fraction] = (0.9, 0.05, 0.05)  # train/val/test by byte offset
-    timeout_s: PositiveFloat = 60.0
+    timeout_s: PositiveFloat = 60.0  # per read: a server silent this long is a lost connection (retried)
     retries: Annotated[int, Field(ge=0)] = 3
+    # The whole download, retries included: a server that trickles bytes never trips the per-read timeout.
+    deadline_s: PositiveFloat = 3600.0
+    # The most bytes the download, and the unpacked corpus, may hold where checksums give no size (with sizes
+    # given, those sizes are the limits): a decompression bomb or an endless response stops here.
+    max_bytes: PositiveInt = 4 << 30
 
     @model_validator(mode="after")
     def _split_sums_to_one(self) -> DataConfig:

@@ -6,12 +6,15 @@ Every output is written atomically (chargpt.io), so an interrupted or failed sta
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
 import hashlib
+import http.client
 import logging
 import math
 import mmap
 import os
+import shutil
 import tempfile
 import time
 import urllib.error
@@ -19,6 +22,7 @@ import urllib.parse
 import urllib.request
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -44,14 +48,51 @@ class _Retryable(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """How far a copy may go: at most `max_bytes` (`why` says where the limit comes from), and not past `deadline`
+    (time.monotonic(); None: no deadline)."""
+
+    what: str  # the download, or the unpacked corpus
+    max_bytes: int
+    why: str
+    deadline: float | None = None
+    deadline_s: float | None = None
+
+    def check(self, url: str, n: int) -> None:
+        if n > self.max_bytes:
+            raise DataError(f"{url}: the {self.what} exceeds {self.max_bytes:,} bytes ({self.why}); stopped there")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise DataError(
+                f"{url}: the {self.what} is still unfinished after data.deadline_s ({self.deadline_s:g} s, retries "
+                f"included); raise it for a slow link. {OFFLINE}"
+            )
+
+
+def _write_error(e: OSError, where: Path | str) -> DataError:
+    """A write that failed: a full disk said as such (never retried), anything else with its reason."""
+    if e.errno == errno.ENOSPC:
+        free = shutil.disk_usage(Path(where).parent).free
+        return DataError(f"{where}: the disk is full ({free:,} bytes free); free space, or move the project")
+    return DataError(f"{where}: cannot write ({e.strerror or e})")
+
+
 def _progress(total: int | None, desc: str) -> tqdm:
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, mininterval=1.0)
 
 
-def _copy_hashing(src: IO[bytes], dst: IO[bytes], bar: tqdm | None = None) -> tuple[int, dict[str, str]]:
+def _copy_hashing(
+    src: IO[bytes], dst: IO[bytes], bar: tqdm | None = None, bounds: Bounds | None = None, url: str = ""
+) -> tuple[int, dict[str, str]]:
     md5, sha256, n = hashlib.md5(), hashlib.sha256(), 0
-    while chunk := src.read(CHUNK):
-        dst.write(chunk)
+    read = getattr(src, "read1", src.read)  # what has arrived, up to CHUNK: a trickle still meets the deadline
+    while chunk := read(CHUNK):
+        if bounds is not None:
+            bounds.check(url, n + len(chunk))
+        try:
+            dst.write(chunk)
+        except OSError as e:
+            raise _write_error(e, getattr(dst, "name", "the output")) from None
         md5.update(chunk)
         sha256.update(chunk)
         n += len(chunk)
@@ -67,7 +108,9 @@ def _local_path(url: str) -> Path | None:
     return Path(url).expanduser() if parsed.scheme == "" else None
 
 
-def _fetch_http_once(url: str, dst: IO[bytes], timeout: float, expect_zip: bool) -> tuple[int, dict[str, str]]:
+def _fetch_http_once(
+    url: str, dst: IO[bytes], timeout: float, expect_zip: bool, bounds: Bounds
+) -> tuple[int, dict[str, str]]:
     request = urllib.request.Request(url, headers={"User-Agent": "chargpt"})
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
@@ -83,32 +126,41 @@ def _fetch_http_once(url: str, dst: IO[bytes], timeout: float, expect_zip: bool)
             raise DataError(f"{url}: expected a zip archive, the server sent {content_type!r} (an error page?)")
         length = response.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
+        if total is not None and total > bounds.max_bytes:  # refused before a byte is written
+            raise DataError(f"{url}: the server announces {total:,} bytes, over {bounds.max_bytes:,} ({bounds.why})")
         dst.seek(0)
         dst.truncate()
         try:
             with _progress(total, "download") as bar:
-                n, digests = _copy_hashing(response, dst, bar)
-        except (TimeoutError, ConnectionError, urllib.error.URLError, OSError) as e:
-            raise _Retryable(f"connection lost: {e}") from None
+                n, digests = _copy_hashing(response, dst, bar, bounds, url)
+        except (TimeoutError, ConnectionError, urllib.error.URLError, http.client.HTTPException, OSError) as e:
+            raise _Retryable(f"connection lost: {type(e).__name__}: {e}") from None
         if total is not None and n != total:
             raise _Retryable(f"received {n} of {total} bytes")
         return n, digests
 
 
 def fetch(
-    url: str, dst: IO[bytes], timeout: float = 60.0, retries: int = 3, backoff_s: float = 1.0, expect_zip: bool = False
+    url: str,
+    dst: IO[bytes],
+    timeout: float = 60.0,
+    retries: int = 3,
+    backoff_s: float = 1.0,
+    expect_zip: bool = False,
+    bounds: Bounds | None = None,
 ) -> tuple[int, dict[str, str]]:
     """Copy `url` (http(s), file:// or a local path) into the open file `dst`, retrying transient failures
-    with exponential backoff; returns the size and digests of what was copied."""
+    with exponential backoff, within `bounds`; returns the size and digests of what was copied."""
+    bounds = bounds or Bounds("download", 1 << 62, "no limit")
     local = _local_path(url)
     if local is not None:
         if not local.is_file():
             raise DataError(f"{url}: no such file")
         with open(local, "rb") as src, _progress(local.stat().st_size, "copy") as bar:
-            return _copy_hashing(src, dst, bar)
+            return _copy_hashing(src, dst, bar, bounds, url)
     for attempt in range(retries + 1):
         try:
-            return _fetch_http_once(url, dst, timeout, expect_zip)
+            return _fetch_http_once(url, dst, timeout, expect_zip, bounds)
         except _Retryable as e:
             if attempt == retries:
                 raise DataError(f"{url}: download failed after {retries + 1} attempts: {e}. {OFFLINE}") from None
@@ -141,6 +193,14 @@ def _open_member(archive: Path, url: str, member: str | None) -> IO[bytes]:
         member = names[0]
     if member not in names:
         raise DataError(f"{url}: the archive has no member {member!r}; it holds {names}")
+    info = zf.getinfo(member)
+    if info.flag_bits & 0x1:
+        raise DataError(f"{url}: the archive's member {member!r} is encrypted; chargpt reads unencrypted archives")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
+        raise DataError(
+            f"{url}: the archive's member {member!r} uses zip compression method {info.compress_type}, which Python's "
+            f"zipfile cannot unpack (stored, deflate, bzip2 and lzma can)"
+        )
     return zf.open(member)
 
 
@@ -155,18 +215,27 @@ def _verify(what: str, url: str, observed: dict[str, Any], expected: dict[str, A
     return checked
 
 
+def limit(what: str, known: int | None, cfg: DataConfig, deadline: float | None = None) -> Bounds:
+    """The bounds of the download or the unpack: the size the checksums give, else data.max_bytes."""
+    if known is not None:
+        return Bounds(what, known, "the size data.checksums gives", deadline, cfg.deadline_s)
+    return Bounds(what, cfg.max_bytes, "data.max_bytes", deadline, cfg.deadline_s)
+
+
 def download_corpus(cfg: DataConfig, corpus_path: str | Path, info_path: str | Path, backoff_s: float = 1.0) -> dict:
     """Fetch cfg.url, verify and unpack it to `corpus_path` (raw bytes); record what was observed in
     `info_path`. Nothing is written unless every check passes."""
     corpus_path, fmt = Path(corpus_path), resolve_format(cfg)
     sums = cfg.checksums or Checksums()
     corpus_path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + cfg.deadline_s
     with tempfile.TemporaryDirectory(dir=corpus_path.parent, prefix=".download-") as tmp:
         archive = Path(tmp) / "archive"
         with open(archive, "wb") as f:
             archive_size, archive_digests = fetch(
-                cfg.url, f, cfg.timeout_s, cfg.retries, backoff_s, expect_zip=fmt == "zip"
-            )
+                cfg.url, f, cfg.timeout_s, cfg.retries, backoff_s, fmt == "zip",
+                limit("download", sums.archive_size if fmt != "raw" else sums.size, cfg, deadline),
+            )  # fmt: skip
         observed_archive = {"size": archive_size, "sha256": archive_digests["sha256"]}
         verified = _verify(
             "archive", cfg.url, observed_archive, {"size": sums.archive_size, "sha256": sums.archive_sha256}
@@ -181,9 +250,9 @@ def download_corpus(cfg: DataConfig, corpus_path: str | Path, info_path: str | P
         with atomic_open(corpus_path) as dst:
             try:
                 with opener() as src, _progress(None, f"unpack {fmt}") as bar:
-                    size, digests = _copy_hashing(src, dst, bar)
-            except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as e:
-                raise DataError(f"{cfg.url}: cannot unpack as {fmt}: {e}") from None
+                    size, digests = _copy_hashing(src, dst, bar, limit("unpacked corpus", sums.size, cfg), cfg.url)
+            except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError) as e:
+                raise DataError(f"{cfg.url}: cannot unpack as {fmt}: {type(e).__name__}: {e}") from None
             observed = {"size": size, **digests}
             verified += _verify(
                 "corpus", cfg.url, observed, {"size": sums.size, "md5": sums.md5, "sha256": sums.sha256}

@@ -292,16 +292,7 @@ class GPT(nn.Module):
             raise ValueError(f"{what} exceeds the model's context {self.cfg.context}")
         aux = targets is not None and self.training and self.aux_active
         aux_losses = []
-        x = self.tok_emb(idx)  # (B, T, C)
-        if self.smear is not None or self.bigram is not None:
-            previous = self._previous_bytes(idx, cache)  # (B, T), -1 before a window's first byte
-            if self.smear is not None:
-                x = self.smear(x, self.tok_emb(previous.clamp(min=0)) * (previous >= 0).unsqueeze(-1))
-            if self.bigram is not None:
-                x = x + self.bigram(idx, previous)
-        if self.pos_emb is not None:
-            x = x + self.pos_emb.weight[start : start + T]
-        x = self.drop(x)
+        x = self._embed(idx, cache, start)  # (B, T, C)
         embedded, first_values = x, None
         for i, block in enumerate(self.blocks):
             x, values = block(x, cache, i, embedded, first_values)
@@ -320,6 +311,20 @@ class GPT(nn.Module):
                 weights = self.aux_weights()
                 loss = (loss + (weights * torch.stack(aux_losses)).sum()) / (1 + weights.sum())
         return logits, loss
+
+    def _embed(self, idx: torch.Tensor, cache: KVCache | None, start: int) -> torch.Tensor:
+        """The blocks' input (B, T, C): the bytes' embeddings, with the previous byte's (smear, bigram) and the
+        positions from `start` where the options ask for them."""
+        x = self.tok_emb(idx)  # (B, T, C)
+        if self.smear is not None or self.bigram is not None:
+            previous = self._previous_bytes(idx, cache)  # (B, T), -1 before a window's first byte
+            if self.smear is not None:
+                x = self.smear(x, self.tok_emb(previous.clamp(min=0)) * (previous >= 0).unsqueeze(-1))
+            if self.bigram is not None:
+                x = x + self.bigram(idx, previous)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb.weight[start : start + idx.size(1)]
+        return self.drop(x)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.head(self.ln_f(x))  # (B, T, vocab)

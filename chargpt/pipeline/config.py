@@ -123,7 +123,7 @@ def _has_path(tree: Any, path: tuple) -> bool:
 class Layer:
     key: str  # where in params.yaml these overrides are written
     overrides: dict  # by section
-    names_value: bool = False  # key points at one value (a grid's axis value), not at a mapping of sections
+    is_axis_value: bool = False  # key points at one value (a grid's axis value), not at a mapping of sections
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ class RunSource:
         dotted = ".".join(str(p) for p in path)
         for layer in reversed(self.layers):
             if _has_path(layer.overrides, path):
-                return f"{layer.key} ({dotted})" if layer.names_value else f"{layer.key}.{dotted}"
+                return f"{layer.key} ({dotted})" if layer.is_axis_value else f"{layer.key}.{dotted}"
         return dotted
 
 
@@ -308,6 +308,22 @@ def load_all_runs(path: str | Path = "params.yaml") -> dict[str, RunConfig]:
     params = load_params(path)
     sources = run_sources(params, str(path))
     return {run: resolve_run(params, run, str(path), sources) for run in sources}
+
+
+def check_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chargpt check",
+        description="Validate every named run of params.yaml (runs and grids), as each stage does first: one line "
+        "naming the key path where a value is wrong. The download stage runs it before fetching, so that a fresh "
+        "pipeline reports a bad run at once, while the data stages depend on no run's params.",
+    )
+    parser.add_argument("--params", default="params.yaml")
+    return parser
+
+
+def check_main(argv: list[str] | None = None) -> None:
+    args = check_parser().parse_args(argv)
+    print(f"{args.params}: {len(load_all_runs(args.params))} runs, each valid")
 
 
 def load_run_config(run: str, path: str | Path = "params.yaml") -> RunConfig:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from chargpt.errors import ConfigError
 from chargpt.io import atomic_open
 from chargpt.pipeline.config import RunConfig, load_params, resolve_run, run_sources
 
@@ -104,11 +105,38 @@ def _import_nodes(tree: ast.AST):
         yield from _import_nodes(node)
 
 
+DYNAMIC_IMPORTS = {"import_module", "__import__", "spec_from_file_location", "run_path", "run_module"}
+
+
+def refuse_unseen_imports(tree: ast.AST, path: Path, root: Path) -> None:
+    """An import the scan below cannot follow would leave a module out of a stage's deps, and DVC would then reuse
+    outputs that code has changed: a relative import, or a module named at run time (importlib, __import__, runpy)."""
+    where = path.relative_to(root) if path.is_relative_to(root) else path
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            written = "." * node.level + (node.module or "")
+            raise ConfigError(
+                f"{where}:{node.lineno}: relative import `from {written} import ...`; chargpt sync-dvc follows "
+                f"absolute imports only: write `from chargpt.... import ...`"
+            )
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+            if name in DYNAMIC_IMPORTS:
+                raise ConfigError(
+                    f"{where}:{node.lineno}: {name}() imports a module named at run time, which chargpt sync-dvc "
+                    f"cannot list as a stage's dep; import it with an import statement"
+                )
+
+
 def chargpt_imports(path: Path, root: Path) -> set[str]:
     """The chargpt modules a Python file imports when it runs, as paths relative to `root`, with the package
-    __init__.py files Python runs on the way (chargpt/__init__.py, chargpt/train/__init__.py, ...)."""
+    __init__.py files Python runs on the way (chargpt/__init__.py, chargpt/train/__init__.py, ...). A file with an
+    import the scan cannot follow is refused (refuse_unseen_imports)."""
     found = set()
-    for node in _import_nodes(ast.parse(path.read_text(), filename=str(path))):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    refuse_unseen_imports(tree, path, root)
+    for node in _import_nodes(tree):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif node.level == 0 and node.module:

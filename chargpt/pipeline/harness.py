@@ -8,9 +8,11 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from chargpt.errors import STAGE_ERRORS, ConfigError, DivergedError, Interrupted, RunTooLong
@@ -35,6 +37,21 @@ def run_stage(main: Callable[[], None]) -> None:
         sys.exit(RUN_ENDINGS[type(e)].exit_code(e))
 
 
+def sweep_temporaries(*folders: str | Path) -> list[Path]:
+    """Remove what a killed stage left in its output folders: atomic_open's temporaries (`.<name>.<random>.tmp`)
+    and the download's scratch folders (`.download-*`). A stage calls it on its own folders before it writes."""
+    stale = []
+    for folder in map(Path, folders):
+        if folder.is_dir():
+            stale += sorted(folder.glob(".*.tmp")) + sorted(folder.glob(".download-*"))
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    if stale:
+        logging.getLogger("chargpt").info("removed %d temporary file(s) a killed stage left: %s", len(stale),
+                                          ", ".join(map(str, stale)))  # fmt: skip
+    return stale
+
+
 def time_limit_seconds() -> float | None:
     """How long a stage may train or range-test on this machine: CHARGPT_MAX_HOURS (default 1; 0: no limit)."""
     text = os.environ.get(MAX_HOURS, "1")
@@ -57,7 +74,7 @@ def too_long(stage: str, error: Exception, where: str) -> str:
 
 
 class EndableRun(Protocol):
-    """What a run's tracker must offer to record how it ended (chargpt.tracking.store.RecordedRun)."""
+    """What a run's tracker must offer to record how it ended (chargpt.tracking.record.RecordedRun)."""
 
     def end(self, status: str, tags: dict | None = None) -> None: ...
 

@@ -23,7 +23,10 @@ def run_stage_parser(description: str | None) -> argparse.ArgumentParser:
 
 
 def split_meta(data_dir: Path = DATA_DIR) -> dict:
-    return read_json(data_dir / "meta.json")
+    """preprocess's meta.json, with what the per-run stages read of it."""
+    return read_json(
+        data_dir / "meta.json", *(f"splits.{name}.{key}" for name in SPLITS for key in ("bytes", "sha256"))
+    )
 
 
 def check_fits(run: str, context: int, meta: dict) -> None:
@@ -53,7 +56,7 @@ def resolve_lr_max(run: str, lr_min: float, lr_max: float | str) -> float:
     """schedule.lr_max, or the run's LR range test's suggestion where it is `auto`."""
     if lr_max != "auto":
         return lr_max
-    suggested = read_json(report_dir(run) / "lr_range_test.json")["suggested_lr"]
+    suggested = read_json(report_dir(run) / "lr_range_test.json", "suggested_lr")["suggested_lr"]
     if suggested <= lr_min:
         raise ConfigError(
             f"run {run!r}: schedule.lr_max: auto resolved to the LR range test's {suggested:.3g}, "

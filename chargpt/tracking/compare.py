@@ -22,7 +22,7 @@ import pandas as pd
 from chargpt.errors import ConfigError, TrackingError
 from chargpt.io import atomic_open
 from chargpt.pipeline.config import load_params, run_sources
-from chargpt.tracking import store
+from chargpt.tracking import connection as store
 
 COLUMNS = {  # output column -> MLflow field; None: derived from several fields
     "run": "tags.chargpt.run",
@@ -61,20 +61,21 @@ def find_project(start: Path | None = None) -> Path:
     )
 
 
-def load_runs(root: Path) -> pd.DataFrame:
-    """Every named run's MLflow runs in the project's experiment (nested LR range tests left out). Reads the store
-    only: never creates one."""
-    uri = store.tracking_uri(root)
+def load_runs(root: Path, uri: str | None = None) -> pd.DataFrame:
+    """Every named run's MLflow runs in the project's experiment (nested LR range tests left out), from the store at
+    `uri` (default: the project's). Reads the store only: never creates one."""
+    uri = uri or store.tracking_uri(root)
     if (db := store.sqlite_path(uri)) and not Path(db).is_file():
         raise TrackingError(
             f"{db}: no MLflow store: nothing has been recorded in {root} yet (`dvc repro "
             f"evaluate@quickstart` trains and records a run), or set MLFLOW_TRACKING_URI"
         )
-    mlflow.set_tracking_uri(uri)
     try:
-        if mlflow.MlflowClient().get_experiment_by_name(store.EXPERIMENT) is None:
+        experiment = mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name(store.EXPERIMENT)
+        if experiment is None:
             return pd.DataFrame()
-        runs = mlflow.search_runs(experiment_names=[store.EXPERIMENT], output_format="pandas")
+        with store.fluent_uri(uri):  # mlflow.search_runs, the one reader that builds the DataFrame, takes no URI
+            runs = mlflow.search_runs(experiment_ids=[experiment.experiment_id], output_format="pandas")
     except store.STORE_ERRORS as e:
         raise store.store_error(uri, e) from None
     if runs.empty:

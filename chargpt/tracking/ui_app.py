@@ -34,7 +34,7 @@ def experiment_state_key(experiment_id: str) -> str:
     return STATE_KEY.format(ids=json.dumps([experiment_id], separators=(",", ":")))
 
 
-def seeds(client) -> list[dict]:
+def saved_view_entries(client) -> list[dict]:
     """For each experiment holding the saved view, the localStorage entries of its table state."""
     out = []
     for experiment in client.search_experiments():
@@ -62,7 +62,7 @@ def add_seed_script(response):
     if request.endpoint != "serve" or response.status_code != 200 or response.mimetype != "text/html":
         return response
     try:
-        views = seeds(MlflowClient(tracking_uri=os.environ.get(BACKEND_STORE_URI_ENV_VAR)))
+        views = saved_view_entries(MlflowClient(tracking_uri=os.environ.get(BACKEND_STORE_URI_ENV_VAR)))
     except Exception as e:  # the UI must still load where the store cannot be read for its defaults
         log.warning("chargpt: MLflow UI defaults not seeded: %s", e)
         return response

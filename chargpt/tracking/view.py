@@ -1,26 +1,20 @@
 """MLflow's own screens, opened on the comparison: the saved view of the named runs (by test BPC, with BPC and
-accuracy columns, every varied param, and charts), refreshed by each stage, and `chargpt ui`, which publishes it and
-starts MLflow's UI on the project's store."""
+accuracy columns, every varied param, and charts), refreshed by each stage and by `chargpt ui` (tracking/ui.py)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
-import sys
 import time
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 
 from chargpt.errors import TrackingError
-from chargpt.tracking import store
-from chargpt.tracking.compare import find_project, latest_attempts, load_runs, recipe_params
+from chargpt.tracking.compare import latest_attempts, load_runs, recipe_params
+from chargpt.tracking.connection import STORE_ERRORS, Connection, project_root
 
-UI_APP = "chargpt"  # `mlflow ui --app-name chargpt` (tracking/ui_app.py)
 LATEST_TAG = "chargpt.latest_attempt"  # on each named run's latest MLflow run only (mark_latest_attempts)
 VIEW_KEY = "compare"  # MLflow's shared view: the experiment tag mlflow.sharedViewState.<key>, opened by URL
 # The view's metric columns: few, so that the varied params fit on the first screen beside them.
@@ -36,16 +30,16 @@ def varied_params(latest: pd.DataFrame) -> list[str]:
     return sorted(c.removeprefix("params.") for c in varied)
 
 
-def publish_view(root: Path) -> str | None:
+def publish_view(root: Path, uri: str | None = None) -> str | None:
     """Store MLflow's saved view of this project's runs: the named runs by test BPC, with the BPC metrics, iterations
     and every param that varies between runs as columns, and BPC charts first. MLflow's UI opens it from the URL
     (view_path); the experiment's kind tag makes it the model-training UI rather than the GenAI one. Returns the
-    experiment's id (None while nothing is recorded)."""
-    runs = load_runs(root)
+    experiment's id (None while nothing is recorded). uri: the store (default: the project's)."""
+    runs = load_runs(root, uri)
     if runs.empty:
         return None
     latest = latest_attempts(runs)
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient(tracking_uri=uri)
     mark_latest_attempts(client, runs, latest)
     metrics = [m for m in SUMMARY_METRICS if f"metrics.{m}" in latest]
     columns = [f"metrics.`{m}`" for m in metrics] + [f"params.`{p}`" for p in varied_params(latest)]
@@ -119,13 +113,14 @@ def stored_view(experiment_tags: dict[str, str]) -> dict | None:
     return json.loads(json.loads(envelope)["state"]) if envelope else None
 
 
-def refresh_view(log: logging.Logger) -> None:
-    """publish_view after a stage recorded a run; the view is a convenience, so a failure is a warning only."""
-    if not store.enabled():
+def refresh_view(connection: Connection | None, log: logging.Logger) -> None:
+    """publish_view after a stage recorded a run (none where tracking is off: no connection); the view is a
+    convenience, so a failure is a warning only."""
+    if connection is None:
         return
     try:
-        publish_view(store.project_root())
-    except (TrackingError, *store.STORE_ERRORS) as e:
+        publish_view(project_root(), connection.uri)
+    except (TrackingError, *STORE_ERRORS) as e:
         log.warning("could not update MLflow's comparison view: %s", e)
 
 
@@ -140,52 +135,3 @@ def view_path(experiment_id: str, mode: str = "TABLE") -> str:
 def models_path(experiment_id: str) -> str:
     """The URL path of the experiment's Logged Models view (its trained models, by their metrics)."""
     return f"/#/experiments/{experiment_id}/models?workflowType=machine_learning"
-
-
-def ui_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="chargpt ui",
-        description="MLflow's UI over the project's store (MLflow's server, as the chargpt MLflow app). In a browser "
-        "with no choice of its own yet, MLflow's home opens in model-training mode and the experiment on its named "
-        "runs by test BPC, with BPC and accuracy columns. It serves at http://HOST:PORT (default "
-        "http://127.0.0.1:5000) and prints three links: that table, its BPC charts, and the trained models.",
-    )
-    parser.add_argument("--port", type=int, default=5000, help="the port it serves on (default 5000)")
-    parser.add_argument(
-        "--host", default="127.0.0.1", help="the address it serves on (default 127.0.0.1: this machine)"
-    )
-    parser.add_argument("--repo", type=Path, help="the project (default: the one holding the current directory)")
-    return parser
-
-
-def ui_main(argv: list[str] | None = None) -> None:
-    """Publish the comparison view, print its URLs, then run `mlflow ui` on the project's store."""
-    args = ui_parser().parse_args(argv)
-    root = args.repo.resolve() if args.repo else find_project()
-    experiment_id = publish_view(root)
-    if experiment_id is None:
-        raise TrackingError(
-            f"{root}: no named run recorded yet; `dvc repro evaluate@quickstart` trains and records one"
-        )
-    uri = store.tracking_uri(root)
-    server = uri.startswith(("http://", "https://"))  # MLFLOW_TRACKING_URI names a team's tracking server
-    base = store.redact(uri).rstrip("/") if server else f"http://{args.host}:{args.port}"
-    print(
-        f"runs by test BPC:  {base}{view_path(experiment_id)}\n"
-        f"their BPC charts:  {base}{view_path(experiment_id, 'CHART')}\n"
-        f"trained models:    {base}{models_path(experiment_id)}",
-        flush=True,
-    )
-    if server:  # its own UI serves the runs; a local one cannot open a server's store
-        print(f"(the runs are on the tracking server {store.redact(uri)}: its UI serves these links; started as "
-              f"`mlflow server --app-name {UI_APP}`, it opens on them without one)", flush=True)  # fmt: skip
-        return
-    if not any(e.name == UI_APP for e in entry_points(group="mlflow.app")):
-        raise TrackingError(
-            f"MLflow finds no '{UI_APP}' app (the mlflow.app entry point in pyproject.toml): this environment "
-            f"predates it; reinstall the project: pip install -e ."
-        )
-    # the chargpt app: MLflow's server, whose page seeds a new browser with this view (tracking/ui_app.py)
-    # one worker: a UI for this machine's user, up in about half the time MLflow's default four take
-    command = ["mlflow", "ui", "--app-name", UI_APP, "--backend-store-uri", uri, "--workers", "1", "--host", args.host]
-    os.execvp(sys.executable, [sys.executable, "-m", *command, "--port", str(args.port)])

@@ -120,6 +120,19 @@ def sweep_lr(
                 log.info("smoothed loss %.3f > %.1f x best %.3f at lr %.3g: stopping", value, cfg.divergence, best, lr)
                 stopped_early = True
                 break
+    return suggestion(cfg, lrs, losses, smoothed, stopped_early, accuracy_steps, accuracies)
+
+
+def suggestion(
+    cfg: LRRangeTestConfig,
+    lrs: list[float],
+    losses: list[float],
+    smoothed: list[float],
+    stopped_early: bool,
+    accuracy_steps: list[int],
+    accuracies: list[float],
+) -> RangeTestResult:
+    """The sweep's curves and the LR range they suggest, by cfg.method's rule."""
     usable = range(cfg.skip_start, len(smoothed))
     if not usable:
         raise RangeTestError(

@@ -147,7 +147,7 @@ def _probabilities(logits: torch.Tensor) -> np.ndarray:
     return torch.softmax(logits.double(), dim=-1).numpy()
 
 
-def _code(
+def _walk_coding_order(
     model: GPT,
     n: int,
     context: int,
@@ -155,12 +155,12 @@ def _code(
     stride: int | None,
     dynamic: DynamicEvalConfig | None,
     buf: bytearray,
-    code: Callable[[np.ndarray, list[int]], None],
+    code_bytes: Callable[[np.ndarray, list[int]], None],
 ) -> None:
-    """Walk the bytes in coding order, computing each one's distribution; `code(probabilities (m, 256), positions)`
-    codes the bytes at those positions of `buf` (the encoder reads them, the decoder writes them)."""
+    """Walk the bytes in coding order, computing each one's distribution; `code_bytes(probabilities (m, 256),
+    positions)` codes the bytes at those positions of `buf` (the encoder reads them, the decoder writes them)."""
     if dynamic or (stride or context) != context:
-        _code_in_order(model, n, context, dynamic.stride if dynamic else stride, dynamic, buf, code)
+        _walk_in_order(model, n, context, dynamic.stride if dynamic else stride, dynamic, buf, code_bytes)
         return
     plan, groups, rest = _layout(n, context, lanes)
     T = window_length(n, context)
@@ -171,33 +171,33 @@ def _code(
             for q in range(T):  # full windows: position q predicts byte start + q + 1
                 x = torch.tensor([[buf[plan[w][0] + q]] for w in active])
                 logits = model(x, cache=cache)[0][:, -1]  # (lanes, vocab)
-                code(_probabilities(logits), [plan[w][0] + q + 1 for w in active])
+                code_bytes(_probabilities(logits), [plan[w][0] + q + 1 for w in active])
     for w in rest:  # the last, shorter window: its first T - k inputs are bytes already coded
-        _code_window(model, plan[w], T, buf, code)
+        _walk_window(model, plan[w], T, buf, code_bytes)
 
 
-def _code_window(
-    model: GPT, window: tuple[int, int], T: int, buf: bytearray, code: Callable[[np.ndarray, list[int]], None]
+def _walk_window(
+    model: GPT, window: tuple[int, int], T: int, buf: bytearray, code_bytes: Callable[[np.ndarray, list[int]], None]
 ) -> None:
     """One window (start, scored) alone: its unscored inputs in one pass, then a position at a time."""
     start, k = window
     cache = model.new_cache()
     with torch.no_grad():
         logits = model(torch.tensor([list(buf[start : start + T - k + 1])]), cache=cache)[0][:, -1]
-        code(_probabilities(logits), [start + T - k + 1])
+        code_bytes(_probabilities(logits), [start + T - k + 1])
         for q in range(T - k + 1, T):
             logits = model(torch.tensor([[buf[start + q]]]), cache=cache)[0][:, -1]
-            code(_probabilities(logits), [start + q + 1])
+            code_bytes(_probabilities(logits), [start + q + 1])
 
 
-def _code_in_order(
+def _walk_in_order(
     model: GPT,
     n: int,
     context: int,
     stride: int | None,
     dynamic: DynamicEvalConfig | None,
     buf: bytearray,
-    code: Callable[[np.ndarray, list[int]], None],
+    code_bytes: Callable[[np.ndarray, list[int]], None],
 ) -> None:
     """The windows one at a time, in order (sliding windows overlap, so no lane could start without the bytes
     before it). With `dynamic`, dynamic evaluation's walk (chargpt.evaluation.scoring.dynamic_score): after each
@@ -209,7 +209,7 @@ def _code_in_order(
     for i in range(0, len(plan), step):
         group = plan[i : i + step]
         for window in group:
-            _code_window(learner.model if learner else model, window, T, buf, code)
+            _walk_window(learner.model if learner else model, window, T, buf, code_bytes)
         if learner:
             chunk = torch.tensor([list(buf[start : start + T + 1]) for start, _ in group])
             learner.update(chunk, scored_mask(T, torch.tensor([k for _, k in group])))
@@ -261,10 +261,10 @@ def compress(
     family = constriction.stream.model.Categorical(perfect=False)
     if n >= 2:
 
-        def code(probabilities: np.ndarray, positions: list[int]) -> None:
+        def encode_bytes(probabilities: np.ndarray, positions: list[int]) -> None:
             encoder.encode(np.array([data[p] for p in positions], dtype=np.int32), family, probabilities)
 
-        _code(model, n, context, lanes, stride, dynamic, bytearray(data), code)
+        _walk_coding_order(model, n, context, lanes, stride, dynamic, bytearray(data), encode_bytes)
     stored = bytes(data[p] for p in _stored_positions(n, context, lanes, _in_order(context, stride, dynamic)))
     payload = stored + encoder.get_compressed().astype("<u4").tobytes()
     header |= {"payload_bytes": len(payload), "payload_sha256": hashlib.sha256(payload).hexdigest()}
@@ -300,16 +300,19 @@ def read_header(
     if version != FORMAT:
         raise CompressionError(f"{source}: format {version!r}; this version reads formats 1 and {FORMAT}")
     header = check_header(header, source, max_length, limit)
+    check_payload(blob[start + size + 4 :], header, source)
+    return header, start + size + 4
+
+
+def check_payload(payload: bytes, header: dict, source: str) -> None:
+    """A format-2 payload has the length and sha256 its header records."""
     if header["payload_bytes"] is None or header["payload_sha256"] is None:
         raise CompressionError(f"{source}: invalid header: format 2 records payload_bytes and payload_sha256")
-    offset = start + size + 4
-    payload = blob[offset:]
     if len(payload) != header["payload_bytes"]:
         raise CompressionError(f"{source}: truncated or extended: a payload of {len(payload)} bytes where the header "
                                f"records {header['payload_bytes']}")  # fmt: skip
     if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
         raise CompressionError(f"{source}: damaged payload (its sha256 does not match the header's)")
-    return header, offset
 
 
 def check_setup(header: dict, model_sha256: str, model_file: str, source: str) -> None:
@@ -358,11 +361,11 @@ def decompress(
         family = constriction.stream.model.Categorical(perfect=False)
         if n >= 2:
 
-            def code(probabilities: np.ndarray, positions: list[int]) -> None:
+            def decode_bytes(probabilities: np.ndarray, positions: list[int]) -> None:
                 for p, byte in zip(positions, decoder.decode(family, probabilities)):
                     buf[p] = int(byte)
 
-            _code(model, n, context, lanes, stride, dynamic, buf, code)
+            _walk_coding_order(model, n, context, lanes, stride, dynamic, buf, decode_bytes)
     finally:
         torch.set_num_threads(previous_threads)
     data = bytes(buf)

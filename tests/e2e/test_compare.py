@@ -19,11 +19,13 @@ def store(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from chargpt.tracking import store as tracking
+    from chargpt.tracking import connection as tracking
 
     for name in ("params.yaml", "dvc.yaml"):  # a project: compare finds it from the current directory
         shutil.copy(REPO / name, tmp_path / name)
-    tracking.setup()
+    connected = tracking.connect()
+    mlflow.set_tracking_uri(connected.uri)  # the runs below are logged as a stage logs them: MLflow's fluent API
+    mlflow.set_experiment(experiment_id=connected.experiment_id)
 
     def log(name, test_bpc, wd, lr_max, nested=False, schedule="onecycle", targets=None, extra=None):
         with mlflow.start_run(run_name=name, tags={"chargpt.run": name}):

@@ -135,8 +135,8 @@ def test_dvc_status_reports_exactly_the_stages_a_change_affects(project):
     finally:
         (root / "chargpt/model/gpt.py").write_text(model_code)
     assert stale_after_editing(root, env, "chargpt/train/config.py") == per_run("lr_range_test", "train", "evaluate")
-    for reporting in ("chargpt/tracking/compare.py", "chargpt/tracking/view.py", "chargpt/tracking/store.py",
-                      "chargpt/tracking/plots.py"):  # fmt: skip
+    for reporting in ("chargpt/tracking/compare.py", "chargpt/tracking/view.py", "chargpt/tracking/record.py",
+                      "chargpt/tracking/connection.py", "chargpt/tracking/plots.py"):  # fmt: skip
         assert stale_after_editing(root, env, reporting) == set(), reporting
 
     params = root / "params.yaml"
@@ -250,7 +250,11 @@ def test_mlflow_records_the_run(project):
 
     view = stored_view(experiment.tags)
     # and the chargpt MLflow app seeds a new browser's table of this experiment with it
-    (seed,) = [s for s in ui_app.seeds(client) if s["key"] == ui_app.experiment_state_key(experiment.experiment_id)]
+    (seed,) = [
+        s
+        for s in ui_app.saved_view_entries(client)
+        if s["key"] == ui_app.experiment_state_key(experiment.experiment_id)
+    ]
     assert seed["state"] == view
     assert view["orderByKey"] == "metrics.`test_bpc`" and view["orderByAsc"] is True
     assert view["searchFilter"] == "tags.`chargpt.latest_attempt` = 'true'"  # each named run once, no range test

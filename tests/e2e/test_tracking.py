@@ -1,11 +1,13 @@
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from chargpt.settings import flatten
-from chargpt.tracking import store as tracking
-from chargpt.tracking.store import project_root, tracking_uri
+from chargpt.tracking import connection, record
+from chargpt.tracking.connection import project_root, tracking_uri
+from chargpt.tracking.tags import run_tags
 
 
 def test_project_root_sees_through_dvc_temporary_experiment_copies(tmp_path):
@@ -40,7 +42,7 @@ def test_an_unreachable_tracking_server_fails_fast_naming_the_uri():
     import pytest
 
     from chargpt.errors import TrackingError
-    from chargpt.tracking.store import check_reachable
+    from chargpt.tracking.connection import check_reachable
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -55,30 +57,26 @@ def test_an_unreachable_tracking_server_fails_fast_naming_the_uri():
 def test_an_unreachable_server_can_fall_back_to_the_local_store(monkeypatch, tmp_path):
     import socket
 
-    import mlflow
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         uri = f"http://127.0.0.1:{s.getsockname()[1]}"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("CHARGPT_TRACKING_FALLBACK_FROM", raising=False)
-    try:
-        tracking.setup(on_unreachable="local")
-        assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}?timeout=60"
-        assert tracking.run_tags("r", "train@r", torch.device("cpu"))["tracking_fallback_from"] == uri
-    finally:
-        import os
-
-        os.environ.pop("CHARGPT_TRACKING_FALLBACK_FROM", None)
-        mlflow.set_tracking_uri(None)
+    ours = lambda: {k: v for k, v in os.environ.items() if not k.startswith("_MLFLOW")}  # noqa: E731 (MLflow's own)
+    before = ours()
+    fallen_back = connection.connect(on_unreachable="local")
+    assert fallen_back.uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}?timeout=60"
+    assert fallen_back.fallback_from == uri and ours() == before  # nothing handed on through the environment
+    assert (tmp_path / "mlflow.db").is_file() and fallen_back.client().get_experiment(fallen_back.experiment_id)
+    tags = run_tags("r", "train@r", torch.device("cpu"), fallback_from=fallen_back.fallback_from)
+    assert tags["tracking_fallback_from"] == uri
 
 
 def test_runs_are_tagged_with_the_sha256_of_each_split(monkeypatch):
     meta = {
         "splits": {name: {"sha256": c * 64, "bytes": 9} for name, c in (("train", "a"), ("val", "b"), ("test", "c"))}
     }
-    tags = tracking.run_tags("r", "train@r", torch.device("cpu"), meta)
+    tags = run_tags("r", "train@r", torch.device("cpu"), meta)
     assert (tags["data.train_sha256"], tags["data.val_sha256"], tags["data.test_sha256"]) == (
         "a" * 64,
         "b" * 64,
@@ -87,7 +85,7 @@ def test_runs_are_tagged_with_the_sha256_of_each_split(monkeypatch):
     assert tags["device"] == "cpu" and tags["torch_version"] == torch.__version__ and tags["dvc_stage"] == "train@r"
     for threads, suffix in ((1, ", 1 thread"), (2, ", 2 threads")):
         monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-        assert tracking.run_tags("r", "train@r", torch.device("cpu"), meta)["hardware"].endswith(suffix)
+        assert run_tags("r", "train@r", torch.device("cpu"), meta)["hardware"].endswith(suffix)
 
 
 STAGES = [
@@ -158,6 +156,7 @@ def test_the_tracking_setting_is_checked(monkeypatch):
 
     monkeypatch.setenv("CHARGPT_TRACKING", "of")
     with pytest.raises(TrackingError, match="CHARGPT_TRACKING='of': expected mlflow .the default. or off"):
-        tracking.enabled()
+        connection.enabled()
     monkeypatch.setenv("CHARGPT_TRACKING", "off")
-    assert tracking.setup() is None and not tracking.run_exists("abc")
+    assert connection.connect() is None and not record.run_exists(None, "abc")
+    assert isinstance(record.start_run(None, "r", "train@r", torch.device("cpu")), record.NullRun)

@@ -42,7 +42,7 @@ def trained(tmp_path, compiled: bool, steps: int = 3):
     torch.manual_seed(0)
     run = tiny_training_run(
         tmp_path,
-        model={"n_layer": 2, "d_model": 16, "n_head": 2, "d_ff": 32, "context": 16, "dropout": 0.0},
+        model={"n_layer": 1, "d_model": 16, "n_head": 2, "d_ff": 32, "context": 16, "dropout": 0.0},
         optimizer={"name": "muon", "muon_ns_dtype": "fp32"},
         train={"compile": compiled, "micro_batch_size": 1},
     )

@@ -2,8 +2,10 @@
 else."""
 
 import copy
+import functools
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import REPO
 from hypothesis import HealthCheck, given, settings
@@ -68,3 +70,24 @@ def test_every_mutation_loads_or_raises_config_error(tmp_path_factory, mutations
         load_all_runs(path)
     except ConfigError as e:
         assert str(path) in str(e)  # the message names the file, and the key path after it
+
+
+def value_at(path: tuple):
+    return functools.reduce(lambda node, key: node[key], path, BASE)
+
+
+# Every setting params.yaml writes as one value (grids name their values their own way: tests/unit/test_config.py)
+SETTINGS = [p for p in PATHS if p[0] != "grids" and not isinstance(value_at(p), dict | list)]
+
+
+def test_a_setting_of_the_wrong_type_is_refused_naming_the_key_path_it_is_written_at(tmp_path):
+    """Each setting in turn replaced by a mapping that no setting takes: the error names that key path."""
+    assert len(SETTINGS) > 100
+    for path in SETTINGS:
+        params = mutate(BASE, ("replace", path, {"bad": 1}, ""))
+        file = tmp_path / "params.yaml"
+        file.write_text(yaml.safe_dump(params))
+        with pytest.raises(ConfigError) as e:
+            load_all_runs(file)
+        dotted = ".".join(map(str, path))  # the key, or one under it where the setting may be a mapping (eval.dynamic)
+        assert f"{dotted}: " in str(e.value) or f"{dotted}.bad: unknown key" in str(e.value), (path, str(e.value))

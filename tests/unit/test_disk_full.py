@@ -42,3 +42,17 @@ def test_disk_full_during_the_split_leaves_no_split(small_disk, tmp_path):
         split_corpus(corpus, small_disk / "processed", (0.9, 0.05, 0.05))
     assert err.value.errno == errno.ENOSPC
     assert list((small_disk / "processed").iterdir()) == []
+
+
+def test_disk_full_during_the_download_is_said_as_such_and_not_retried(small_disk, http_dir, caplog):
+    from chargpt.data.config import DataConfig
+    from chargpt.data.corpus import download_corpus
+    from chargpt.errors import DataError
+
+    root, base = http_dir
+    (root / "corpus.txt").write_bytes(bytes(range(256)) * 2000)  # 512 KB: more than the disk holds
+    with pytest.raises(DataError, match=r"the disk is full \(\d[\d,]* bytes free\)"):
+        download_corpus(DataConfig(url=f"{base}/corpus.txt", checksums=None, retries=3), small_disk / "c.bin",
+                        small_disk / "c.json", backoff_s=0.01)  # fmt: skip
+    assert "retrying" not in caplog.text  # a full disk is no lost connection
+    assert list(small_disk.iterdir()) == []

@@ -1,15 +1,17 @@
 """dvc.yaml says what the code does: each stage's code deps are the modules its script runs, every run is in the
 pipeline, and `dvc status` reports exactly the stages a change affects."""
 
+import io
 import json
 import subprocess
 import sys
+import tarfile
 
 import pytest
 import yaml
 from conftest import REPO
 
-from chargpt.pipeline.dvc_sync import REPORTING, RUNS_FILE, chargpt_imports, code_deps
+from chargpt.pipeline.dvc_sync import REPORTING, RUNS_FILE, chargpt_imports, code_deps, is_code, stage_script
 
 
 def test_dvc_yaml_and_the_runs_file_are_in_sync_with_the_code_and_params_yaml():
@@ -49,17 +51,47 @@ def test_the_walk_finds_imports_inside_functions_and_from_package_imports(tmp_pa
     ]
 
 
-def test_the_deps_check_fails_on_the_dvc_yaml_of_3f54500():
-    """That commit's dvc.yaml left modules out of every stage (chargpt/train/muon.py from train@, for one)."""
-    old = subprocess.run(["git", "show", "3f54500:dvc.yaml"], cwd=REPO, capture_output=True, text=True)
-    if old.returncode != 0:
+def test_the_deps_check_fails_on_the_dvc_yaml_of_3f54500(tmp_path):
+    """That commit's dvc.yaml left modules out of every stage (chargpt/muon.py from train, for one): the walk, run on
+    that commit's own code, finds what its dvc.yaml lacks."""
+    archive = subprocess.run(["git", "archive", "3f54500", "dvc.yaml", "stages", "chargpt"], cwd=REPO,
+                             capture_output=True)  # fmt: skip
+    if archive.returncode != 0:
         pytest.skip("commit 3f54500 is not in this clone")
-    old_stages = yaml.safe_load(old.stdout)["stages"]
-    for name, stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items():
-        body, old_body = stage.get("do", stage), old_stages[name].get("do", old_stages[name])
-        wanted = set(code_deps(next(d for d in body["deps"] if d.startswith("stages/")), REPO))
-        assert not wanted <= set(old_body["deps"]), name  # each stage missed at least one module it runs
-    assert "chargpt/muon.py" not in old_stages["train"]["do"]["deps"]  # the case the issue found (then a flat module)
+    tarfile.open(fileobj=io.BytesIO(archive.stdout)).extractall(tmp_path, filter="data")
+    missing = {}
+    for name, stage in yaml.safe_load((tmp_path / "dvc.yaml").read_text())["stages"].items():
+        listed = {d for d in stage.get("do", stage)["deps"] if isinstance(d, str) and is_code(d)}
+        missing[name] = set(code_deps(stage_script(stage), tmp_path)) - listed
+    assert "chargpt/muon.py" in missing["train"]
+    assert len(missing) == 5 and all(missing.values()), missing
+
+
+@pytest.mark.parametrize(
+    "line, refused",
+    [
+        ("from .muon import Muon", "relative import `from .muon import ...`"),
+        ("from . import muon", "relative import `from . import ...`"),
+        ("importlib.import_module('chargpt.train.muon')", "import_module() imports a module named at run time"),
+        ("__import__('chargpt.train.muon')", "__import__() imports a module named at run time"),
+    ],
+)
+def test_sync_dvc_refuses_an_import_it_cannot_follow_naming_the_file_and_line(tmp_path, line, refused):
+    import shutil
+
+    for name in ("dvc.yaml", RUNS_FILE, "params.yaml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    for tree in ("stages", "chargpt"):
+        shutil.copytree(REPO / tree, tmp_path / tree, ignore=shutil.ignore_patterns("__pycache__"))
+    loop = tmp_path / "chargpt/train/loop.py"
+    text = loop.read_text()
+    loop.write_text(text + f"\n\ndef later():\n    {line}\n")
+    before = (tmp_path / "dvc.yaml").read_text()
+    proc = subprocess.run([sys.executable, "-m", "chargpt.cli", "sync-dvc"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"chargpt/train/loop.py:{text.count(chr(10)) + 4}: {refused}" in proc.stderr
+    assert (tmp_path / "dvc.yaml").read_text() == before
 
 
 def test_the_runs_file_names_each_runs_entry_and_its_base():

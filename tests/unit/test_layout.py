@@ -24,9 +24,9 @@ def test_the_import_contract_is_kept_and_catches_a_reporting_import_in_results_c
     shutil.copytree(REPO / "chargpt", tmp_path / "chargpt", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
     loop = tmp_path / "chargpt/train/loop.py"
-    loop.write_text(loop.read_text() + "\nimport chargpt.tracking.store  # a results module that reports\n")
+    loop.write_text(loop.read_text() + "\nimport chargpt.tracking.record  # a results module that reports\n")
     broken = lint_imports(tmp_path)
-    assert broken.returncode != 0 and "chargpt.train.loop -> chargpt.tracking.store" in broken.stdout, broken.stdout
+    assert broken.returncode != 0 and "chargpt.train.loop -> chargpt.tracking.record" in broken.stdout, broken.stdout
 
 
 def test_ruff_lint_and_format_are_clean():

@@ -8,7 +8,8 @@ import threading
 import pytest
 
 from chargpt.errors import TrackingError
-from chargpt.tracking import store
+from chargpt.tracking import connection as store
+from chargpt.tracking.tags import run_tags
 
 
 @pytest.mark.parametrize(
@@ -60,23 +61,18 @@ def test_a_server_behind_a_password_is_reachable_with_the_password_in_the_uri():
 
 
 def test_the_unreachable_error_and_the_fallback_tag_show_no_password(monkeypatch, tmp_path, caplog):
+    import torch
+
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("CHARGPT_TRACKING_FALLBACK_FROM", raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:s3cret@127.0.0.1:9/")  # the discard port: refused
     with pytest.raises(TrackingError) as e:
-        store.setup("fail")
+        store.connect("fail")
     assert "http://***@127.0.0.1:9/ is unreachable" in str(e.value) and "s3cret" not in str(e.value)
-    monkeypatch.setattr(store, "local_uri", lambda root=None: f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setattr(store.mlflow, "set_tracking_uri", lambda uri: None)
-
-    class StoreReached(Exception):
-        pass
-
-    def reached(name):
-        raise StoreReached
-
-    monkeypatch.setattr(store.mlflow, "get_experiment_by_name", reached)
-    with pytest.raises(StoreReached):  # the fallback went on to the local store, having recorded where from
-        store.setup("local")
-    assert store.os.environ["CHARGPT_TRACKING_FALLBACK_FROM"] == "http://***@127.0.0.1:9/"
+    fallen_back = store.connect("local")  # the fallback goes on to the local store, recording where from
+    assert fallen_back.uri.startswith(f"sqlite:///{tmp_path.resolve()}/mlflow.db")
+    assert fallen_back.fallback_from == "http://***@127.0.0.1:9/"
+    assert (
+        run_tags("r", "train@r", torch.device("cpu"), fallback_from=fallen_back.fallback_from)["tracking_fallback_from"]
+        == "http://***@127.0.0.1:9/"
+    )
     assert "s3cret" not in caplog.text

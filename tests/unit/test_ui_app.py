@@ -13,7 +13,7 @@ from conftest import seeded_views
 from mlflow.tracking import MlflowClient
 
 from chargpt.errors import TrackingError
-from chargpt.tracking import ui_app, view
+from chargpt.tracking import ui, ui_app
 from chargpt.tracking.view import store_view
 
 VIEW = {
@@ -121,9 +121,9 @@ def test_a_state_the_browser_cannot_parse_is_left_to_mlflow(served):
 
 
 def test_chargpt_ui_prints_the_links_and_serves_mlflow_as_the_chargpt_app(monkeypatch, tmp_path, capsys):
-    (app,) = [e for e in entry_points(group="mlflow.app") if e.name == view.UI_APP]
+    (app,) = [e for e in entry_points(group="mlflow.app") if e.name == ui.UI_APP]
     assert app.value == "chargpt.tracking.ui_app:create_app"  # what `mlflow ui --app-name chargpt` loads
-    monkeypatch.setattr(view, "publish_view", lambda root: "7")
+    monkeypatch.setattr(ui, "publish_view", lambda root, uri: "7")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///store.db")
     ran = []
 
@@ -131,18 +131,18 @@ def test_chargpt_ui_prints_the_links_and_serves_mlflow_as_the_chargpt_app(monkey
         ran.append(args)
         raise SystemExit(0)
 
-    monkeypatch.setattr(view.os, "execvp", execvp)
+    monkeypatch.setattr(ui.os, "execvp", execvp)
     with pytest.raises(SystemExit):
-        view.ui_main(["--repo", str(tmp_path), "--port", "5123"])
+        ui.ui_main(["--repo", str(tmp_path), "--port", "5123"])
     printed = capsys.readouterr().out
     assert "runs by test BPC:  http://127.0.0.1:5123/#/experiments/7/runs?viewStateShareKey=compare" in printed
     assert "trained models:    http://127.0.0.1:5123/#/experiments/7/models" in printed
     assert ran[0][1:] == ["-m", "mlflow", "ui", "--app-name", "chargpt", "--backend-store-uri", "sqlite:///store.db",
                           "--workers", "1", "--host", "127.0.0.1", "--port", "5123"]  # fmt: skip
     # an environment installed before the app existed: what to do, before MLflow's own "Failed to find app"
-    monkeypatch.setattr(view, "entry_points", lambda group: [])
+    monkeypatch.setattr(ui, "entry_points", lambda group: [])
     with pytest.raises(TrackingError, match=r"no 'chargpt' app .* reinstall the project: pip install -e \."):
-        view.ui_main(["--repo", str(tmp_path)])
+        ui.ui_main(["--repo", str(tmp_path)])
 
 
 def test_a_store_that_cannot_be_read_leaves_mlflows_page_as_it_is(served, monkeypatch, tmp_path, caplog):
@@ -156,11 +156,60 @@ def test_a_store_that_cannot_be_read_leaves_mlflows_page_as_it_is(served, monkey
 
 
 def test_with_a_tracking_server_chargpt_ui_prints_its_links_and_starts_nothing(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(view, "publish_view", lambda root: "7")
+    monkeypatch.setattr(ui, "publish_view", lambda root, uri: "7")
+    monkeypatch.setattr(ui.store, "check_reachable", lambda uri: None)  # (the server answers)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:s3cret@mlflow.example:5000/")
-    monkeypatch.setattr(view.os, "execvp", lambda *a: pytest.fail(f"started {a}"))
-    view.ui_main(["--repo", str(tmp_path)])
+    monkeypatch.setattr(ui.os, "execvp", lambda *a: pytest.fail(f"started {a}"))
+    ui.ui_main(["--repo", str(tmp_path)])
     printed = capsys.readouterr().out
     assert "runs by test BPC:  http://***@mlflow.example:5000/#/experiments/7/runs?viewStateShareKey=compare" in printed
     assert "s3cret" not in printed and "alice" not in printed  # the links are for sharing: no credentials
     assert "`mlflow server --app-name chargpt`" in printed
+
+
+def test_chargpt_ui_on_a_taken_port_fails_in_one_line_and_starts_nothing(monkeypatch, tmp_path):
+    import socket
+
+    monkeypatch.setattr(ui, "publish_view", lambda root, uri: "7")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///store.db")
+    monkeypatch.setattr(ui.os, "execvp", lambda *a: pytest.fail(f"started {a}"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(TrackingError, match=f"cannot serve on 127.0.0.1:{port} .*; pass another --port"):
+            ui.ui_main(["--repo", str(tmp_path), "--port", str(port)])
+    with pytest.raises(SystemExit) as usage:
+        ui.ui_main(["--repo", str(tmp_path), "--port", "70000"])
+    assert usage.value.code == 2
+
+
+def test_chargpt_ui_on_an_unreachable_server_fails_within_seconds(monkeypatch, tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{s.getsockname()[1]}")
+    monkeypatch.setattr(ui, "publish_view", lambda root, uri: pytest.fail("read the store"))
+    started = time.monotonic()
+    with pytest.raises(TrackingError, match="is unreachable"):
+        ui.ui_main(["--repo", str(tmp_path)])
+    assert time.monotonic() - started < 10
+
+
+def test_chargpt_ui_warns_when_it_serves_beyond_this_machine(monkeypatch, tmp_path, caplog):
+    import socket
+
+    monkeypatch.setattr(ui, "publish_view", lambda root, uri: "7")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///store.db")
+    ran = []
+    monkeypatch.setattr(ui.os, "execvp", lambda file, args: ran.append(args))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    ui.ui_main(["--repo", str(tmp_path), "--host", "0.0.0.0", "--port", port])
+    assert "serving on 0.0.0.0: MLflow's server has no authentication" in caplog.text and ran
+    caplog.clear()
+    ui.ui_main(["--repo", str(tmp_path), "--port", port])
+    assert "no authentication" not in caplog.text

@@ -1,0 +1,209 @@
+"""One MLflow run per named run and stage: what a stage records goes through a RecordedRun, or, with tracking off,
+through a NullRun that records nothing.
+
+MLflow's run functions (mlflow.start_run, log_*, its system metrics and logged models) read a process-wide tracking
+URI: start_run sets it from the Connection it is given, and every other call takes the connection's client.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import torch
+
+from chargpt.io import read_json
+from chargpt.tracking import registry
+from chargpt.tracking.connection import Connection
+from chargpt.tracking.tags import run_tags
+
+STEP_METRICS = ("val_probe_bpc", "val_probe_accuracy")  # logged at every eval interval already
+SYSTEM_METRICS = "CHARGPT_SYSTEM_METRICS"  # off: no CPU/GPU utilisation and memory metrics in a training run
+
+
+class RecordedRun:
+    """One MLflow run of a stage."""
+
+    def __init__(self, connection: Connection, run: mlflow.ActiveRun, run_name: str):
+        self.connection, self.run, self.run_name = connection, run, run_name
+        self.run_id: str | None = run.info.run_id
+        self._model_id: str | None = None
+
+    def __enter__(self) -> RecordedRun:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.run.__exit__(*exc)
+
+    def log_params(self, params: dict) -> None:
+        mlflow.log_params(params)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """A stage's final metrics, once each: those of registry.MODEL_METRICS linked to the run's model as well."""
+        linked = {k: v for k, v in metrics.items() if k in registry.MODEL_METRICS}
+        if linked:
+            mlflow.log_metrics(linked, step=step, model_id=self.model_id())
+        if rest := {k: v for k, v in metrics.items() if k not in registry.MODEL_METRICS}:
+            mlflow.log_metrics(rest, step=step)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def end(self, status: str, tags: dict | None = None) -> None:
+        """End the run as KILLED or FAILED, with tags saying why."""
+        if tags:
+            mlflow.set_tags(tags)
+        mlflow.end_run(status)
+
+    def step_logger(self, resumed: bool) -> StepLogger:
+        return StepLogger(self.connection.client(), self.run_id, resumed)
+
+    def log_range_test(self, csv_path: Path, json_path: Path, png_path: Path, run_name: str) -> None:
+        """The LR range test as a nested run of this run: its curve as step metrics, its plot and files."""
+        curve, summary = pd.read_csv(csv_path), read_json(json_path)
+        # The suggestion on the training run itself, beside the schedule's bounds it used (resolved.*: not recipe).
+        suggested = (("suggested_lr_min", "resolved.range_test_lr_min"), ("suggested_lr", "resolved.range_test_lr_max"))
+        mlflow.log_params({param: summary[key] for key, param in suggested if key in summary})
+        with mlflow.start_run(
+            experiment_id=self.connection.experiment_id,
+            run_name=f"{run_name}/lr_range_test",
+            nested=True,
+            tags={"chargpt.run": run_name},
+        ):
+            mlflow.log_params(summary)
+            client, run_id = self.connection.client(), mlflow.active_run().info.run_id
+            columns = [c for c in ("lr", "loss", "smoothed_loss", "val_accuracy") if c in curve]
+            metrics = [
+                mlflow.entities.Metric(key, float(row[key]), 0, int(row["step"]))
+                for row in curve.to_dict("records")
+                for key in columns
+                if not pd.isna(row[key])
+            ]
+            for i in range(0, len(metrics), 1000):  # the REST API takes at most 1000 metrics a batch
+                client.log_batch(run_id, metrics=metrics[i : i + 1000])
+            for path in (csv_path, json_path, png_path):
+                mlflow.log_artifact(str(path), artifact_path="lr_range_test")
+
+    def log_model(self, params: dict, weights: Path | None = None) -> str:
+        """This run's trained model in MLflow's Logged Models view (chargpt.tracking.registry); returns its id."""
+        self._model_id = registry.log_model(self.connection.experiment_id, self.run_id, self.run_name, params, weights)
+        return self._model_id
+
+    def model_id(self) -> str:
+        """The model this run logged (the newest, after a retraining), or a new one for a run that trained none here
+        (an evaluate of a pulled model whose training run is in another store)."""
+        if self._model_id is None:
+            found = registry.latest_model_id(self.connection.client(), self.run.info.experiment_id, self.run_id)
+            self._model_id = found or self.log_model({})
+        return self._model_id
+
+    def log_training_outputs(self, metrics: dict, reports: Path, step: int) -> None:
+        """A finished training run's final metrics (targets never reached left out) and its curve and plots."""
+        final = {k: float(v) for k, v in metrics.items() if k not in STEP_METRICS and v is not None}
+        self.log_metrics(final, step)
+        for name in ("train_curve.tsv", "train_curve.png", "lr_range_test.png"):
+            mlflow.log_artifact(str(reports / name), artifact_path="plots" if name.endswith(".png") else None)
+
+
+class NullRun:
+    """CHARGPT_TRACKING=off: RecordedRun's every method, recording nothing (tests/e2e/test_tracking.py checks that a
+    run's outputs are the same with it, and tests/unit/test_null_run.py that it has every method RecordedRun has)."""
+
+    run_id = None
+
+    def __enter__(self) -> NullRun:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def log_params(self, params: dict) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def end(self, status: str, tags: dict | None = None) -> None:
+        pass
+
+    def step_logger(self, resumed: bool):
+        return lambda step, metrics: None
+
+    def log_range_test(self, csv_path: Path, json_path: Path, png_path: Path, run_name: str) -> None:
+        pass
+
+    def log_model(self, params: dict, weights: Path | None = None) -> str:
+        return ""
+
+    def model_id(self) -> str:
+        return ""
+
+    def log_training_outputs(self, metrics: dict, reports: Path, step: int) -> None:
+        pass
+
+
+def missing_from_null_run() -> list[str]:
+    """RecordedRun's public methods that NullRun lacks or takes other arguments to (none, or tracking off would
+    reach MLflow)."""
+    public = [name for name, _ in inspect.getmembers(RecordedRun, inspect.isfunction) if not name.startswith("_")]
+    return [
+        name
+        for name in [*public, "__enter__", "__exit__"]
+        if not hasattr(NullRun, name)
+        or list(inspect.signature(getattr(NullRun, name)).parameters)
+        != list(inspect.signature(getattr(RecordedRun, name)).parameters)
+    ]
+
+
+class StepLogger:
+    """Logs step metrics to the run, skipping steps it already holds (a resumed run recomputes the steps between its
+    last checkpoint and the kill; they are identical, and must not appear twice)."""
+
+    def __init__(self, client: mlflow.MlflowClient, run_id: str, resumed: bool, key: str = "train_loss"):
+        self.client, self.run_id = client, run_id
+        history = client.get_metric_history(run_id, key) if resumed else []
+        self.last_logged = max((m.step for m in history), default=0)
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        if step > self.last_logged:
+            mlflow.log_metrics(metrics, step=step)
+
+
+def run_exists(connection: Connection | None, run_id: str | None) -> bool:
+    if connection is None or not run_id:
+        return False
+    try:
+        connection.client().get_run(run_id)
+        return True
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
+def start_run(
+    connection: Connection | None,
+    run_name: str,
+    stage: str,
+    device: torch.device,
+    run_id: str | None = None,
+    data_meta: dict | None = None,
+) -> RecordedRun | NullRun:
+    """Continue MLflow run `run_id`, or start a new one named after the named run (a NullRun where tracking is off:
+    no connection)."""
+    if connection is None:
+        return NullRun()
+    mlflow.set_tracking_uri(connection.uri)  # what MLflow's run functions read (the module's docstring)
+    # A training run records CPU/GPU utilisation and memory (MLflow's system metrics: psutil, pynvml on NVIDIA)
+    system = stage.startswith("train@") and os.environ.get(SYSTEM_METRICS, "on") != "off"
+    if run_id is not None:
+        return RecordedRun(connection, mlflow.start_run(run_id=run_id, log_system_metrics=system), run_name)
+    tags = run_tags(run_name, stage, device, data_meta, connection.fallback_from)
+    run = mlflow.start_run(
+        experiment_id=connection.experiment_id, run_name=run_name, tags=tags, log_system_metrics=system
+    )
+    return RecordedRun(connection, run, run_name)

@@ -19,24 +19,23 @@ def project(tmp_path_factory):
     return (*make_dvc_project(root, {"tiny": TINY_RUN, "tiny_cosine": TINY_COSINE_RUN}), corpus)
 
 
-def test_local_corpus_through_all_five_stages(project):
-    """The README's offline recipe: a local corpus without editing tracked files, checksums off."""
+@pytest.fixture(scope="module")
+def trained(project):
+    """The project after the README's offline recipe ran both runs through all five stages (the tests that read a
+    finished pipeline take this, so that each also runs alone); and what `dvc exp run` printed."""
     root, env, corpus = project
     out = run(
-        [
-            "dvc",
-            "exp",
-            "run",
-            "-S",
-            f"data.url={corpus.as_uri()}",
-            "-S",
-            "data.checksums=null",
-            "evaluate@tiny",
-            "evaluate@tiny_cosine",
-        ],
+        ["dvc", "exp", "run", "-S", f"data.url={corpus.as_uri()}", "-S", "data.checksums=null", "evaluate@tiny",
+         "evaluate@tiny_cosine"],
         root,
         env,
-    ).stdout
+    ).stdout  # fmt: skip
+    return root, env, out
+
+
+def test_local_corpus_through_all_five_stages(trained, project):
+    """The README's offline recipe: a local corpus without editing tracked files, checksums off."""
+    (root, env, out), corpus = trained, project[2]
     for stage in ("download", "preprocess", "lr_range_test@tiny", "train@tiny", "evaluate@tiny", "train@tiny_cosine"):
         assert f"Running stage '{stage}'" in out
 
@@ -109,12 +108,10 @@ def stale_after_editing(root, env, module: str) -> set[str]:
         path.write_text(code)
 
 
-def test_dvc_status_reports_exactly_the_stages_a_change_affects(project):
+def test_dvc_status_reports_exactly_the_stages_a_change_affects(trained):
     """After a complete run: a code change reports the stages that run that code, and only those (reporting code
     none), a change of the base run reports its variants too, and an eval-only setting reports evaluate alone."""
-    root, env, _ = project
-    if not (root / "models/tiny_cosine/model.pt").exists():
-        pytest.skip("needs test_local_corpus_through_all_five_stages")
+    root, env, _ = trained
     assert stale(root, env) == set()
     per_run = lambda *stages: {f"{s}@{r}" for s in stages for r in ("tiny", "tiny_cosine")}  # noqa: E731
     # the quickstart's optimizer, imported by train and the range test
@@ -156,10 +153,8 @@ def test_dvc_status_reports_exactly_the_stages_a_change_affects(project):
     assert stale(root, env) == set()
 
 
-def test_dvc_plots_overlay_every_run(project):
-    root, env, _ = project
-    if not (root / "reports/tiny_cosine/train_curve.tsv").exists():
-        pytest.skip("needs test_local_corpus_through_all_five_stages")
+def test_dvc_plots_overlay_every_run(trained):
+    root, env, _ = trained
     shown = json.loads(run(["dvc", "plots", "show", "--json"], root, env).stdout)
     assert not shown.get("errors"), shown.get("errors")
     assert set(shown["data"]) == {"val_bpc", "val_accuracy", "train_loss", "lr_range_test", "lr_range_accuracy"}
@@ -191,10 +186,8 @@ def test_dvc_plots_overlay_every_run(project):
         assert f"<!-- {package}." in page, package
 
 
-def test_compare_prints_one_row_per_run_with_iterations_to_target(project):
-    root, env, _ = project
-    if not (root / "reports/tiny_cosine/eval.json").exists():
-        pytest.skip("needs test_local_corpus_through_all_five_stages")
+def test_compare_prints_one_row_per_run_with_iterations_to_target(trained):
+    root, env, _ = trained
     out = run(["chargpt", "compare", "--format", "json"], root, env).stdout
     rows = {r["run"]: r for r in json.loads(out)}
     assert set(rows) == {"tiny", "tiny_cosine"}
@@ -209,10 +202,8 @@ def test_compare_prints_one_row_per_run_with_iterations_to_target(project):
     assert "iters_to_bpc_0.5" not in rows["tiny_cosine"]  # so no run has that column
 
 
-def test_mlflow_records_the_run(project):
-    root, env, _ = project
-    if not (root / "reports/tiny/eval.json").exists():
-        pytest.skip("needs test_local_corpus_through_all_five_stages")
+def test_mlflow_records_the_run(trained):
+    root, env, _ = trained
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
@@ -303,12 +294,10 @@ def test_a_config_error_stops_the_stage_before_any_work(project):
     )
 
 
-def test_dvc_artifacts_get_fetches_a_runs_model_without_a_clone(project, tmp_path):
+def test_dvc_artifacts_get_fetches_a_runs_model_without_a_clone(trained, tmp_path):
     """dvc.yaml's artifacts (chargpt sync-dvc): after a push, `dvc artifacts get <repo> <run>` fetches the model into
     an empty folder, and chargpt samples from it."""
-    root, env, _ = project
-    if not (root / "models/tiny/model.pt").exists():
-        pytest.skip("needs test_local_corpus_through_all_five_stages")
+    root, env, _ = trained
     declared = yaml.safe_load((root / "dvc.yaml").read_text())["artifacts"]
     assert set(declared) == {"tiny", "tiny_cosine"}
     assert declared["tiny"]["path"] == "models/tiny/model.pt" and declared["tiny"]["type"] == "model"
@@ -330,10 +319,8 @@ def test_dvc_artifacts_get_fetches_a_runs_model_without_a_clone(project, tmp_pat
     assert sampled.returncode == 0 and len(sampled.stdout) == 20, sampled.stderr
 
 
-def test_dvc_exp_run_changes_one_key_of_a_variant_and_reruns_that_variant_only(project):
+def test_dvc_exp_run_changes_one_key_of_a_variant_and_reruns_that_variant_only(trained, project):
     root, env, corpus = project
-    if not (root / "reports/tiny_cosine/eval.json").exists():
-        pytest.skip("needs test_local_corpus_through_all_five_stages")
     before = yaml.safe_load((root / "params.yaml").read_text())["runs"]["tiny_cosine"]
     out = run(
         [

@@ -45,7 +45,10 @@ def sweep_temporaries(*folders: str | Path) -> list[Path]:
         if folder.is_dir():
             stale += sorted(folder.glob(".*.tmp")) + sorted(folder.glob(".download-*"))
     for path in stale:
-        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     if stale:
         logging.getLogger("chargpt").info("removed %d temporary file(s) a killed stage left: %s", len(stale),
                                           ", ".join(map(str, stale)))  # fmt: skip

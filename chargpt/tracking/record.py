@@ -2,7 +2,8 @@
 through a NullRun that records nothing.
 
 MLflow's run functions (mlflow.start_run, log_*, its system metrics and logged models) read a process-wide tracking
-URI: start_run sets it from the Connection it is given, and every other call takes the connection's client.
+URI and act on the active run: start_run sets that URI from the Connection it is given. The calls that take a URI
+(the step logger's history, the range test's batches, the model lookup) use the connection's client.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import pandas as pd
 
 from chargpt.errors import TrackingError
 from chargpt.tracking.compare import latest_attempts, load_runs, recipe_params
-from chargpt.tracking.connection import STORE_ERRORS, Connection, project_root
+from chargpt.tracking.connection import STORE_ERRORS, Connection, project_root, tracking_uri
 
 LATEST_TAG = "chargpt.latest_attempt"  # on each named run's latest MLflow run only (mark_latest_attempts)
 VIEW_KEY = "compare"  # MLflow's shared view: the experiment tag mlflow.sharedViewState.<key>, opened by URL
@@ -35,6 +35,7 @@ def publish_view(root: Path, uri: str | None = None) -> str | None:
     and every param that varies between runs as columns, and BPC charts first. MLflow's UI opens it from the URL
     (view_path); the experiment's kind tag makes it the model-training UI rather than the GenAI one. Returns the
     experiment's id (None while nothing is recorded). uri: the store (default: the project's)."""
+    uri = uri or tracking_uri(root)
     runs = load_runs(root, uri)
     if runs.empty:
         return None

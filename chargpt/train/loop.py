@@ -69,9 +69,11 @@ class TrainStep:
                 _, micro_loss = self.forward(x, y)
                 scaled = micro_loss / len(batches)
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            # A copy: in reduce-overhead mode the next forward's replay reuses its output's memory.
-            micro_loss = micro_loss.detach().clone()
-            loss = micro_loss if loss is None else loss + micro_loss
+            micro_loss = micro_loss.detach()
+            if loss is None:  # a copy where another forward follows: a reduce-overhead replay reuses this memory
+                loss = micro_loss if last else micro_loss.clone()
+            else:
+                loss = loss + micro_loss
         if len(batches) > 1:
             loss = loss / len(batches)  # the mean over the step's micro-batches
         if self.scaler:

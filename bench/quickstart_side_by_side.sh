@@ -3,7 +3,9 @@
 # shipped sample, one after the other with nothing else running, in a fresh clone of this repository:
 #   bench/quickstart_side_by_side.sh <out.json>
 # Prints and writes each run's pipeline seconds (the first run's include download and preprocess, shared by the
-# second), training seconds and steps, val/test BPC and accuracy, static and dynamic, and the machine.
+# second), training seconds and steps, val/test BPC and accuracy, static and dynamic, and the machine; and both
+# models scored alike after the pipeline, with sliding windows (`chargpt score --stride 32`: every byte after the
+# first window sees at least 96 bytes of context), whatever protocol each run's evaluate stage used.
 set -euo pipefail
 out=$(realpath -m "${1:?usage: bench/quickstart_side_by_side.sh <out.json>}")
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,18 +20,29 @@ for run in quickstart quickstart_classic; do
     || { tail -20 "$work/$run.log"; exit 1; }
   seconds[$run]=$((SECONDS - start))
 done
-python3 - "$out" "${seconds[quickstart]}" "${seconds[quickstart_classic]}" <<'PY'
+for run in quickstart quickstart_classic; do
+  for split in val test; do
+    python -m chargpt.cli score --run "$run" --stride 32 "data/processed/$split.bin" >"$work/$run.$split.stride32.json"
+  done
+done
+python3 - "$out" "${seconds[quickstart]}" "${seconds[quickstart_classic]}" "$work" <<'PY'
 import json, sys, torch
-out, new, classic = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+out, new, classic, work = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 result = {"machine": f"{cpu}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}",
           "torch": torch.__version__}
 for run, pipeline in (("quickstart", new), ("quickstart_classic", classic)):
     ev, tm = (json.load(open(f"reports/{run}/{f}.json")) for f in ("eval", "train_metrics"))
     result[run] = {"pipeline_seconds": pipeline, "train_seconds": tm["train_seconds"], "iterations": tm["iterations"],
-                   **{k: ev[k] for k in ev if k.endswith(("_bpc", "_accuracy", "_bpc_dynamic", "_accuracy_dynamic"))}}
+                   **{k: ev[k] for k in ev if k.endswith(("_bpc", "_accuracy", "_bpc_dynamic", "_accuracy_dynamic"))},
+                   "eval_stride": ev["protocol"]["stride"]}
+    for split in ("val", "test"):
+        sliding = json.load(open(f"{work}/{run}.{split}.stride32.json"))
+        result[run] |= {f"{split}_bpc_stride32": sliding["bpc"], f"{split}_accuracy_stride32": sliding["accuracy"]}
 new_run, old_run = result["quickstart"], result["quickstart_classic"]
-result["quickstart_minus_classic"] = {k: round(new_run[k] - old_run[k], 5) for k in new_run if k != "pipeline_seconds"}
+result["quickstart_minus_classic"] = {
+    k: round(new_run[k] - old_run[k], 5) for k in new_run if k not in ("pipeline_seconds", "eval_stride")
+}
 json.dump(result, open(out, "w"), indent=2)
 print(json.dumps(result, indent=2))
 PY

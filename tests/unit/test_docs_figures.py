@@ -32,12 +32,13 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 
 def prose_and_output(text: str) -> str:
-    """A doc without its command blocks (```bash), inline code, comments and archived sections: what a reader
-    takes as measured now."""
+    """A doc without its command blocks (```bash, ```yaml), inline code, comments and archived sections: what a
+    reader takes as measured now, an output block's lines included."""
     text = ARCHIVED.sub("", text)
     text = re.sub(r"```(?:bash|yaml)\n.*?```", "", text, flags=re.S)
+    text = re.sub(r"(?m)^```\w*$", "", text)  # the fences of an output block: what it shows was measured
     text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
-    return re.sub(r"`[^`]*`", "", text)
+    return re.sub(r"`[^`\n]*`", "", text)
 
 
 def value_of(figure: str) -> tuple[float, int]:
@@ -261,3 +262,5 @@ def test_the_check_ties_a_figure_to_its_own_file_key_and_record(tmp_path, monkey
         problems("# A\ndocs/sweeps/gone.jsonl 2.1228")
     text = "now 2.1111; <!-- archived: 2026-11, a run whose outputs were not kept --> then 2.2222 <!-- /archived -->"
     assert FIGURE.findall(prose_and_output(text)) == ["2.1111"]
+    shown = "```bash\nrun --lr 0.0123\n```\nit printed:\n```\nval 2.3456 BPC\n```\nat `lr=0.0456`"
+    assert FIGURE.findall(prose_and_output(shown)) == ["2.3456"]  # an output block is checked, a command not

@@ -157,9 +157,9 @@ def untied(section: Section) -> list[str]:
     """The section's figures that no source of its own records, nor a difference of two recorded figures of its
     own; and its tables' rows and columns that mix what they describe. A table's row describes one thing (its
     figures come from one record: one run), unless a `<!-- rows: ... -->` comment says the section's rows compare
-    records (then each cell's figures come from one); a
-    column is one quantity (its figures' keys share a word other than a split's: val_bpc and val_bpc_dynamic,
-    bpc.xz -9e and bpc_compressed, not val_bpc and val_accuracy)."""
+    records (then each cell's figures come from one); a column is one quantity (its figures' keys share a word
+    other than a split's: val_bpc and val_bpc_dynamic, bpc.xz -9e and bpc_compressed, not val_bpc and
+    val_accuracy)."""
     numbers = sorted(section.numbers(), key=lambda n: abs(n.value))
     magnitudes = [abs(n.value) for n in numbers]
     figures = FIGURE.findall(prose_and_output(section.text))

@@ -46,7 +46,6 @@ LONGEST_FIRST = [
     "test_distributed.py",
     "test_queue.py",
     "test_resume.py",
-    "test_tracking.py",
     "test_use.py",
     "test_faults.py",
     "test_mlflow_server.py",

@@ -164,7 +164,7 @@ def chargpt_imports(path: Path, root: Path) -> set[str]:
 def code_deps(script: str, root: Path) -> list[str]:
     """A stage script and every chargpt module it runs, its imports, theirs, and so on, but for the reporting
     package (REPORTING): its code cannot change a stage's results (an import contract keeps the results code from
-    importing it, and tests/e2e/test_tracking.py checks that a run's outputs are the same without it)."""
+    importing it, and tests/e2e/test_pipeline_e2e.py checks that a run's outputs are the same without it)."""
     seen, todo = {script}, [script]
     while todo:
         for module in chargpt_imports(root / todo.pop(), root):

@@ -110,7 +110,7 @@ class RecordedRun:
 
 
 class NullRun:
-    """CHARGPT_TRACKING=off: RecordedRun's every method, recording nothing (tests/e2e/test_tracking.py checks that a
+    """CHARGPT_TRACKING=off: RecordedRun's every method, recording nothing (tests/e2e/test_pipeline_e2e.py checks that a
     run's outputs are the same with it, and tests/unit/test_null_run.py that it has every method RecordedRun has)."""
 
     run_id = None

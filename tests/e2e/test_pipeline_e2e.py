@@ -93,6 +93,54 @@ def test_local_corpus_through_all_five_stages(trained, project):
     assert "Running stage" not in again
 
 
+STAGES = [
+    ["stages/download.py"],
+    ["stages/preprocess.py"],
+    ["stages/lr_range.py", "--run", "tiny"],
+    ["stages/train.py", "--run", "tiny"],
+    ["stages/evaluate.py", "--run", "tiny"],
+]
+TIMING = ("seconds", "per_second")  # wall-clock figures: the only keys two identical runs may differ in
+
+
+def without_timing(value):
+    if isinstance(value, dict):
+        return {k: without_timing(v) for k, v in value.items() if not k.endswith(TIMING)}
+    return value
+
+
+def test_reporting_cannot_change_a_runs_outputs(trained, tmp_path):
+    """Why dvc.yaml lists no chargpt/tracking/ module as a dep: the tiny run above, recorded in MLflow, and the same
+    run's five stage scripts with the null tracker (CHARGPT_TRACKING=off) in a fresh folder write the same model
+    weights, curves, range test and scores."""
+    import os
+    import shutil
+
+    import torch
+
+    recorded, env, _ = trained
+    silent = tmp_path / "silent"
+    silent.mkdir()
+    shutil.copytree(recorded / "stages", silent / "stages")
+    shutil.copy(recorded / "params.yaml", silent / "params.yaml")  # as `dvc exp run -S` left it: the local corpus
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"CHARGPT_TRACKING": "off"}
+    for stage in STAGES:
+        proc = subprocess.run([sys.executable, *stage], cwd=silent, env=env, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (recorded / "mlflow.db").is_file() and not (silent / "mlflow.db").exists()
+    a, b = (torch.load(p / "models/tiny/model.pt", weights_only=True) for p in (recorded, silent))
+    assert a.pop("mlflow_run_id") and b.pop("mlflow_run_id") is None  # the one field that names the MLflow run
+    weights_a, weights_b = a.pop("model"), b.pop("model")
+    assert weights_a.keys() == weights_b.keys() and all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    assert a == b  # config, step, lr_max
+    for name in ("train_curve.tsv", "lr_range_test.csv"):
+        assert (recorded / "reports/tiny" / name).read_bytes() == (silent / "reports/tiny" / name).read_bytes(), name
+    for name in ("lr_range_test.json", "train_metrics.json", "eval.json"):
+        read = lambda root: without_timing(json.loads((root / "reports/tiny" / name).read_text()))  # noqa: E731
+        assert read(recorded) == read(silent), name
+
+
 def stale(root, env) -> set[str]:
     return set(json.loads(run(["dvc", "status", "--json"], root, env).stdout or "{}"))
 

@@ -15,7 +15,7 @@ def test_two_queued_experiments_are_both_recorded_completely(tmp_path):
     deadline = time.time() + 300
     while (status := run(["dvc", "queue", "status"], root, env).stdout) and ("Running" in status or "Queued" in status):
         assert time.time() < deadline, status
-        time.sleep(3)
+        time.sleep(1)
     failed = [line.split()[0] for line in status.splitlines() if "Failed" in line]
     logs = "".join(run(["dvc", "queue", "logs", task], root, env, False).stdout[-4000:] for task in failed)
     assert status.count("Success") == 2, status + logs

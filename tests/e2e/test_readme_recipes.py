@@ -5,7 +5,7 @@ recipe that breaks fails here. How the test reads the README, and nothing more:
 - a ```yaml block is a run to add under params.yaml's runs:, as the README says;
 - the lines after a comment "# on another clone" run in a fresh `git clone` of the project, the rest in the project.
 The project has a bare git remote, HOME is a temporary folder (the default DVC remote lives under it), and MLflow
-is off (CHARGPT_TRACKING=off): no recipe here reads it, and tests/e2e/test_tracking.py shows it changes no output.
+is off (CHARGPT_TRACKING=off): no recipe here reads it, and tests/e2e/test_pipeline_e2e.py shows it changes no output.
 """
 
 import json

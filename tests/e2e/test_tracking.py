@@ -88,69 +88,6 @@ def test_runs_are_tagged_with_the_sha256_of_each_split(monkeypatch):
         assert run_tags("r", "train@r", torch.device("cpu"), meta)["hardware"].endswith(suffix)
 
 
-STAGES = [
-    ["stages/download.py"],
-    ["stages/preprocess.py"],
-    ["stages/lr_range.py", "--run", "tiny"],
-    ["stages/train.py", "--run", "tiny"],
-    ["stages/evaluate.py", "--run", "tiny"],
-]
-TIMING = ("seconds", "per_second")  # wall-clock figures: the only keys two identical runs may differ in
-
-
-def run_tiny_pipeline(root: Path, corpus: Path, tracking_setting: str) -> Path:
-    """The five stage scripts in order, as dvc.yaml runs them, in a fresh project at `root`."""
-    import os
-    import shutil
-    import subprocess
-    import sys
-
-    import yaml
-    from conftest import REPO, TINY_RUN
-
-    root.mkdir()
-    shutil.copytree(REPO / "stages", root / "stages")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["runs"], params["data"]["url"], params["data"]["checksums"] = {"tiny": TINY_RUN}, str(corpus), None
-    params.pop("grids", None)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"CHARGPT_TRACKING": tracking_setting}
-    for stage in STAGES:
-        proc = subprocess.run([sys.executable, *stage], cwd=root, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return root
-
-
-def without_timing(value):
-    if isinstance(value, dict):
-        return {k: without_timing(v) for k, v in value.items() if not k.endswith(TIMING)}
-    return value
-
-
-def test_reporting_cannot_change_a_runs_outputs(tmp_path):
-    """Why dvc.yaml lists no chargpt/tracking/ module as a dep: the same tiny run, recorded in MLflow and with the
-    null tracker (CHARGPT_TRACKING=off), writes the same model weights, curves, range test and scores."""
-    import json
-
-    from conftest import tiny_text
-
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_bytes(tiny_text(60_000))
-    recorded = run_tiny_pipeline(tmp_path / "recorded", corpus, "mlflow")
-    silent = run_tiny_pipeline(tmp_path / "silent", corpus, "off")
-    assert (recorded / "mlflow.db").is_file() and not (silent / "mlflow.db").exists()
-    a, b = (torch.load(p / "models/tiny/model.pt", weights_only=True) for p in (recorded, silent))
-    assert a.pop("mlflow_run_id") and b.pop("mlflow_run_id") is None  # the one field that names the MLflow run
-    weights_a, weights_b = a.pop("model"), b.pop("model")
-    assert weights_a.keys() == weights_b.keys() and all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
-    assert a == b  # config, step, lr_max
-    for name in ("train_curve.tsv", "lr_range_test.csv"):
-        assert (recorded / "reports/tiny" / name).read_bytes() == (silent / "reports/tiny" / name).read_bytes(), name
-    for name in ("lr_range_test.json", "train_metrics.json", "eval.json"):
-        read = lambda root: without_timing(json.loads((root / "reports/tiny" / name).read_text()))  # noqa: E731
-        assert read(recorded) == read(silent), name
-
-
 def test_the_tracking_setting_is_checked(monkeypatch):
     from chargpt.errors import TrackingError
 

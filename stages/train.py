@@ -71,7 +71,7 @@ def train(cfg: RunConfig, fresh: bool = False) -> tuple[TrainingRun, dict | None
         if ranks.is_main:
             save_checkpoint(
                 model_path(name),
-                run.model,
+                run.final_model,
                 run.state_parts["config"],
                 step=result.step,
                 mlflow_run_id=recorded.run_id,

@@ -202,6 +202,7 @@ def save_training_state(
     sampler_generator: torch.Generator,
     config: dict[str, Any],
     loop: dict[str, Any],
+    ema: torch.nn.Module | None = None,
     **extra: Any,
 ) -> None:
     """Everything a resumed run needs to continue bit for bit; written atomically."""
@@ -217,6 +218,7 @@ def save_training_state(
             "config": config,
             "loop": loop,
             "rng": rng_states(sampler_generator),
+            "ema": ema.state_dict() if ema is not None else None,
             **extra,
         },
     )
@@ -231,6 +233,7 @@ def restore_training_state(
     scaler: torch.amp.GradScaler | None,
     sampler_generator: torch.Generator,
     config: dict[str, Any],
+    ema: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
     """Load a training state saved by save_training_state into the given objects; returns the whole state.
     Refuses a state written for a different config."""
@@ -248,5 +251,7 @@ def restore_training_state(
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
+    if ema is not None:  # the config (train.ema_decay) matched: the state holds the average
+        ema.load_state_dict(state["ema"])
     set_rng_states(state["rng"], sampler_generator)
     return state

@@ -138,6 +138,10 @@ class TrainConfig(Section):
     # next byte, layer l of n weighted 1 -> 0 over the first l/2n of training (the objective is the weighted
     # mean, so train_loss includes them until half-way; the val probe and evaluate never do).
     aux_losses: bool = False
+    # An exponential moving average of the weights (torch's AveragedModel), updated after every optimizer step with
+    # this decay (about 1 / (1 - decay) steps of memory): the val probe scores it, and it is the model saved.
+    # null: none, the last step's weights.
+    ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = None
     # torch.compile the model for training and evaluation (a minute or more of compiling first). auto: on CUDA,
     # not on a CPU (where it measured slower; docs/results.md).
     compile: bool | Literal["auto"] = "auto"

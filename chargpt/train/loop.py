@@ -3,10 +3,10 @@ bar), the error types and the step timer: nothing of the model, data or tracking
 
 The loop knows nothing of GPTs. It takes the run's parts (model, optimizer, scheduler, a batch source and a
 `step` that turns batches into one optimizer step), a LoopConfig, and hooks for what happens around it
-(evaluation, metrics, checkpoints, stop requests, step-dependent settings). `TrainStep` is the plain step:
-forward and backward over the micro-batches (gradient accumulation), clipping, the optimizer step, and a
-GradScaler for fp16. Compiling is the caller's: it hands TrainStep a torch.compile'd model (in reduce-overhead mode,
-torch replays the forward and backward from CUDA graphs).
+(evaluation, metrics, checkpoints, stop requests, step-dependent settings, an average of the weights).
+`TrainStep` is the plain step: forward and backward over the micro-batches (gradient accumulation), clipping, the
+optimizer step, and a GradScaler for fp16. Compiling is the caller's: it hands TrainStep a torch.compile'd model
+(in reduce-overhead mode, torch replays the forward and backward from CUDA graphs).
 `LoopState` is everything of the loop's own that a resumed run needs.
 """
 
@@ -148,6 +148,7 @@ class LoopHooks:
     on_checkpoint: Callable[[LoopState], None] = lambda state: None
     stop_requested: Callable[[], int | None] = lambda: None  # a signal number once a stop was asked for
     before_step: Callable[[int], None] = lambda step: None  # e.g. step-dependent loss weights
+    after_step: Callable[[int], None] = lambda done: None  # after each optimizer step, e.g. an average of the weights
 
 
 @contextlib.contextmanager
@@ -247,6 +248,7 @@ def train_loop(
         lr, momentum = group["lr"], scheduled_momentum(group)
         batches = [parts.next_batch() for _ in range(parts.step.micro_batches)]
         result = parts.step(batches)
+        hooks.after_step(step + 1)
         state.tokens += sum(y.numel() for _, y in batches) * cfg.world_size
         if step + 1 < cfg.total_steps:  # OneCycleLR refuses a step past total_steps
             parts.scheduler.step()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from chargpt.data.batches import BatchSampler, load_split
 from chargpt.device import autocast, precision_name
@@ -75,6 +76,12 @@ class TrainingRun:
     val_probe: torch.Tensor  # a fixed val prefix, so that the points of a curve are comparable
     ranks: Ranks = Ranks()
     accumulation_steps: int = 1
+    ema: AveragedModel | None = None  # train.ema_decay's average of the weights
+
+    @property
+    def final_model(self) -> GPT:
+        """The weights the run probes and saves: the average's where train.ema_decay is set, else the model's."""
+        return self.ema.module if self.ema is not None else self.model
 
     @classmethod
     def build(
@@ -114,6 +121,9 @@ class TrainingRun:
                 model, device_ids=[device.index] if device.type == "cuda" else None
             )
         forward_model = torch.compile(forward_model, mode=mode) if mode else forward_model
+        ema = None
+        if t.ema_decay is not None:  # a copy of the weights; its first update copies them, later ones average
+            ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=False)
         return cls(
             cfg,
             device,
@@ -129,6 +139,7 @@ class TrainingRun:
             val_probe,
             ranks,
             accumulation,
+            ema,
         )
 
     @property
@@ -141,6 +152,7 @@ class TrainingRun:
             "scaler": self.scaler,
             "sampler_generator": self.sampler.generator,
             "config": self.cfg.model_dump(mode="json"),
+            "ema": self.ema,
         }
 
     def parts(self) -> TrainParts:
@@ -175,9 +187,13 @@ class TrainingRun:
         if self.cfg.train.aux_losses:
             self.model.set_aux_loss_progress(step / self.cfg.train.iterations)
 
+    def after_step(self) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
     def probe(self) -> dict[str, float]:
         # Rank 0 alone probes (the others wait at the next all-reduce): through the plain model, not DDP's wrapper.
-        model = self.model if self.ranks.enabled else self.forward_model
+        model = self.final_model if self.ranks.enabled or self.ema is not None else self.forward_model
         score = split_score(
             model,
             self.val_probe,
@@ -225,6 +241,9 @@ class RunHooks:
 
     def before_step(self, step: int) -> None:
         self.run.before_step(step)
+
+    def after_step(self, done: int) -> None:
+        self.run.after_step()
 
     def evaluate(self) -> dict[str, float]:
         return self.run.probe() if self.recording else {}

@@ -192,7 +192,8 @@ class TrainingRun:
             self.ema.update_parameters(self.model)
 
     def probe(self) -> dict[str, float]:
-        # Rank 0 alone probes (the others wait at the next all-reduce): through the plain model, not DDP's wrapper.
+        # Rank 0 alone probes (the others wait at the next all-reduce): through the plain model, not DDP's wrapper;
+        # the average's, where the run keeps one.
         model = self.final_model if self.ranks.enabled or self.ema is not None else self.forward_model
         score = split_score(
             model,

@@ -118,7 +118,7 @@ def test_reporting_cannot_change_a_runs_outputs(trained, tmp_path):
 
     import torch
 
-    recorded, env, _ = trained
+    recorded = trained[0]
     silent = tmp_path / "silent"
     silent.mkdir()
     shutil.copytree(recorded / "stages", silent / "stages")

@@ -1,7 +1,5 @@
 """train.ema_decay: an exponential moving average of the weights, probed and saved in place of the last step's."""
 
-import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -94,7 +92,7 @@ def test_the_train_stage_saves_the_average(tmp_path, monkeypatch):
 
     monkeypatch.syspath_prepend(str(REPO))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setitem(os.environ, "CHARGPT_TRACKING", "off")
+    monkeypatch.setenv("CHARGPT_TRACKING", "off")
     (tmp_path / "corpus").write_bytes(tiny_text(20_000))
     write_json(
         Path("data/processed/meta.json"), split_corpus(tmp_path / "corpus", Path("data/processed"), (0.9, 0.05, 0.05))
@@ -109,4 +107,3 @@ def test_the_train_stage_saves_the_average(tmp_path, monkeypatch):
     for name, weight in saved.state_dict().items():
         assert torch.equal(weight, run.ema.module.state_dict()[name]), name
     assert not torch.equal(saved.head.weight, run.model.head.weight)
-    sys.modules.pop("stages.train", None)

@@ -8,7 +8,8 @@
 # second), training seconds and steps, val/test BPC and accuracy, static and dynamic, and the machine; and both
 # models scored alike after the pipeline in both protocols, whatever each run's evaluate stage used: consecutive
 # windows (`chargpt score`: on average 64 bytes of context) and sliding windows (`chargpt score --stride 32`: every
-# byte after the first window sees at least 96 bytes).
+# byte after the first window sees at least 96 bytes). `chargpt score` runs in fp32, whatever precision the run
+# trained and its evaluate stage scored in (recorded as each run's precision).
 set -euo pipefail
 out=$(realpath -m "${1:?usage: bench/quickstart_side_by_side.sh <out.json> [-S runs.quickstart.<key>=<value> ...]}")
 shift
@@ -39,13 +40,14 @@ import json, sys, torch
 out, new, classic, work = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 quickstart_set = [a for a in sys.argv[5:] if a != "-S"]  # the -S options the quickstart ran with
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+from chargpt.device import cpu_has_native_bf16
 result = {"machine": f"{cpu}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}",
-          "torch": torch.__version__, "quickstart_set": quickstart_set}
+          "native_bf16": cpu_has_native_bf16(), "torch": torch.__version__, "quickstart_set": quickstart_set}
 for run, pipeline in (("quickstart", new), ("quickstart_classic", classic)):
     ev, tm = (json.load(open(f"reports/{run}/{f}.json")) for f in ("eval", "train_metrics"))
     result[run] = {"pipeline_seconds": pipeline, "train_seconds": tm["train_seconds"], "iterations": tm["iterations"],
                    **{k: ev[k] for k in ev if k.endswith(("_bpc", "_accuracy", "_bpc_dynamic", "_accuracy_dynamic"))},
-                   "eval_stride": ev["protocol"]["stride"]}
+                   "eval_stride": ev["protocol"]["stride"], "precision": ev["protocol"]["precision"]}
     for split in ("val", "test"):
         for protocol in ("consecutive", "stride32"):
             scored = json.load(open(f"{work}/{run}.{split}.{protocol}.json"))
@@ -56,7 +58,7 @@ same_protocol = new_run["eval_stride"] == old_run["eval_stride"]
 result["quickstart_minus_classic"] = {
     k: round(new_run[k] - old_run[k], 5)
     for k in new_run
-    if k not in ("pipeline_seconds", "eval_stride") and (same_protocol or not k.endswith(("_bpc", "_accuracy")))
+    if k not in ("pipeline_seconds", "eval_stride", "precision") and (same_protocol or not k.endswith(("_bpc", "_accuracy")))
 }
 json.dump(result, open(out, "w"), indent=2)
 print(json.dumps(result, indent=2))

@@ -35,6 +35,11 @@ class ModelConfig(Section):
     value_residual: bool = False  # every layer's values mix in the first layer's, by a learned weight
     embedding_skip: bool = False  # every block's input mixes in the embedding, by a learned weight
     rope_base: PositiveFloat = 10000.0
+    # How attention is computed: the same function, rounded differently. fused: torch's pick among
+    # scaled_dot_product_attention's fused kernels (flash / memory-efficient); math: its reference path (matmuls and a
+    # softmax, differentiated by autograd), whose backward runs faster on a CPU in bf16 (docs/results.md); auto: math
+    # there (a CPU under bf16 autocast), fused elsewhere.
+    attention_kernel: Literal["fused", "math", "auto"] = "fused"
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:

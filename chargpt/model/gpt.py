@@ -4,7 +4,8 @@
 - a learned positional embedding of its own added to the residual stream at the input of every layer
   (Al-Rfou et al.: timing information at every layer, since a deep stack otherwise forgets it);
 - ReLU feed-forward and dropout, as in the paper;
-- causal attention through F.scaled_dot_product_attention (flash / memory-efficient kernels where present);
+- causal attention through F.scaled_dot_product_attention (flash / memory-efficient kernels where present, or
+  its reference path: `attention_kernel`);
 - optionally no biases in the Linear layers, and the output head tied to the byte embedding (the seed's model);
 - optionally Al-Rfou et al.'s intermediate-layer losses (`set_aux_loss_progress`): while training, every block
   but the last also predicts the next byte, through the shared final LayerNorm and head.
@@ -22,8 +23,29 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from chargpt.model.config import ModelConfig
+
+
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+    """F.scaled_dot_product_attention through torch's reference kernel (an explicit score matrix and softmax) rather
+    than a fused one: on a CPU in bf16 the fused kernel's backward is the slower one at this model's small heads."""
+    with sdpa_kernel(SDPBackend.MATH):
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+
+def auto_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+    """The reference path where it measured faster (a CPU under bf16 autocast), the fused kernels elsewhere."""
+    cpu_bf16 = (
+        q.device.type == "cpu"
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
+    return (math_attention if cpu_bf16 else F.scaled_dot_product_attention)(q, k, v, **kwargs)
+
+
+ATTENTION_KERNELS = {"fused": F.scaled_dot_product_attention, "math": math_attention, "auto": auto_attention}
 
 
 class Rotary(nn.Module):
@@ -58,6 +80,7 @@ class CausalSelfAttention(nn.Module):
         self.rotary = Rotary(head_size, cfg.context, cfg.rope_base) if cfg.positions == "rope" else None
         # Value residual (Zhou et al. 2024): a later layer's values move towards the first layer's by this weight.
         self.value_mix = nn.Parameter(torch.tensor(0.5)) if cfg.value_residual and layer > 0 else None
+        self.attend = ATTENTION_KERNELS[cfg.attention_kernel]
 
     def forward(
         self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, first_values: torch.Tensor | None = None
@@ -76,19 +99,17 @@ class CausalSelfAttention(nn.Module):
             q, k = self.rotary(q, start), self.rotary(k, start)
         values = v
         if cache is None:
-            y = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
-            )
+            y = self.attend(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
         else:
             k, v = cache.append(layer, k, v)  # (B, nh, L, hs): the window's earlier positions, then these
             L = k.size(2)
             if L == T:
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                y = self.attend(q, k, v, is_causal=True)
             elif T == 1:  # the newest position sees them all
-                y = F.scaled_dot_product_attention(q, k, v)
+                y = self.attend(q, k, v)
             else:  # position i of these T is position L - T + i of the window
                 mask = torch.ones(T, L, dtype=torch.bool, device=x.device).tril(L - T)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                y = self.attend(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.proj(y)), values
 

@@ -74,10 +74,11 @@ class RunConfig(Section):
             )
         if self.eval.stride is not None and self.eval.stride > self.model.context:
             raise ValueError(f"eval.stride: {self.eval.stride} must not exceed model.context ({self.model.context})")
-        if self.schedule.name == "cosine" and self.schedule.warmup_steps >= self.train.iterations:
+        fewest = min(self.train.steps(None), self.train.iterations)  # fp32_iterations_fraction's, where set
+        if self.schedule.name == "cosine" and self.schedule.warmup_steps >= fewest:
             raise ValueError(
-                f"schedule.warmup_steps: {self.schedule.warmup_steps} must be below train.iterations "
-                f"({self.train.iterations})"
+                f"schedule.warmup_steps: {self.schedule.warmup_steps} must be below the steps trained ({fewest}: "
+                f"train.iterations, times train.fp32_iterations_fraction in fp32)"
             )
         t = self.train
         if t.aux_losses and self.model.n_layer < 2:

@@ -208,6 +208,7 @@ def artifact(cfg: RunConfig) -> dict:
     desc = (
         f"chargpt run {cfg.name}: byte-level GPT, {m.n_layer} layers, d_model {m.d_model}, {m.n_head} heads, context "
         f"{m.context}; {o.name}, {cfg.schedule.name} schedule, {t.iterations} steps of batch {t.batch_size}"
+        + (f" ({t.steps(None)} where it trains in fp32)" if t.fp32_iterations_fraction else "")
     )
     labels = [o.name, cfg.schedule.name, f"context-{m.context}", f"layers-{m.n_layer}"]
     return {"path": f"models/{cfg.name}/model.pt", "type": "model", "desc": desc, "labels": labels}

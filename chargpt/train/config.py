@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, model_validator
 
 from chargpt.settings import Fraction, PositiveFloat, PositiveInt, Section
+
+if TYPE_CHECKING:
+    import torch
 
 
 class OptimizerConfig(Section):
@@ -119,6 +122,9 @@ class TrainConfig(Section):
     # compute capability >= 8.0, fp16 below it (T4, V100: no bf16 tensor cores), and on a CPU bf16 only where
     # it has native bf16 matmul (avx512_bf16 / amx_bf16), else fp32 (chargpt/device.py).
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    # Where precision: auto resolves to fp32 (a CPU without native bf16), train this share of `iterations` (rounded),
+    # so that a recipe whose steps were timed in bf16 keeps its training time at fp32's slower step. null: all of them.
+    fp32_iterations_fraction: Fraction | None = None
     # CUDA: fp32 matmuls (fp32 precision, and what bf16 autocast leaves in fp32) on TF32 tensor cores (10-bit
     # mantissa, several times faster); false: IEEE fp32. No effect on a CPU.
     tf32: bool = True
@@ -152,6 +158,22 @@ class TrainConfig(Section):
     # Divergence that stays finite: stop when an interval's mean train loss rises this many nats above the
     # first interval's (a val probe worse than a uniform guess, 8 bits per byte, stops it too).
     max_loss_rise: PositiveFloat = 1.0
+
+    @model_validator(mode="after")
+    def _fp32_fraction_needs_auto_precision(self) -> TrainConfig:
+        if self.fp32_iterations_fraction is not None and self.precision != "auto":
+            raise ValueError(
+                f"fp32_iterations_fraction: {self.fp32_iterations_fraction} applies only where precision: auto "
+                f"resolves to fp32, and precision is {self.precision}; set iterations alone, and "
+                f"fp32_iterations_fraction: null"
+            )
+        return self
+
+    def steps(self, amp_dtype: torch.dtype | None) -> int:
+        """The optimizer steps to train under the run's resolved autocast dtype (None: fp32)."""
+        if amp_dtype is None and self.fp32_iterations_fraction is not None:
+            return max(1, round(self.iterations * self.fp32_iterations_fraction))
+        return self.iterations
 
     def accumulation_steps(self, world_size: int) -> int:
         """Micro-batches per optimizer step and process: batch_size / (world_size x micro_batch_size)."""

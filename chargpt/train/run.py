@@ -83,6 +83,12 @@ class TrainingRun:
         """The weights the run probes and saves: the average's where train.ema_decay is set, else the model's."""
         return self.ema.module if self.ema is not None else self.model
 
+    @property
+    def iterations(self) -> int:
+        """The steps this run trains: train.iterations, or their train.fp32_iterations_fraction where precision: auto
+        gave fp32."""
+        return self.cfg.train.steps(self.amp_dtype)
+
     @classmethod
     def build(
         cls,
@@ -101,7 +107,8 @@ class TrainingRun:
         mode = compile_mode(t, device)
         model = GPT(cfg.model).to(device)
         optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.schedule.lr_min, momentum=cfg.schedule.momentum_max)
-        scheduler = build_scheduler(optimizer, cfg.schedule, lr_max, t.iterations)  # counts global (optimizer) steps
+        # counts global (optimizer) steps
+        scheduler = build_scheduler(optimizer, cfg.schedule, lr_max, t.steps(amp_dtype))
         scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
         sampler = BatchSampler(
             load_split(data_dir / "train.bin"),
@@ -171,7 +178,7 @@ class TrainingRun:
         """max_seconds: stop (RunTooLong) when the steps left would take longer (chargpt.pipeline.harness's limit)."""
         t = self.cfg.train
         return LoopConfig(
-            t.iterations,
+            self.iterations,
             t.log_interval,
             t.eval_interval,
             t.checkpoint_every,
@@ -185,7 +192,7 @@ class TrainingRun:
 
     def before_step(self, step: int) -> None:
         if self.cfg.train.aux_losses:
-            self.model.set_aux_loss_progress(step / self.cfg.train.iterations)
+            self.model.set_aux_loss_progress(step / self.iterations)
 
     def after_step(self) -> None:
         if self.ema is not None:
@@ -210,6 +217,7 @@ class TrainingRun:
         return flatten(self.cfg.model_dump(mode="json", exclude={"name"})) | {
             "resolved.lr_max": self.lr_max,
             "resolved.precision": precision_name(self.amp_dtype),
+            "resolved.iterations": self.iterations,
             "resolved.compile": self.compile_mode is not None,
             "resolved.cuda_graphs": self.compile_mode == "reduce-overhead",
             "model.n_params": self.model.num_params(),

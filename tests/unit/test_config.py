@@ -62,7 +62,7 @@ def test_a_variant_of_the_quickstart_builds_on_its_whole_chain(params):
                                                                  "runs.quickstart_adamw")  # fmt: skip
     variant, quickstart = resolve_run(params, "variant"), resolve_run(params, "quickstart")
     assert variant.train.iterations == 1000 and variant.optimizer == quickstart.optimizer  # muon, from quickstart
-    assert variant.model == quickstart.model and variant.train.precision == "fp32"  # from quickstart_adamw
+    assert variant.model == quickstart.model and variant.train.log_interval == 10  # from quickstart_adamw
     params["runs"]["quickstart"]["optimizer"]["muon_ns_dtype"] = "fp64"  # an error names the layer that set it
     with pytest.raises(ConfigError, match=re.escape("runs.quickstart.optimizer.muon_ns_dtype")):
         resolve_run(params, "variant")

@@ -29,6 +29,8 @@ OPTIONS = {
     "bigram": {"bigram": True},
     "value_residual": {"value_residual": True},
     "embedding_skip": {"embedding_skip": True},
+    "math_attention": {"attention_kernel": "math"},
+    "auto_attention": {"attention_kernel": "auto"},
     "all": {
         "positions": "rope",
         "qk_norm": True,
@@ -40,6 +42,7 @@ OPTIONS = {
         "value_residual": True,
         "embedding_skip": True,
         "tie_embeddings": False,
+        "attention_kernel": "math",
     },  # fmt: skip
 }
 
@@ -206,6 +209,39 @@ def test_the_bigram_table_has_a_row_per_pair_and_a_row_per_first_byte():
     assert out[0, :, 0].tolist() == [2.0, 1.0, 0.0, 0.0, 1.0]
 
 
+def attention_ops(model: GPT, idx: torch.Tensor, amp_dtype: torch.dtype | None = None) -> set[str]:
+    """The scaled-dot-product-attention kernels a forward and backward of `model` ran (profiled)."""
+    with torch.profiler.profile() as prof:
+        with torch.autocast("cpu", dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+            _, loss = model(idx, idx)
+        loss.backward()
+    return {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key and "attention" in e.key}
+
+
+FUSED = "aten::_scaled_dot_product_flash_attention_for_cpu"
+MATH = "aten::_scaled_dot_product_attention_math"
+
+
+@pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
+def test_each_attention_kernel_runs_the_kernel_it_names_and_computes_the_same(amp_dtype):
+    """fused: torch's flash kernel; math: the reference path; auto: math on a CPU in bf16 only (where it measured
+    faster), fused in fp32. The same weights give the same logits and gradients through each, up to rounding."""
+    idx = torch.randint(0, 256, (2, 16))
+    runs = {}
+    for kernel in ("fused", "math", "auto"):
+        model = trained_a_little({"positions": "rope", "attention_kernel": kernel}).train()
+        ops = attention_ops(model, idx, amp_dtype)
+        runs[kernel] = model(idx)[0].detach(), [p.grad for p in model.parameters()], ops
+    assert FUSED in runs["fused"][2] and MATH not in runs["fused"][2]
+    assert MATH in runs["math"][2] and FUSED not in runs["math"][2]
+    assert runs["auto"][2] == (runs["math"][2] if amp_dtype == torch.bfloat16 else runs["fused"][2])
+    tolerance = {"rtol": 0, "atol": 1e-5 if amp_dtype is None else 2e-2}
+    for kernel in ("math", "auto"):
+        torch.testing.assert_close(runs[kernel][0], runs["fused"][0], **tolerance)
+        for a, b in zip(runs[kernel][1], runs["fused"][1], strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-4 if amp_dtype is None else 5e-2)
+
+
 def test_rope_needs_an_even_head_size_and_says_so():
     from pydantic import ValidationError
 
@@ -226,5 +262,5 @@ def test_the_runs_that_predate_the_options_use_none_of_them(run):
     model = load_run_config(run, REPO / "params.yaml").model
     defaults = ModelConfig()
     options = ("activation", "qk_norm", "zero_init", "logit_softcap", "smear", "bigram", "value_residual",
-               "embedding_skip")  # fmt: skip
+               "embedding_skip", "attention_kernel")  # fmt: skip
     assert all(getattr(model, k) == getattr(defaults, k) for k in options) and model.positions != "rope"

@@ -44,8 +44,7 @@ def main() -> None:
     for run in args.runs:
         cfg = load_run_config(run, args.params)
         sets = [f"train.iterations={args.steps}", "schedule.lr_max=0.003", "train.precision=fp32",
-                "train.fp32_iterations_fraction=null", "train.eval_interval=50",
-                "train.checkpoint_every=0"]  # fmt: skip
+                "train.eval_interval=50", "train.checkpoint_every=0"]  # fmt: skip
         if cfg.model.context > 128:
             sets += ["model.n_layer=1", "train.batch_size=4"]
         cfg = with_overrides(cfg, sets)

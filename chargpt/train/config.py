@@ -124,6 +124,7 @@ class TrainConfig(Section):
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     # Where precision: auto resolves to fp32 (a CPU without native bf16), train this share of `iterations` (rounded),
     # so that a recipe whose steps were timed in bf16 keeps its training time at fp32's slower step. null: all of them.
+    # A precision set outright trains `iterations` in it.
     fp32_iterations_fraction: Fraction | None = None
     # CUDA: fp32 matmuls (fp32 precision, and what bf16 autocast leaves in fp32) on TF32 tensor cores (10-bit
     # mantissa, several times faster); false: IEEE fp32. No effect on a CPU.
@@ -159,19 +160,9 @@ class TrainConfig(Section):
     # first interval's (a val probe worse than a uniform guess, 8 bits per byte, stops it too).
     max_loss_rise: PositiveFloat = 1.0
 
-    @model_validator(mode="after")
-    def _fp32_fraction_needs_auto_precision(self) -> TrainConfig:
-        if self.fp32_iterations_fraction is not None and self.precision != "auto":
-            raise ValueError(
-                f"fp32_iterations_fraction: {self.fp32_iterations_fraction} applies only where precision: auto "
-                f"resolves to fp32, and precision is {self.precision}; set iterations alone, and "
-                f"fp32_iterations_fraction: null"
-            )
-        return self
-
     def steps(self, amp_dtype: torch.dtype | None) -> int:
         """The optimizer steps to train under the run's resolved autocast dtype (None: fp32)."""
-        if amp_dtype is None and self.fp32_iterations_fraction is not None:
+        if self.precision == "auto" and amp_dtype is None and self.fp32_iterations_fraction is not None:
             return max(1, round(self.iterations * self.fp32_iterations_fraction))
         return self.iterations
 

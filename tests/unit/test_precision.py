@@ -106,36 +106,21 @@ def test_a_resumed_fp16_run_continues_bit_for_bit_with_its_scaler(tmp_path):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("amp_dtype, steps", [(None, 6), (torch.bfloat16, 10)], ids=["fp32", "bf16"])
-def test_a_share_of_the_steps_where_auto_precision_gives_fp32(tmp_path, amp_dtype, steps):
+@pytest.mark.parametrize(
+    "precision, amp_dtype, steps", [("auto", None, 6), ("auto", torch.bfloat16, 10), ("fp32", None, 10)]
+)
+def test_a_share_of_the_steps_where_auto_precision_gives_fp32(tmp_path, precision, amp_dtype, steps):
     """A recipe timed in bf16 trains round(iterations x train.fp32_iterations_fraction) steps where precision: auto
-    resolves to fp32: the loop, the schedule and the recorded params all take them."""
+    resolves to fp32: the loop, the schedule and the recorded params all take them. In bf16, or in a precision set
+    outright, it trains its iterations."""
     from test_trainer import tiny_training_run
 
     from chargpt.train.loop import train_loop
     from chargpt.train.run import RunHooks
 
-    run = tiny_training_run(
-        tmp_path, amp_dtype, train={"iterations": 10, "fp32_iterations_fraction": 0.55, "eval_interval": 5}
-    )
+    train = {"iterations": 10, "fp32_iterations_fraction": 0.55, "eval_interval": 5, "precision": precision}
+    run = tiny_training_run(tmp_path, amp_dtype, train=train)
     assert run.iterations == steps and run.params()["resolved.iterations"] == steps
     assert run.loop_config().total_steps == steps and run.scheduler.total_steps == steps
     state = train_loop(run.parts(), run.loop_config(), RunHooks(run, recording=False))
     assert state.step == steps and run.scheduler.last_epoch == steps - 1  # the schedule ran its whole course
-
-
-def test_an_fp32_share_with_a_fixed_precision_is_refused_naming_the_key(tmp_path, params):
-    import yaml
-
-    from chargpt.errors import ConfigError
-    from chargpt.pipeline.config import load_run_config
-
-    del params["grids"]
-    params["runs"] = {"t": {"train": {"precision": "fp32", "fp32_iterations_fraction": 0.5}}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(
-        ConfigError,
-        match=r"runs\.t\.train\.fp32_iterations_fraction: 0\.5 applies only where precision: auto resolves to fp32, "
-        r"and precision is fp32",
-    ):
-        load_run_config("t", tmp_path / "params.yaml")

@@ -16,13 +16,13 @@ import math
 import sys
 from pathlib import Path
 
-import mlflow
-import pandas as pd
-
 from chargpt.errors import ConfigError, TrackingError
 from chargpt.io import atomic_open
 from chargpt.pipeline.config import load_params, run_sources
 from chargpt.tracking import connection as store
+from chargpt.tracking import lazy_import
+
+mlflow, pd = lazy_import("mlflow"), lazy_import("pandas")
 
 COLUMNS = {  # output column -> MLflow field; None: derived from several fields
     "run": "tags.chargpt.run",
@@ -76,7 +76,7 @@ def load_runs(root: Path, uri: str | None = None) -> pd.DataFrame:
             return pd.DataFrame()
         with store.fluent_uri(uri):  # mlflow.search_runs, the one reader that builds the DataFrame, takes no URI
             runs = mlflow.search_runs(experiment_ids=[experiment.experiment_id], output_format="pandas")
-    except store.STORE_ERRORS as e:
+    except store.store_errors() as e:
         raise store.store_error(uri, e) from None
     if runs.empty:
         return runs

@@ -19,11 +19,12 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
-import sqlalchemy.exc
 from filelock import FileLock
 
 from chargpt.errors import TrackingError
+from chargpt.tracking import lazy_import
+
+mlflow, sqlalchemy = lazy_import("mlflow"), lazy_import("sqlalchemy")
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,9 @@ def store_error(uri: str, error: Exception) -> TrackingError:
     return TrackingError(f"MLflow store {redact(uri)} failed ({reason})")
 
 
-STORE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, mlflow.exceptions.MlflowException)
+def store_errors() -> tuple[type[Exception], ...]:
+    """What a failing store raises."""
+    return sqlalchemy.exc.SQLAlchemyError, mlflow.exceptions.MlflowException
 
 
 TRACKING = "CHARGPT_TRACKING"
@@ -183,5 +186,5 @@ def connect(on_unreachable: str = "fail", root: Path | None = None) -> Connectio
                 if experiment.tags.get(key) != value:
                     client.set_experiment_tag(experiment.experiment_id, key, value)
             return Connection(uri, experiment.experiment_id, fallback_from)
-    except STORE_ERRORS as e:
+    except store_errors() as e:
         raise store_error(uri, e) from None

@@ -12,14 +12,14 @@ import inspect
 import os
 from pathlib import Path
 
-import mlflow
-import pandas as pd
 import torch
 
 from chargpt.io import read_json
-from chargpt.tracking import registry
+from chargpt.tracking import lazy_import, registry
 from chargpt.tracking.connection import Connection
 from chargpt.tracking.tags import run_tags
+
+mlflow, pd = lazy_import("mlflow"), lazy_import("pandas")
 
 STEP_METRICS = ("val_probe_bpc", "val_probe_accuracy")  # logged at every eval interval already
 SYSTEM_METRICS = "CHARGPT_SYSTEM_METRICS"  # off: no CPU/GPU utilisation and memory metrics in a training run

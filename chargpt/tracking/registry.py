@@ -6,9 +6,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import mlflow
-
+from chargpt.tracking import lazy_import
 from chargpt.tracking.tags import git_tags
+
+mlflow = lazy_import("mlflow")
 
 MODEL_TYPE = "chargpt byte-level GPT"
 # Metrics of a trained model shown in MLflow's model view (the run keeps every metric).

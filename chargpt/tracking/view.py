@@ -8,12 +8,12 @@ import logging
 import time
 from pathlib import Path
 
-import mlflow
-import pandas as pd
-
 from chargpt.errors import TrackingError
+from chargpt.tracking import lazy_import
 from chargpt.tracking.compare import latest_attempts, load_runs, recipe_params
-from chargpt.tracking.connection import STORE_ERRORS, Connection, project_root, tracking_uri
+from chargpt.tracking.connection import Connection, project_root, store_errors, tracking_uri
+
+mlflow, pd = lazy_import("mlflow"), lazy_import("pandas")
 
 LATEST_TAG = "chargpt.latest_attempt"  # on each named run's latest MLflow run only (mark_latest_attempts)
 VIEW_KEY = "compare"  # MLflow's shared view: the experiment tag mlflow.sharedViewState.<key>, opened by URL
@@ -121,7 +121,7 @@ def refresh_view(connection: Connection | None, log: logging.Logger) -> None:
         return
     try:
         publish_view(project_root(), connection.uri)
-    except (TrackingError, *STORE_ERRORS) as e:
+    except (TrackingError, *store_errors()) as e:
         log.warning("could not update MLflow's comparison view: %s", e)
 
 

@@ -46,3 +46,20 @@ def test_no_stage_lists_reporting_code_and_the_data_stages_list_data_code_only()
         code = {d for d in stages[name]["deps"] if d.startswith("chargpt/")}
         assert code - core - harness == {"chargpt/data/__init__.py", "chargpt/data/config.py",
                                          "chargpt/data/corpus.py"}, name  # fmt: skip
+
+
+def test_a_stage_process_loads_no_mlflow_sqlalchemy_or_pandas_until_it_records():
+    """The tracking modules import MLflow, SQLAlchemy and pandas lazily (chargpt.tracking.lazy_import), so a stage run
+    with tracking off (CHARGPT_TRACKING=off: the tests, the recipe sweeps) never pays for them; a store opened
+    loads them."""
+    code = """
+import sys, stages.train, stages.evaluate, stages.lr_range
+loaded = lambda: sorted(n for n in ("mlflow", "pandas", "sqlalchemy") if type(sys.modules.get(n)).__name__ == "module")
+print(loaded())
+from chargpt.tracking import connection
+connection.store_errors()
+print(loaded())
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    before, after = out.splitlines()[:2]
+    assert before == "[]" and "'mlflow'" in after and "'sqlalchemy'" in after

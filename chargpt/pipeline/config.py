@@ -74,7 +74,7 @@ class RunConfig(Section):
             )
         if self.eval.stride is not None and self.eval.stride > self.model.context:
             raise ValueError(f"eval.stride: {self.eval.stride} must not exceed model.context ({self.model.context})")
-        fewest = min(self.train.steps(None), self.train.iterations)  # fp32_iterations_fraction's, where set
+        fewest = self.train.steps(None)  # in fp32 (fewer where train.fp32_iterations_fraction applies)
         if self.schedule.name == "cosine" and self.schedule.warmup_steps >= fewest:
             raise ValueError(
                 f"schedule.warmup_steps: {self.schedule.warmup_steps} must be below the steps trained ({fewest}: "

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from chargpt.device import autocast
 from chargpt.model.config import ModelConfig
 from chargpt.model.gpt import GPT, Rotary
 from chargpt.pipeline.config import RunConfig
@@ -212,7 +213,7 @@ def test_the_bigram_table_has_a_row_per_pair_and_a_row_per_first_byte():
 def attention_ops(model: GPT, idx: torch.Tensor, amp_dtype: torch.dtype | None = None) -> set[str]:
     """The scaled-dot-product-attention kernels a forward and backward of `model` ran (profiled)."""
     with torch.profiler.profile() as prof:
-        with torch.autocast("cpu", dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        with autocast(torch.device("cpu"), amp_dtype):
             _, loss = model(idx, idx)
         loss.backward()
     return {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key and "attention" in e.key}

@@ -245,7 +245,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--summarize", nargs="+", metavar="JSONL", help="print a table of these results and exit")
     parser.add_argument("--top", type=int, help="with --summarize: only the best N")
     parser.add_argument("--plot", metavar="PNG", help="with --summarize: also draw the val probe curves to PNG")
-    parser.add_argument("--match", help="with --summarize: only variants whose name matches this regex")
+    parser.add_argument(
+        "--match", help="only the variants whose name matches this regex (the --grid rows run, the rows shown)"
+    )
     parser.add_argument(
         "--versus-control",
         action="store_true",
@@ -272,6 +274,10 @@ def main() -> None:
     ):
         sys.exit(f"{args.grid}: expected a list of {{name, set: [section.key=value, ...]}}")
     variants = [(v["name"], [*args.set, *(v.get("set") or [])]) for v in grid]
+    if args.match:
+        variants = [v for v in variants if re.search(args.match, v[0])]
+        if not variants:
+            sys.exit(f"--match {args.match!r}: no variant of {args.grid} matches")
     base = load_run_config(args.run, args.params)
     for _, assignments in variants:  # every variant valid before any work starts
         with_overrides(base, assignments)

@@ -80,6 +80,11 @@ class RunConfig(Section):
                 f"schedule.warmup_steps: {self.schedule.warmup_steps} must be below the steps trained ({fewest}: "
                 f"train.iterations, times train.fp32_iterations_fraction in fp32)"
             )
+        if self.optimizer.head_lr_scale != 1.0 and self.model.tie_embeddings:
+            raise ValueError(
+                f"optimizer.head_lr_scale: {self.optimizer.head_lr_scale} with model.tie_embeddings: true: the head is "
+                f"the byte embedding, whose LR is optimizer.embedding_lr_scale; set head_lr_scale to 1.0"
+            )
         t = self.train
         if t.aux_losses and self.model.n_layer < 2:
             raise ValueError(f"train.aux_losses: needs intermediate layers, and model.n_layer is {self.model.n_layer}")

@@ -203,9 +203,11 @@ def save_training_state(
     config: dict[str, Any],
     loop: dict[str, Any],
     ema: torch.nn.Module | None = None,
+    resolved: dict[str, Any] | None = None,
     **extra: Any,
 ) -> None:
-    """Everything a resumed run needs to continue bit for bit; written atomically."""
+    """Everything a resumed run needs to continue bit for bit; written atomically. `resolved`: what the config left to
+    the machine (the precision `auto` gave, the steps that follow from it), which a resumed run must resolve alike."""
     _save(
         path,
         {
@@ -219,6 +221,7 @@ def save_training_state(
             "loop": loop,
             "rng": rng_states(sampler_generator),
             "ema": ema.state_dict() if ema is not None else None,
+            "resolved": resolved,
             **extra,
         },
     )
@@ -234,9 +237,10 @@ def restore_training_state(
     sampler_generator: torch.Generator,
     config: dict[str, Any],
     ema: torch.nn.Module | None = None,
+    resolved: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Load a training state saved by save_training_state into the given objects; returns the whole state.
-    Refuses a state written for a different config."""
+    Refuses a state written for a different config, or whose config the machine resolved otherwise."""
     path = Path(path)
     state = _load(path, "training state")
     if not isinstance(state, dict) or state.get("kind") != "training_state":
@@ -245,6 +249,15 @@ def restore_training_state(
         raise CheckpointError(
             f"{path}: written by a run with another config ({'; '.join(diff)}); refusing to mix "
             f"runs. Start over with --fresh, or delete {path.parent}"
+        )
+    saved_resolved = state.get("resolved") or {}  # none in states written before it was recorded
+    if resolved and (diff := [f"{k}: checkpoint {v!r}, now {resolved.get(k)!r}" for k, v in saved_resolved.items()
+                              if resolved.get(k) != v]):  # fmt: skip
+        raise CheckpointError(
+            f"{path}: its run resolved the config otherwise on the machine it started on ({'; '.join(diff)}; "
+            f"train.precision: auto follows the machine); refusing to mix them. Set train.precision to "
+            f"{saved_resolved.get('precision')!r} to continue it as it started, start over with --fresh, or delete "
+            f"{path.parent}"
         )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])

@@ -160,6 +160,7 @@ class TrainingRun:
             "sampler_generator": self.sampler.generator,
             "config": self.cfg.model_dump(mode="json"),
             "ema": self.ema,
+            "resolved": {"precision": precision_name(self.amp_dtype), "iterations": self.iterations},
         }
 
     def parts(self) -> TrainParts:
@@ -193,6 +194,8 @@ class TrainingRun:
     def before_step(self, step: int) -> None:
         if self.cfg.train.aux_losses:
             self.model.set_aux_loss_progress(step / self.iterations)
+        if self.cfg.train.batch_size_warmup is not None:
+            self.sampler.set_batch_size(self.cfg.train.batch_size_at(step, self.iterations))
 
     def after_step(self) -> None:
         if self.ema is not None:

@@ -124,3 +124,25 @@ def test_a_share_of_the_steps_where_auto_precision_gives_fp32(tmp_path, precisio
     assert run.loop_config().total_steps == steps and run.scheduler.total_steps == steps
     state = train_loop(run.parts(), run.loop_config(), RunHooks(run, recording=False))
     assert state.step == steps and run.scheduler.last_epoch == steps - 1  # the schedule ran its whole course
+
+
+def test_a_state_resumed_where_auto_precision_resolves_otherwise_is_refused(tmp_path):
+    """A run started in bf16 (precision: auto on a CPU with native bf16) and resumed where auto gives fp32 would
+    continue a bf16 run in fp32, with fp32's share of the steps: refused, naming both and the way to continue it."""
+    from test_trainer import tiny_training_run
+
+    from chargpt.errors import CheckpointError
+    from chargpt.train.checkpoint import restore_training_state
+    from chargpt.train.run import RunHooks
+
+    train = {"iterations": 10, "fp32_iterations_fraction": 0.5, "checkpoint_every": 4, "precision": "auto"}
+    started = tiny_training_run(tmp_path, torch.bfloat16, train=train)
+    state_path = tmp_path / "state.pt"
+    train_loop(started.parts(), started.loop_config(), RunHooks(started, recording=False, state_path=state_path))
+    elsewhere = tiny_training_run(tmp_path, None, train=train)
+    with pytest.raises(CheckpointError) as refused:
+        restore_training_state(state_path, **elsewhere.state_parts)
+    assert "precision: checkpoint 'bf16', now 'fp32'; iterations: checkpoint 10, now 5" in str(refused.value)
+    assert "Set train.precision to 'bf16' to continue it" in str(refused.value)
+    same = tiny_training_run(tmp_path, torch.bfloat16, train=train)
+    assert restore_training_state(state_path, **same.state_parts)["loop"]["step"] == 8

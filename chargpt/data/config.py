@@ -57,10 +57,27 @@ class DataConfig(Section):
         return self
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that states a key twice: PyYAML would keep the last silently, and DVC
+    refuses the whole file."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_lines: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in first_lines:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found duplicate key {key!r} (first at line {first_lines[key] + 1})", key_node.start_mark,
+                )  # fmt: skip
+            first_lines[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def read_params(path: Path) -> object:
     """params.yaml parsed, or one line saying why it cannot be (the data section and the named runs both read it)."""
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=UniqueKeyLoader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except yaml.YAMLError as e:

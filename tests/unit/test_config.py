@@ -2,6 +2,7 @@ import itertools
 import re
 
 import pytest
+from conftest import REPO
 
 from chargpt.errors import ConfigError
 from chargpt.pipeline.config import RunConfig, load_params, resolve_run, run_sources
@@ -237,6 +238,22 @@ def test_missing_and_unknown_sections(tmp_path, params):
         load_params(path)
     with pytest.raises(ConfigError, match="file not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_a_key_stated_twice_is_refused_naming_it_and_both_lines(tmp_path):
+    """PyYAML keeps the last of two equal keys silently (a run would lose half its overrides), DVC refuses the file:
+    both params.yaml readers refuse it, naming the key."""
+    from chargpt.data.config import load_data_config
+
+    repo_params = (REPO / "params.yaml").read_text()
+    load_params(REPO / "params.yaml")  # the shipped file states each key once
+    path = tmp_path / "params.yaml"
+    path.write_text(repo_params.replace("  quickstart_classic:\n", "  quickstart_classic:\n    train: {seed: 1}\n", 1))
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text == "    train: {seed: 1}")
+    expected = rf"not valid YAML: .*found duplicate key 'train' \(first at line {line}\)"
+    for read in (load_params, load_data_config):
+        with pytest.raises(ConfigError, match=expected):
+            read(path)
 
 
 def test_a_context_longer_than_the_training_split_is_refused(params):

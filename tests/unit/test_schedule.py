@@ -272,33 +272,3 @@ def test_the_seeds_schedule_is_two_equal_linear_ramps_with_no_annihilation(param
     ups, downs = lrs[:50], lrs[49:]
     assert all(b > a for a, b in zip(ups, ups[1:])) and all(b < a for a, b in zip(downs, downs[1:]))
     assert min(lrs) == pytest.approx(1e-4)  # never below the start: no final phase
-
-
-@pytest.mark.parametrize("optimizer_name, schedule", [("muon", "onecycle"), ("adamw", "onecycle"), ("sgd", "cosine")])
-def test_the_embedding_lr_scale_multiplies_the_embedding_tables_lr_at_every_step(optimizer_name, schedule):
-    from chargpt.model.config import ModelConfig
-    from chargpt.model.gpt import GPT
-
-    model = GPT(ModelConfig(n_layer=1, d_model=16, n_head=2, d_ff=32, context=8, bigram=True, positions="input"))
-    cfg = OptimizerConfig(name=optimizer_name, embedding_lr_scale=8.0, muon_ns_dtype="fp32")
-    optimizer = build_optimizer(model, cfg, lr=1e-3, momentum=0.9)
-    scaled = [g for g in optimizer.param_groups if "lr_scale" in g]
-    tables = {id(model.tok_emb.weight), id(model.pos_emb.weight), id(model.bigram.table.weight)}
-    assert len(scaled) == 1 and {id(p) for p in scaled[0]["params"]} == tables  # the head is untied: not a table
-    assert scaled[0]["weight_decay"] == cfg.weight_decay
-    others = [g for g in optimizer.param_groups if "lr_scale" not in g]
-    scheduler = build_scheduler(
-        optimizer, ScheduleConfig(name=schedule, lr_min=1e-4, lr_max=0.01, warmup_steps=5), lr_max=0.01, total_steps=50
-    )
-    peak = peak_other = 0.0
-    for _ in range(49):
-        for group in others:  # the cosine's floor (lr_min) is shared, so there only the peak is scaled
-            if schedule == "onecycle":
-                assert scaled[0]["lr"] == pytest.approx(8.0 * group["lr"], rel=1e-9)
-        peak, peak_other = max(peak, scaled[0]["lr"]), max(peak_other, others[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    assert peak == pytest.approx(8.0 * peak_other, rel=1e-9) and peak_other > 0.005
-    # 1.0, the default, builds the groups as before: no group of its own
-    default = build_optimizer(model, OptimizerConfig(name=optimizer_name, muon_ns_dtype="fp32"), lr=1e-3, momentum=0.9)
-    assert not any("lr_scale" in g for g in default.param_groups)

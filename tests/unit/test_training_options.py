@@ -1,4 +1,4 @@
-"""#29's training options: the head's and the scalars' own LRs, Muon's momentum warm-up, a batch-size warm-up."""
+"""#29's training options: the embeddings', head's and scalars' LRs, Muon's momentum warm-up, a batch-size warm-up."""
 
 import copy
 
@@ -34,21 +34,23 @@ def refused(tmp_path, params, run: dict) -> str:
 
 
 def scaled_parameters(model: GPT, which: str) -> set[int]:
+    if which == "embedding":  # the tables; the head is untied, so not one of them
+        return {id(model.tok_emb.weight), id(model.pos_emb.weight), id(model.bigram.table.weight)}
     if which == "head":
         return {id(model.head.weight)}
     return {id(p) for p in model.parameters() if p.dim() < 2}  # biases, LayerNorm gains, the options' weights
 
 
-@pytest.mark.parametrize("which", ["head", "scalar"])
+@pytest.mark.parametrize("which", ["embedding", "head", "scalar"])
 @pytest.mark.parametrize("optimizer_name, schedule", [("muon", "onecycle"), ("adamw", "onecycle"), ("sgd", "cosine")])
-def test_the_head_and_scalar_lr_scales_multiply_their_parameters_lr_at_every_step(which, optimizer_name, schedule):
-    model = GPT(ModelConfig(n_layer=2, d_model=16, n_head=2, d_ff=32, context=8, value_residual=True,
-                            embedding_skip=True))  # fmt: skip
+def test_each_lr_scale_multiplies_its_parameters_lr_at_every_step(which, optimizer_name, schedule):
+    model = GPT(ModelConfig(n_layer=2, d_model=16, n_head=2, d_ff=32, context=8, positions="input", bigram=True,
+                            value_residual=True, embedding_skip=True))  # fmt: skip
     cfg = OptimizerConfig(name=optimizer_name, muon_ns_dtype="fp32", **{f"{which}_lr_scale": 4.0})
     optimizer = build_optimizer(model, cfg, lr=1e-3, momentum=0.9)
     scaled = [g for g in optimizer.param_groups if "lr_scale" in g]
     assert len(scaled) == 1 and {id(p) for p in scaled[0]["params"]} == scaled_parameters(model, which)
-    assert scaled[0]["weight_decay"] == (cfg.weight_decay if which == "head" else 0.0)  # scalars are never decayed
+    assert scaled[0]["weight_decay"] == (0.0 if which == "scalar" else cfg.weight_decay)  # scalars are never decayed
     every = [id(p) for g in optimizer.param_groups for p in g["params"]]
     assert sorted(every) == sorted(id(p) for p in model.parameters())  # each parameter in exactly one group
     others = [g for g in optimizer.param_groups if "lr_scale" not in g]
@@ -63,6 +65,9 @@ def test_the_head_and_scalar_lr_scales_multiply_their_parameters_lr_at_every_ste
         optimizer.step()
         scheduler.step()
     assert peak == pytest.approx(4.0 * peak_other, rel=1e-9) and peak_other > 0.005
+    # 1.0, the default, builds the groups as before: decay and no decay, no group of its own
+    default = build_optimizer(model, OptimizerConfig(name=optimizer_name, muon_ns_dtype="fp32"), lr=1e-3, momentum=0.9)
+    assert not any("lr_scale" in g for g in default.param_groups)
 
 
 def test_a_head_lr_scale_on_a_tied_head_is_refused_naming_both_keys(tmp_path, params):

@@ -10,12 +10,62 @@ import contextlib
 import csv
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from chargpt.errors import DataError
+from chargpt.errors import ConfigError, DataError
+
+# What a path that exists but is no regular file holds, by its stat mode's type.
+KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def file_problem(path: str | Path) -> str | None:
+    """Why `path` cannot be read as a regular file, in a few words, or None when it can: a missing path, a link to
+    nothing and a directory or device are three problems, and a message names the one it is."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "a link to a missing file" if path.is_symlink() else "not found"
+    except NotADirectoryError:
+        return "not found (a folder on its path is a file)"
+    except PermissionError:
+        return "not reachable (permission denied on a folder on its path)"
+    except OSError as e:  # a loop of links, a name too long
+        return e.strerror or str(e)
+    if stat.S_ISREG(mode):
+        return None
+    return f"{KINDS.get(stat.S_IFMT(mode), 'not a regular file')}, not a regular file"
+
+
+def check_output(path: str | Path, force: bool, inputs: Sequence[str | Path | None] = ()) -> None:
+    """Refuse, before any work, an output that would replace what a user has: an existing file unless `force`
+    (atomic_open then replaces it only once the new one is complete), and an input (the same file, through a link
+    too) even with `force`: gzip, xz and zstd do the same."""
+    path = Path(path)
+    for source in inputs:
+        if source is not None and _same_file(path, Path(source)):
+            raise ConfigError(f"{path}: this is the input {source}; write the output to another file")
+    if path.is_dir():
+        raise ConfigError(f"{path}: a directory; the output must be a file path")
+    if os.path.lexists(path) and not force:
+        raise ConfigError(f"{path}: exists; --force replaces it")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either is missing: they cannot be one file
+        return False
 
 
 @contextlib.contextmanager

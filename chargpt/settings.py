@@ -5,6 +5,7 @@ chargpt.model.config, chargpt.train.config, chargpt.evaluation.config) depends o
 from __future__ import annotations
 
 import re
+import reprlib
 from collections.abc import Callable
 from typing import Annotated
 
@@ -32,6 +33,18 @@ def own_words(e: dict) -> str:
 UNION_MEMBER = re.compile(r"[a-z]+(-[a-z]+)+(\[.*\])?|[a-z]+\[.*\]|int|float|bool|str|none|[A-Z]\w*")
 
 
+# A refused value is quoted by a prefix of it: reprlib stops at these sizes instead of building the whole text.
+QUOTE = reprlib.Repr()
+QUOTE.maxlevel, QUOTE.maxstring, QUOTE.maxlong, QUOTE.maxother = 2, 60, 40, 60
+QUOTE.maxtuple = QUOTE.maxlist = QUOTE.maxarray = QUOTE.maxdict = QUOTE.maxset = QUOTE.maxfrozenset = 4
+
+
+def quote(value: object) -> str:
+    """A short repr of `value` (at most about 100 characters, whatever it holds)."""
+    shown = QUOTE.repr(value)  # a few hundred characters at most, before the cut
+    return shown if len(shown) <= 100 else shown[:97] + "..."
+
+
 def format_validation_error(err: ValidationError, key_path: Callable[[tuple], str] | None = None) -> str:
     """One line: each problem as `<key path>: <what is wrong>`; key_path maps a location to where its value is
     written (default: the dotted location). A value no member of a union takes is one problem: each member's words,
@@ -49,8 +62,7 @@ def format_validation_error(err: ValidationError, key_path: Callable[[tuple], st
         if e["type"] == "extra_forbidden":
             message = "unknown key (typo?)"
         elif e["type"] not in ("value_error", "assertion_error", "missing") and "input" in e:
-            shown = repr(e["input"])  # (a missing key's "input" is the whole mapping around it: not shown)
-            got[path] = f" (got {shown if len(shown) <= 80 else shown[:60] + '...' + shown[-10:]})"
+            got[path] = f" (got {quote(e['input'])})"  # (a missing key's "input" is the whole mapping: not shown)
         problems.setdefault(path, []).append(message)
     return "; ".join(
         f"{path}: {' or '.join(dict.fromkeys(words))}{got.get(path, '')}" for path, words in problems.items()

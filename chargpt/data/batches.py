@@ -8,13 +8,16 @@ import numpy as np
 import torch
 
 from chargpt.errors import DataError
+from chargpt.io import file_problem
 
 
 def load_split(path: str | Path) -> torch.Tensor:
     """A split as a flat uint8 tensor in memory (enwik8's train split is 90 MB)."""
     path = Path(path)
-    if not path.is_file():
+    if (problem := file_problem(path)) == "not found":
         raise FileNotFoundError(f"{path}: split not found (run the preprocess stage)")
+    if problem is not None:
+        raise DataError(f"{path}: {problem}; a split is the file the preprocess stage writes")
     return torch.from_numpy(np.fromfile(path, dtype=np.uint8))
 
 

@@ -11,6 +11,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from chargpt.errors import ConfigError
+from chargpt.io import file_problem
 from chargpt.settings import Fraction, PositiveFloat, PositiveInt, Section, format_validation_error
 
 SPLITS = ("train", "val", "test")  # the preprocess stage's outputs, in the corpus's order (data.split's fractions)
@@ -57,9 +58,21 @@ class DataConfig(Section):
         return self
 
 
-class UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a mapping that states a key twice: PyYAML would keep the last silently, and DVC
-    refuses the whole file."""
+class ParamsLoader(yaml.SafeLoader):
+    """YAML's safe loader for params.yaml, refusing what it has no use for and what would cost more than its size:
+    - a key stated twice in one mapping: PyYAML would keep the last silently, and DVC refuses the whole file;
+    - an alias (`*name`): DVC's own writer emits none, and a chain of them in a few hundred bytes expands to hundreds
+      of millions of values, so reading and validating stays bounded by the file's size."""
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None,
+                f"found an alias (*{event.anchor}); params.yaml takes none: write the value out in full",
+                event.start_mark,
+            )  # fmt: skip
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         first_lines: dict = {}
@@ -74,12 +87,19 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+def parse_yaml(text: str) -> object:
+    """A params.yaml text, or a value given for one of its keys, parsed by ParamsLoader."""
+    return yaml.load(text, Loader=ParamsLoader)
+
+
 def read_params(path: Path) -> object:
     """params.yaml parsed, or one line saying why it cannot be (the data section and the named runs both read it)."""
+    if (problem := file_problem(path)) is not None:
+        raise ConfigError(f"{path}: {'file not found' if problem == 'not found' else problem}")
     try:
-        return yaml.load(path.read_text(), Loader=UniqueKeyLoader)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
+        return parse_yaml(path.read_text())
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
 

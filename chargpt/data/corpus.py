@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from chargpt.data.config import SPLITS, Checksums, DataConfig
 from chargpt.errors import DataError
-from chargpt.io import atomic_open, write_json
+from chargpt.io import atomic_open, file_problem, write_json
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +154,8 @@ def fetch(
     bounds = bounds or Bounds("download", 1 << 62, "no limit")
     local = _local_path(url)
     if local is not None:
-        if not local.is_file():
-            raise DataError(f"{url}: no such file")
+        if (problem := file_problem(local)) is not None:
+            raise DataError(f"{url}: {problem}")
         with open(local, "rb") as src, _progress(local.stat().st_size, "copy") as bar:
             return _copy_hashing(src, dst, bar, bounds, url)
     for attempt in range(retries + 1):

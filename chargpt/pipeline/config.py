@@ -20,11 +20,11 @@ from typing import Annotated, Any
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from chargpt.data.config import DataConfig, read_params
+from chargpt.data.config import DataConfig, parse_yaml, read_params
 from chargpt.errors import ConfigError
 from chargpt.evaluation.config import EvalConfig
 from chargpt.model.config import ModelConfig
-from chargpt.settings import Section, format_validation_error
+from chargpt.settings import Section, format_validation_error, quote
 from chargpt.train.config import LRRangeTestConfig, OptimizerConfig, ScheduleConfig, TrainConfig
 
 SECTIONS = ("data", "model", "optimizer", "schedule", "lr_range_test", "train", "eval")
@@ -159,7 +159,7 @@ def _check_overrides(overrides: Any, where: str, source: str) -> dict:
     if overrides is None:
         return {}
     if not isinstance(overrides, dict):
-        raise ConfigError(f"{source}: {where}: expected a mapping of sections, got {overrides!r}")
+        raise ConfigError(f"{source}: {where}: expected a mapping of sections, got {quote(overrides)}")
     if "data" in overrides:
         raise ConfigError(
             f"{source}: {where}.data: the corpus and its split are shared by all runs; set data at the top level"
@@ -176,17 +176,17 @@ def _grid_runs(name: str, grid: Any, runs: dict, source: str) -> dict[str, RunSo
     if not isinstance(grid, dict) or set(grid) != {"base", "axes"}:
         raise ConfigError(
             f"{source}: {where}: expected {{base: <run>, axes: {{<axis>: {{key: section.key, values: "
-            f"{{<label>: <value>, ...}}}}}}}}, got {grid!r}"
+            f"{{<label>: <value>, ...}}}}}}}}, got {quote(grid)}"
         )
     base, axes = grid["base"], grid["axes"]
     if not isinstance(base, str) or base not in runs:
-        raise ConfigError(f"{source}: {where}.base: {base!r} must be a run of runs; defined: {sorted(runs)}")
+        raise ConfigError(f"{source}: {where}.base: {quote(base)} must be a run of runs; defined: {sorted(runs)}")
     chain = _chain(base, runs, source)
     if len(chain) > MAX_CHAIN - 1:  # the grid's own values make one more layer
-        raise ConfigError(f"{source}: {where}.base: {base!r} builds on a chain of {len(chain)} runs; a grid's base "
-                          f"may build on one run at most, so that DVC tracks each")  # fmt: skip
+        raise ConfigError(f"{source}: {where}.base: {quote(base)} builds on a chain of {len(chain)} runs; a grid's "
+                          f"base may build on one run at most, so that DVC tracks each")  # fmt: skip
     if not isinstance(axes, dict) or not axes:
-        raise ConfigError(f"{source}: {where}.axes: expected a non-empty mapping of axes, got {axes!r}")
+        raise ConfigError(f"{source}: {where}.axes: expected a non-empty mapping of axes, got {quote(axes)}")
     choices = []
     for axis, spec in axes.items():
         key = spec.get("key") if isinstance(spec, dict) else None
@@ -201,7 +201,7 @@ def _grid_runs(name: str, grid: Any, runs: dict, source: str) -> dict[str, RunSo
         ):
             raise ConfigError(
                 f"{source}: {where}.axes.{axis}: expected {{key: section.key (a section of "
-                f"{list(RUN_SECTIONS)}), values: {{<label>: <value>, ...}}}}, got {spec!r}"
+                f"{list(RUN_SECTIONS)}), values: {{<label>: <value>, ...}}}}, got {quote(spec)}"
             )
         section, field = key.split(".")
         choices.append(
@@ -228,9 +228,11 @@ def _chain(name: str, runs: dict, source: str) -> list[str]:
     while isinstance(runs[chain[-1]], dict) and "base" in runs[chain[-1]]:
         base = runs[chain[-1]]["base"]
         if not isinstance(base, str) or base == chain[-1] or base not in runs:
-            raise ConfigError(f"{source}: runs.{chain[-1]}.base: {base!r} is not another run; defined: {sorted(runs)}")
+            raise ConfigError(
+                f"{source}: runs.{chain[-1]}.base: {quote(base)} is not another run; defined: {sorted(runs)}"
+            )
         if base in chain:
-            raise ConfigError(f"{source}: runs.{chain[-1]}.base: {base!r} closes a loop of bases "
+            raise ConfigError(f"{source}: runs.{chain[-1]}.base: {quote(base)} closes a loop of bases "
                               f"({' -> '.join([*chain, base])})")  # fmt: skip
         chain.append(base)
     if len(chain) > MAX_CHAIN:
@@ -256,11 +258,11 @@ def run_sources(params: dict[str, Any], source: str = "params.yaml") -> dict[str
     """Every named run, in order: params.yaml's runs, then the runs of each grid."""
     runs, grids = params["runs"], params.get("grids") or {}
     if not isinstance(grids, dict):
-        raise ConfigError(f"{source}: grids: expected a mapping of grid name -> {{base, axes}}, got {grids!r}")
+        raise ConfigError(f"{source}: grids: expected a mapping of grid name -> {{base, axes}}, got {quote(grids)}")
     for name, entry in runs.items():  # every entry, before any chain of bases reads one
         check_run_name(name, f"{source}: runs")
         if entry is not None and not isinstance(entry, dict):
-            raise ConfigError(f"{source}: runs.{name}: expected a mapping of sections, got {entry!r}")
+            raise ConfigError(f"{source}: runs.{name}: expected a mapping of sections, got {quote(entry)}")
     out: dict[str, RunSource] = {}
     for name in runs:
         chain = _chain(name, runs, source)
@@ -355,7 +357,10 @@ def with_overrides(cfg: RunConfig, assignments: list[str]) -> RunConfig:
             raise ConfigError(
                 f"override {assignment!r}: {section}.{key}: unknown key; known: {sorted(merged[section])}"
             )
-        merged[section][key] = yaml.safe_load(text)
+        try:
+            merged[section][key] = parse_yaml(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {assignment!r}: not a YAML value: {' '.join(str(e).split())}") from None
     try:
         return RunConfig(**merged)
     except ValidationError as e:

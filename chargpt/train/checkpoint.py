@@ -12,7 +12,7 @@ import torch
 from pydantic import ValidationError
 
 from chargpt.errors import CheckpointError
-from chargpt.io import atomic_open
+from chargpt.io import atomic_open, file_problem
 from chargpt.model.config import ModelConfig
 from chargpt.model.gpt import GPT
 from chargpt.settings import flatten, format_validation_error
@@ -38,8 +38,8 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict[str, 
 
 def _load(path: Path, what: str) -> Any:
     """torch.load of our own files: tensors and plain data only (weights_only), errors naming the file."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: {what} not found")
+    if (problem := file_problem(path)) is not None:
+        raise CheckpointError(f"{path}: {what} {problem}" if problem == "not found" else f"{path}: {problem}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:

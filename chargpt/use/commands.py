@@ -1,13 +1,15 @@
 """The commands that use a trained model (models/<run>/model.pt, or any checkpoint file):
 
     chargpt sample   --run NAME [--prompt TEXT | --prompt-file F] [--bytes N] [--temperature T] [--top-k K]
-                     [--seed S] [--output F]
+                     [--seed S] [--output F [--force]]
     chargpt score    FILE --run NAME [--stride S] [--dynamic]      (BPC and next-byte accuracy, as JSON)
-    chargpt compress   IN OUT --run NAME [--stride S] [--dynamic]
-    chargpt decompress IN OUT --run NAME
+    chargpt compress   IN OUT --run NAME [--stride S] [--dynamic] [--force]
+    chargpt decompress IN OUT --run NAME [--force]
 
 --checkpoint PATH stands for --run NAME everywhere. A clone that did not train the run fetches its model with
-`dvc pull train@NAME`. --dynamic uses the run's eval.dynamic settings from params.yaml (or the defaults).
+`dvc pull train@NAME`. --dynamic uses the run's eval.dynamic settings from params.yaml (or the defaults). An output
+that exists is refused unless --force is given (then it is replaced once the new one is complete); an output that is
+one of the inputs is refused even with --force.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from chargpt.errors import ConfigError
 from chargpt.evaluation.config import DynamicEvalConfig
 from chargpt.evaluation.scoring import check_stride, dynamic_score, split_score
+from chargpt.io import check_output, file_problem
 from chargpt.pipeline.config import load_run_config, run_name_argument
 from chargpt.use.compression import DEFAULT_MAX_LENGTH, compress, decompress, write
 from chargpt.use.inference import checkpoint_path, file_sha256, load_trained, sample
@@ -46,7 +49,15 @@ def _dynamic_settings(args: argparse.Namespace) -> DynamicEvalConfig:
     return load_run_config(args.run, args.params).eval.dynamic or DynamicEvalConfig()
 
 
+def _force_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--force", action="store_true", help="replace an existing output (never an input), once the new one is complete"
+    )
+
+
 def _read(path: str) -> bytes:
+    if (problem := file_problem(path)) is not None:
+        raise ConfigError(f"{path}: cannot read it: {problem}")
     try:
         return Path(path).read_bytes()
     except OSError as e:
@@ -64,12 +75,16 @@ def sample_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=int, help="draw among the k likeliest bytes only")
     parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same bytes (on the CPU)")
     parser.add_argument("--output", type=Path, help="write to this file (default: standard output)")
+    _force_argument(parser)
     return parser
 
 
 def sample_main(argv: list[str] | None = None) -> None:
     args = sample_parser().parse_args(argv)
-    model = load_trained(checkpoint_path(args.run, args.checkpoint))
+    path = checkpoint_path(args.run, args.checkpoint)
+    if args.output:
+        check_output(args.output, args.force, [args.prompt_file, path])
+    model = load_trained(path)
     prompt = _read(args.prompt_file) if args.prompt_file else args.prompt.encode()
     if not prompt:
         raise ConfigError(f"{args.prompt_file or '--prompt'}: empty: the prompt needs at least one byte to continue")
@@ -141,12 +156,14 @@ def compress_parser() -> argparse.ArgumentParser:
     _model_arguments(parser)
     parser.add_argument("--dynamic", action="store_true", help="adapt the model as it codes (the run's eval.dynamic)")
     parser.add_argument("--stride", type=int, help="sliding windows, as `score --stride` (coded one window at a time)")
+    _force_argument(parser)
     return parser
 
 
 def compress_main(argv: list[str] | None = None) -> None:
     args = compress_parser().parse_args(argv)
     path = checkpoint_path(args.run, args.checkpoint)
+    check_output(args.output, args.force, [args.input, path])
     data = _read(args.input)
     blob, stats = compress(
         load_trained(path),
@@ -181,12 +198,14 @@ def decompress_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_LENGTH,
         help=f"refuse a file whose header declares more bytes than this (default {DEFAULT_MAX_LENGTH:,})",
     )
+    _force_argument(parser)
     return parser
 
 
 def decompress_main(argv: list[str] | None = None) -> None:
     args = decompress_parser().parse_args(argv)
     path = checkpoint_path(args.run, args.checkpoint)
+    check_output(args.output, args.force, [args.input, path])
     where = Path(args.output).resolve().parent
     while not where.exists():  # the folder the output goes to may not be there yet
         where = where.parent

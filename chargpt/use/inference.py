@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from chargpt.errors import CheckpointError, ConfigError
+from chargpt.io import file_problem
 from chargpt.model.gpt import GPT
 from chargpt.pipeline.dvc_status import locked_stages
 from chargpt.pipeline.stage import model_path
@@ -26,7 +27,9 @@ def checkpoint_path(run: str | None, checkpoint: str | Path | None, root: Path =
     if checkpoint is not None:
         return Path(checkpoint)
     path = root / model_path(run)
-    if not path.is_file():
+    if (problem := file_problem(path)) not in (None, "not found"):
+        raise CheckpointError(f"{path}: {problem}; run {run!r}'s model is the file its train stage writes")
+    if problem == "not found":
         defined = _defined_runs(root / "params.yaml")
         if defined is not None and run not in defined:
             close = difflib.get_close_matches(run, defined, n=1)

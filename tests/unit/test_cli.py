@@ -27,6 +27,9 @@ def test_a_mistyped_run_gets_the_closest_one_and_an_untrained_run_says_how_to_ge
         checkpoint_path("quikstart", None, tmp_path)
     with pytest.raises(CheckpointError, match="run 'quickstart' has not been trained here.*dvc pull train@quickstart"):
         checkpoint_path("quickstart", None, tmp_path)
+    (tmp_path / "models" / "quickstart" / "model.pt").mkdir(parents=True)  # there, but not a file: not "untrained"
+    with pytest.raises(CheckpointError, match=r"models/quickstart/model.pt: a directory, not a regular file; run 'qu"):
+        checkpoint_path("quickstart", None, tmp_path)
 
 
 def test_a_clone_without_the_runs_lock_entry_says_what_is_missing(tmp_path):

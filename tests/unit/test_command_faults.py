@@ -60,10 +60,15 @@ def arguments(command: str, source: str, target: str = "out.bin", checkpoint: st
 
 @pytest.mark.parametrize("command", list(COMMANDS))
 @pytest.mark.parametrize("source, expected", [
-    ("missing", "missing: cannot read it (No such file or directory)"),
-    ("folder", "folder: cannot read it (Is a directory)"),
+    ("missing", "missing: cannot read it: not found"),
+    ("folder", "folder: cannot read it: a directory, not a regular file"),
+    ("fifo", "fifo: cannot read it: a FIFO (named pipe), not a regular file"),  # reading it would wait forever
+    ("/dev/zero", "/dev/zero: cannot read it: a character device, not a regular file"),  # and never end
+    ("dangling", "dangling: cannot read it: a link to a missing file"),
 ])  # fmt: skip
-def test_an_input_that_cannot_be_read(project, command, source, expected):
+def test_an_input_that_cannot_be_read_is_named_as_what_it_is(project, command, source, expected):
+    os.mkfifo(project / "fifo")
+    os.symlink(project / "gone", project / "dangling")
     before = outputs(project)
     assert expected in run(*arguments(command, source))
     assert outputs(project) == before
@@ -91,7 +96,8 @@ def test_an_empty_or_one_byte_input_is_done_or_refused_in_one_line(project, comm
 @pytest.mark.parametrize("checkpoint, expected", [
     ("missing.pt", "missing.pt: checkpoint not found"),
     ("empty", "empty: not a readable checkpoint"),
-    ("folder", "folder: checkpoint not found"),
+    ("folder", "folder: a directory, not a regular file"),
+    ("/dev/null", "/dev/null: a character device, not a regular file"),
 ])  # fmt: skip
 def test_a_checkpoint_that_is_missing_or_not_one(project, command, checkpoint, expected):
     assert expected in run(*arguments(command, "text", checkpoint=checkpoint))
@@ -136,3 +142,66 @@ def test_the_debug_variable_shows_the_traceback(project, monkeypatch):
     monkeypatch.setenv("CHARGPT_DEBUG", "1")
     with pytest.raises(Exception, match="cannot read it"):
         cli.main(arguments("score", "missing"))
+
+
+# command -> its arguments with the output named OUT: existing outputs are refused before any work
+WRITERS = {
+    "compress": ["compress", "text", "OUT"],
+    "decompress": ["decompress", "text.cgz", "OUT"],
+    "sample": ["sample", "--prompt-file", "text", "--output", "OUT", "--bytes", "5"],
+}
+
+
+def writer(command: str, target: str, *extra: str) -> list[str]:
+    return [*(target if a == "OUT" else a for a in WRITERS[command]), "--checkpoint", "model.pt", *extra]
+
+
+def forbid_loading(monkeypatch):
+    """Fails a command that loads its model: a refusal must come before any work."""
+    from chargpt.use import commands
+
+    def loaded(path):
+        raise AssertionError(f"the model {path} was loaded before the refusal")
+
+    monkeypatch.setattr(commands, "load_trained", loaded)
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    forbid_loading(monkeypatch)
+
+
+@pytest.mark.parametrize("command", list(WRITERS))
+def test_an_existing_output_is_refused_unless_forced_and_then_replaced_whole(project, command, monkeypatch):
+    (project / "notes.txt").write_bytes(b"my notes")
+    with monkeypatch.context() as m:
+        forbid_loading(m)
+        assert run(*writer(command, "notes.txt")) == f"chargpt {command}: notes.txt: exists; --force replaces it"
+    assert (project / "notes.txt").read_bytes() == b"my notes"
+    cli.main(writer(command, "notes.txt", "--force"))
+    replaced = (project / "notes.txt").read_bytes()
+    if command == "sample":
+        assert len(replaced) == 5
+    else:
+        assert replaced == (project / ("text.cgz" if command == "compress" else "text")).read_bytes()
+    # a link to a file is an existing output too, and the link, not its target, is what --force replaces
+    os.symlink(project / "notes.txt", project / "link")
+    assert "link: exists; --force replaces it" in run(*writer(command, "link"))
+
+
+@pytest.mark.parametrize("command", list(WRITERS))
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_an_output_that_is_an_input_is_refused_even_with_force(project, command, force, no_work):
+    source = "text.cgz" if command == "decompress" else "text"
+    os.symlink(project / source, project / "alias")
+    before = {p.name: p.read_bytes() for p in project.iterdir() if p.is_file()}
+    for target in (source, "alias", f"folder/../{source}", "model.pt"):
+        message = run(*writer(command, target, *force))
+        assert message.startswith(f"chargpt {command}: {target}: this is the input "), message
+    assert {p.name: p.read_bytes() for p in project.iterdir() if p.is_file()} == before
+
+
+def test_a_directory_as_the_output_is_named_as_one(project, no_work):
+    assert run(*writer("compress", "folder", "--force")) == (
+        "chargpt compress: folder: a directory; the output must be a file path"
+    )

@@ -256,6 +256,46 @@ def test_a_key_stated_twice_is_refused_naming_it_and_both_lines(tmp_path):
             read(path)
 
 
+def alias_chain(depth: int = 9, width: int = 9) -> str:
+    """About 500 bytes of YAML whose last anchor expands to width**depth values (9**9: 387 million)."""
+    lines = ["a0: &a0 [0]"] + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * width)}]" for i in range(1, depth + 1)]
+    return "\n".join(lines)
+
+
+def test_a_yaml_alias_is_refused_at_once_naming_its_line(tmp_path):
+    """A chain of aliases took `chargpt check` 42 s to expand into its message; params.yaml has no use for them
+    (DVC's writer emits none), so the first one is refused, naming its line, in time bounded by the file's size."""
+    import time
+
+    from chargpt.cli import main
+    from chargpt.data.config import load_data_config
+
+    bomb = alias_chain()
+    path = tmp_path / "params.yaml"
+    text = (REPO / "params.yaml").read_text()
+    path.write_text(text.replace("  quickstart_classic:\n", "  quickstart_classic:\n    train: {target_bpc: *a9}\n", 1)
+                    .replace("runs:\n", bomb + "\nruns:\n", 1))  # fmt: skip
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.startswith("a1: "))
+    start = time.perf_counter()
+    for read in (load_params, load_data_config):
+        with pytest.raises(ConfigError, match=rf"found an alias \(\*a0\); params.yaml takes none.* line {line},"):
+            read(path)
+    for command in ("check", "sync-dvc"):
+        with pytest.raises(SystemExit, match=r"found an alias \(\*a0\)"):
+            main([command, "--params", str(path)] + (["--check"] if command == "sync-dvc" else []))
+    assert time.perf_counter() - start < 5
+
+
+def test_a_refused_value_is_quoted_by_a_short_prefix(params):
+    """The message shows the start of a bad value, never its whole text (a long list, a deep mapping)."""
+    params["runs"]["quickstart"]["train"]["iterations"] = [list(range(10_000))] * 1_000
+    with pytest.raises(ConfigError) as refused:
+        resolve_run(params, "quickstart")
+    message = str(refused.value)
+    assert "runs.quickstart.train.iterations: " in message and "(got [[0, 1, 2, 3, ...], " in message
+    assert len(message) < 400, message
+
+
 def test_a_context_longer_than_the_training_split_is_refused(params):
     from chargpt.pipeline.stage import check_fits
 

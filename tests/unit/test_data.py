@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import tiny_text
 
-from chargpt.data.batches import BatchSampler
+from chargpt.data.batches import BatchSampler, load_split
 from chargpt.data.config import Checksums, DataConfig
 from chargpt.data.corpus import download_corpus, split_corpus, split_sizes
 from chargpt.errors import DataError
@@ -156,6 +156,33 @@ def test_local_corpora_by_file_url_and_path(tmp_path, suffix, pack):
         )
         assert (tmp_path / "c.bin").read_bytes() == payload
         assert info["corpus"]["sha256"] == sha(payload) and info["verified"] == []
+
+
+def test_a_local_corpus_that_is_not_a_regular_file_is_named_as_what_it_is(tmp_path):
+    """A path that exists but is a directory, a device or a FIFO is not "no such file": each is named as it is,
+    before anything is read or written."""
+    os.mkfifo(tmp_path / "fifo")
+    os.symlink(tmp_path / "gone", tmp_path / "dangling")
+    cases = {
+        str(tmp_path / "missing.txt"): "not found",
+        str(tmp_path): "a directory, not a regular file",
+        "/dev/zero": "a character device, not a regular file",
+        (tmp_path / "fifo").as_uri(): "a FIFO (named pipe), not a regular file",
+        str(tmp_path / "dangling"): "a link to a missing file",
+    }
+    for url, expected in cases.items():
+        with pytest.raises(DataError) as refused:
+            download_corpus(DataConfig(checksums=None, url=url, member=None), tmp_path / "c.bin", tmp_path / "c.json")
+        assert str(refused.value) == f"{url}: {expected}"
+        assert not (tmp_path / "c.bin").exists() and not (tmp_path / "c.json").exists()
+
+
+def test_a_split_that_is_missing_or_not_a_file_says_which(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train.bin: split not found"):
+        load_split(tmp_path / "train.bin")
+    (tmp_path / "train.bin").mkdir()
+    with pytest.raises(DataError, match="train.bin: a directory, not a regular file"):
+        load_split(tmp_path / "train.bin")
 
 
 def test_batch_sampler_shapes_targets_and_determinism():

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The quickstart and quickstart_classic side by side on this machine (#29): each through the whole pipeline on the
+# The quickstart and quickstart_classic side by side on this machine: each through the whole pipeline on the
 # shipped sample, one after the other with nothing else running, in a fresh clone of this repository:
 #   bench/quickstart_side_by_side.sh <out.json> [-S runs.quickstart.<key>=<value> ...]
 # (the -S options change the quickstart for this comparison only: `dvc exp run`'s, recorded in the output as
@@ -7,7 +7,7 @@
 # Prints and writes each run's pipeline seconds (the first run's include download and preprocess, shared by the
 # second), training seconds and steps, val/test BPC and accuracy, static and dynamic, and the machine; and both
 # models scored alike after the pipeline in both protocols, whatever each run's evaluate stage used: consecutive
-# windows (`chargpt score`: on average 64 bytes of context) and sliding windows (`chargpt score --stride 32`: every
+# windows (`chargpt score --stride 128`: on average 64 bytes of context) and sliding windows (`chargpt score --stride 32`: every
 # byte after the first window sees at least 96 bytes). `chargpt score` runs in fp32, whatever precision the run
 # trained and its evaluate stage scored in (recorded as each run's precision).
 set -euo pipefail
@@ -31,7 +31,9 @@ for run in quickstart quickstart_classic; do
 done
 for run in quickstart quickstart_classic; do
   for split in val test; do
-    python -m chargpt.cli score --run "$run" "data/processed/$split.bin" >"$work/$run.$split.consecutive.json"
+    context=$(python -c "from chargpt.pipeline.config import load_run_config; print(load_run_config('$run').model.context)")
+    python -m chargpt.cli score --run "$run" --stride "$context" "data/processed/$split.bin" \
+      >"$work/$run.$split.consecutive.json"
     python -m chargpt.cli score --run "$run" --stride 32 "data/processed/$split.bin" >"$work/$run.$split.stride32.json"
   done
 done
@@ -46,7 +48,8 @@ result = {"machine": f"{cpu}, {torch.get_num_threads()} threads, {torch.backends
 for run, pipeline in (("quickstart", new), ("quickstart_classic", classic)):
     ev, tm = (json.load(open(f"reports/{run}/{f}.json")) for f in ("eval", "train_metrics"))
     result[run] = {"pipeline_seconds": pipeline, "train_seconds": tm["train_seconds"], "iterations": tm["iterations"],
-                   **{k: ev[k] for k in ev if k.endswith(("_bpc", "_accuracy", "_bpc_dynamic", "_accuracy_dynamic"))},
+                   **{k: ev[k] for k in ev if k.endswith(("_bpc", "_accuracy", "_bpc_dynamic", "_accuracy_dynamic",
+                                                           "_bpc_ref", "_accuracy_ref"))},
                    "eval_stride": ev["protocol"]["stride"], "precision": ev["protocol"]["precision"]}
     for split in ("val", "test"):
         for protocol in ("consecutive", "stride32"):

@@ -9,8 +9,10 @@ not installed yet. tests/unit/test_lock.py checks that the locks name every depe
 """
 
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,11 +21,19 @@ TORCH_STACK = re.compile(r"^(torch|triton|nvidia-(?!ml-py)[\w-]+|cuda-[\w-]+)=="
 
 
 def compile_lock(extras: list[str], out: Path) -> None:
-    cmd = [sys.executable, "-m", "uv", "pip", "compile", str(ROOT / "pyproject.toml"), "--python-version", "3.11",
-           "--python-platform", "x86_64-unknown-linux-gnu", "--generate-hashes", "--no-header", "--quiet"]  # fmt: skip
-    for extra in extras:
-        cmd += ["--extra", extra]
-    text = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    """uv keeps the versions the lock already holds (its output file is its preference) and resolves only what
+    pyproject.toml added or changed: a new dependency does not upgrade the others."""
+    with tempfile.TemporaryDirectory() as tmp:
+        previous = Path(tmp) / out.name
+        if out.exists():
+            shutil.copy(out, previous)
+        cmd = [sys.executable, "-m", "uv", "pip", "compile", str(ROOT / "pyproject.toml"), "--python-version", "3.11",
+               "--python-platform", "x86_64-unknown-linux-gnu", "--generate-hashes", "--no-header", "--quiet",
+               "--output-file", str(previous)]  # fmt: skip
+        for extra in extras:
+            cmd += ["--extra", extra]
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        text = previous.read_text()
     kept, skipping = [], False
     for line in text.splitlines():
         if line and not line[0].isspace():  # a package's first line: name==version \

@@ -1,18 +1,24 @@
 """Stage evaluate@<run>: BPC and next-byte accuracy of the trained model on the whole val and test splits (or a
-stated prefix), and with dynamic evaluation where the run sets eval.dynamic."""
+stated prefix), and with dynamic evaluation where the run sets eval.dynamic.
+
+Each split is scored under the run's own protocol (`<split>_bpc`: eval.stride, the run's precision) and under the
+reference protocol every run shares (`<split>_bpc_ref`: consecutive windows of the run's context, the protocol of the
+seed's runs), so that runs compare like with like. Where the run's own protocol is the reference, it is one figure,
+scored once and reported under both names."""
 
 import logging
 import time
 
 from chargpt.data.batches import load_split
 from chargpt.device import precision_name, resolve_amp_dtype
-from chargpt.evaluation.scoring import dynamic_score, split_score
+from chargpt.evaluation.scoring import REFERENCE, dynamic_score, protocol_label, split_score
 from chargpt.io import write_json
 from chargpt.pipeline.config import RunConfig, load_run_config
 from chargpt.pipeline.harness import run_stage, sweep_temporaries
 from chargpt.pipeline.stage import DATA_DIR, model_path, report_dir, run_stage_parser, split_meta
 from chargpt.tracking import record, view
 from chargpt.tracking.connection import connect
+from chargpt.tracking.tags import PROTOCOL_TAG
 from chargpt.train.checkpoint import load_model
 from chargpt.train.setup import prepare
 
@@ -39,6 +45,7 @@ def evaluate(cfg: RunConfig) -> dict:
         name = f"{split}_prefix" if cfg.eval.max_bytes and len(data) > cfg.eval.max_bytes else split
         data = data[: cfg.eval.max_bytes] if name != split else data
         metrics |= static_metrics(name, model, data, cfg, stride, device, amp_dtype)
+        metrics |= reference_metrics(name, model, data, cfg, stride, device, amp_dtype, metrics)
         if cfg.eval.dynamic:  # beside the static figure, never in its place
             metrics |= dynamic_metrics(name, model, data, cfg, device)
     metrics["protocol"] = {
@@ -46,6 +53,7 @@ def evaluate(cfg: RunConfig) -> dict:
         "stride": stride,
         "precision": precision_name(amp_dtype),
         "scored": "every byte after the first of each split (or prefix), exactly once",
+        "reference": REFERENCE,
         **({"dynamic": cfg.eval.dynamic.model_dump()} if cfg.eval.dynamic else {}),
     }
     write_json(report_dir(cfg.name) / "eval.json", metrics)
@@ -55,23 +63,28 @@ def evaluate(cfg: RunConfig) -> dict:
     with record.start_run(connection, cfg.name, f"evaluate@{cfg.name}", device, run_id, split_meta()) as recorded:
         # BPC and accuracy on the run and on its model (MLflow's model view)
         recorded.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}, state["step"])
-        recorded.log_params({"eval.resolved_stride": stride})
+        recorded.log_params({"eval.resolved_stride": stride, "eval.resolved_precision": precision_name(amp_dtype)})
+        recorded.set_tags({PROTOCOL_TAG: protocol_label(stride, cfg.model.context, precision_name(amp_dtype))})
         recorded.log_artifact(report_dir(cfg.name) / "eval.json")
     view.refresh_view(connection, log)
     return metrics
 
 
-def static_metrics(name: str, model, data, cfg: RunConfig, stride: int, device, amp_dtype) -> dict:
+def static_metrics(
+    name: str, model, data, cfg: RunConfig, stride: int, device, amp_dtype, how: str = "in the run's own protocol"
+) -> dict:
     """BPC and accuracy of split (or prefix) `name` under the window protocol, and the seconds they took."""
     start = time.perf_counter()
     score = split_score(model, data, cfg.model.context, cfg.eval.batch_size, stride, device, amp_dtype, progress=True)
     seconds = time.perf_counter() - start
     log.info(
-        "%s: %.5f BPC, accuracy %.2f%%, over %d bytes (%.0f s)",
+        "%s: %.5f BPC, accuracy %.2f%%, over %d bytes, %s (stride %d, %.0f s)",
         name,
         score.bpc,
         100 * score.accuracy,
         score.bytes_scored,
+        how,
+        stride,
         seconds,
     )
     return {
@@ -80,6 +93,16 @@ def static_metrics(name: str, model, data, cfg: RunConfig, stride: int, device, 
         f"{name}_bytes_scored": score.bytes_scored,
         f"{name}_seconds": round(seconds, 1),
     }
+
+
+def reference_metrics(name: str, model, data, cfg: RunConfig, stride: int, device, amp_dtype, own: dict) -> dict:
+    """`name`'s BPC and accuracy under the reference protocol (REFERENCE): the run's own figures where its stride is
+    the context (one figure, not scored twice), else scored again in consecutive windows."""
+    if stride == cfg.model.context:
+        return {f"{name}_bpc_ref": own[f"{name}_bpc"], f"{name}_accuracy_ref": own[f"{name}_accuracy"]}
+    scored = static_metrics(name, model, data, cfg, cfg.model.context, device, amp_dtype, "in consecutive windows")
+    return {f"{name}_bpc_ref": scored[f"{name}_bpc"], f"{name}_accuracy_ref": scored[f"{name}_accuracy"],
+            f"{name}_ref_seconds": scored[f"{name}_seconds"]}  # fmt: skip
 
 
 def dynamic_metrics(name: str, model, data, cfg: RunConfig, device) -> dict:

@@ -1,10 +1,13 @@
-"""Compare the named runs: one row per run (its latest MLflow attempt), sorted by test BPC.
+"""Compare the named runs: one row per run (its latest MLflow attempt), sorted by test BPC in the reference protocol.
 
     chargpt compare [--format markdown|csv|json] [--output FILE] [--runs NAME ...] [--details] [--diff-from RUN]
 
-Columns: the recipe (optimizer, schedule, LR range, momentum range, weight decay), the iterations, val and test
-BPC and next-byte accuracy, the iterations to each BPC target any run logged (iters_to_bpc_<t>), and the training
-wall time.
+Columns: the recipe (optimizer, schedule, LR range, momentum range, weight decay), the iterations, val and test BPC
+in the reference protocol every run is scored under (val_bpc_ref, test_bpc_ref: consecutive windows of the run's
+context), the run's own protocol (its eval.stride and precision) and its figures in it (val_bpc, test_bpc, next-byte
+accuracy), the iterations to each BPC target any run logged (iters_to_bpc_<t>), and the training wall time. A run
+evaluated before the reference figure existed shows its own figure there where its own protocol was the reference,
+and "not scored" where it was not (rerun its evaluate stage to score it).
 --details adds the hardware (the run's device tag) and the command that reproduces the row; --diff-from RUN
 adds each run's config as its difference from RUN's (the params that differ, as section.key=value).
 """
@@ -32,6 +35,9 @@ COLUMNS = {  # output column -> MLflow field; None: derived from several fields
     "momentum": None,  # max -> min
     "weight_decay": "params.optimizer.weight_decay",
     "iterations": "metrics.iterations",
+    "val_bpc_ref": None,  # the reference protocol (REFERENCE_COLUMNS)
+    "test_bpc_ref": None,
+    "protocol": None,  # the run's own: stride of context, precision
     "val_bpc": "metrics.val_bpc",
     "test_bpc": "metrics.test_bpc",
     "val_accuracy": "metrics.val_accuracy",
@@ -40,6 +46,7 @@ COLUMNS = {  # output column -> MLflow field; None: derived from several fields
     "status": "status",
 }
 TARGET_PREFIX = "metrics.iters_to_bpc_"
+NOT_SCORED = "not scored"  # a reference figure a run evaluated before it existed lacks (its own protocol differs)
 # Params that describe the run's outcome or bookkeeping, not its recipe: left out of config diffs.
 NOT_RECIPE = (
     "params.resolved.",
@@ -111,6 +118,13 @@ def comparison_table(runs: pd.DataFrame, names: list[str] | None = None) -> pd.D
     # cosine holds momentum (beta1) at momentum_max
     table["momentum"] = [f"{hi}" if s == "cosine" else f"{hi} -> {lo}" for hi, lo, s in zip(mom_max, mom_min, schedule)]
     table["weight_decay"] = pd.to_numeric(table["weight_decay"], errors="coerce")
+    stride = pd.to_numeric(_field(latest, "params.eval.resolved_stride"), errors="coerce")
+    context = pd.to_numeric(_field(latest, "params.model.context"), errors="coerce")
+    own_is_reference = stride == context
+    for split in ("val", "test"):
+        table[f"{split}_bpc_ref"] = reference_figures(latest, split, own_is_reference)
+    table["protocol"] = [_protocol(*row) for row in zip(_field(latest, "tags.chargpt.protocol"), stride, context,
+                                                         _field(latest, "params.resolved.precision"))]  # fmt: skip
     table["iterations"] = table["iterations"].astype("Int64")
     targets = sorted(
         (c for c in latest.columns if c.startswith(TARGET_PREFIX)), key=lambda c: -float(c.removeprefix(TARGET_PREFIX))
@@ -125,7 +139,30 @@ def comparison_table(runs: pd.DataFrame, names: list[str] | None = None) -> pd.D
     for column in dynamic:  # beside the static figures, never in their place
         table[column] = latest[f"metrics.{column}"]
     order = [*list(COLUMNS)[:-2], *dynamic, *(c.removeprefix("metrics.") for c in targets), "train_seconds", "status"]
-    return table[order].sort_values(["test_bpc", "run"], na_position="last").reset_index(drop=True)
+    # by the reference figure; the runs without one after, by their own
+    table = table[order].assign(_key=pd.to_numeric(table["test_bpc_ref"], errors="coerce"))
+    table = table.sort_values(["_key", "test_bpc", "run"], na_position="last")
+    return table.drop(columns="_key").reset_index(drop=True)
+
+
+def reference_figures(latest: pd.DataFrame, split: str, own_is_reference: pd.Series) -> list:
+    """A split's BPC in the reference protocol per run: logged by evaluate, or, for a run evaluated before it was,
+    its own figure where its own protocol was the reference, else NOT_SCORED; None where it has no figure at all."""
+    logged, own = _field(latest, f"metrics.{split}_bpc_ref"), _field(latest, f"metrics.{split}_bpc")
+    return [
+        ref if pd.notna(ref) else figure if pd.isna(figure) or same else NOT_SCORED
+        for ref, figure, same in zip(logged, own, own_is_reference)
+    ]
+
+
+def _protocol(tag, stride, context, precision) -> str:
+    """The run's own protocol: its tag, or, for a run evaluated before the tag, what its params say."""
+    if isinstance(tag, str):
+        return tag
+    if pd.isna(stride) or pd.isna(context):
+        return ""
+    windows = "consecutive" if stride == context else f"stride {int(stride)} of {int(context)}"
+    return f"{windows}, {precision}" if isinstance(precision, str) else windows
 
 
 def reproduce_command(row: pd.Series) -> str:

@@ -53,6 +53,9 @@ class RecordedRun:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        mlflow.set_tags(tags)
+
     def end(self, status: str, tags: dict | None = None) -> None:
         """End the run as KILLED or FAILED, with tags saying why."""
         if tags:
@@ -128,6 +131,9 @@ class NullRun:
         pass
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, str]) -> None:
         pass
 
     def end(self, status: str, tags: dict | None = None) -> None:

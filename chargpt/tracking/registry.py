@@ -14,8 +14,9 @@ mlflow = lazy_import("mlflow")
 MODEL_TYPE = "chargpt byte-level GPT"
 # Metrics of a trained model shown in MLflow's model view (the run keeps every metric).
 # (A metric logged with the model is the run's too: each is logged once, linked to both.)
-MODEL_METRICS = ("val_bpc", "test_bpc", "val_accuracy", "test_accuracy", "val_bpc_dynamic", "test_bpc_dynamic",
-                 "val_prefix_bpc", "test_prefix_bpc", "iterations", "train_seconds")  # fmt: skip
+MODEL_METRICS = ("val_bpc_ref", "test_bpc_ref", "val_bpc", "test_bpc", "val_accuracy", "test_accuracy",
+                 "val_bpc_dynamic", "test_bpc_dynamic", "val_prefix_bpc_ref", "test_prefix_bpc_ref", "val_prefix_bpc",
+                 "test_prefix_bpc", "iterations", "train_seconds")  # fmt: skip
 
 
 def weights_note(run_name: str) -> str:

@@ -10,6 +10,10 @@ import torch
 from chargpt.device import describe
 from chargpt.tracking.connection import project_root
 
+# How a run's own figures (val_bpc, test_bpc) were scored, e.g. "stride 32 of context 128, bf16"; the *_ref figures
+# beside them are always consecutive windows (chargpt.evaluation.scoring.REFERENCE).
+PROTOCOL_TAG = "chargpt.protocol"
+
 
 def git_tags() -> dict[str, str]:
     def git(*args: str) -> str | None:

@@ -1,5 +1,6 @@
-"""MLflow's own screens, opened on the comparison: the saved view of the named runs (by test BPC, with BPC and
-accuracy columns, every varied param, and charts), refreshed by each stage and by `chargpt ui` (tracking/ui.py)."""
+"""MLflow's own screens, opened on the comparison: the saved view of the named runs (by test BPC in the reference
+protocol, with each run's own protocol beside it, BPC and accuracy columns, every varied param, and charts), refreshed
+by each stage and by `chargpt ui` (tracking/ui.py)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,21 @@ from pathlib import Path
 
 from chargpt.errors import TrackingError
 from chargpt.tracking import lazy_import
-from chargpt.tracking.compare import latest_attempts, load_runs, recipe_params
+from chargpt.tracking.compare import NOT_SCORED, comparison_table, latest_attempts, load_runs, recipe_params
 from chargpt.tracking.connection import Connection, project_root, store_errors, tracking_uri
+from chargpt.tracking.tags import PROTOCOL_TAG
 
 mlflow, pd = lazy_import("mlflow"), lazy_import("pandas")
 
 LATEST_TAG = "chargpt.latest_attempt"  # on each named run's latest MLflow run only (mark_latest_attempts)
 VIEW_KEY = "compare"  # MLflow's shared view: the experiment tag mlflow.sharedViewState.<key>, opened by URL
-# The view's metric columns: few, so that the varied params fit on the first screen beside them.
-SUMMARY_METRICS = ["val_bpc", "test_bpc", "val_accuracy", "test_accuracy", "val_bpc_dynamic", "test_bpc_dynamic",
+# The view's metric columns: few, so that the varied params fit on the first screen beside them. The reference
+# protocol's figures first (the column the view sorts on), then the run's own protocol (PROTOCOL_TAG) and figures.
+REFERENCE_METRICS = ["test_bpc_ref", "val_bpc_ref"]
+SUMMARY_METRICS = ["test_bpc", "val_bpc", "test_accuracy", "val_accuracy", "test_bpc_dynamic", "val_bpc_dynamic",
                    "iterations"]  # fmt: skip
-CHART_METRICS = ["test_bpc", "val_bpc", "test_bpc_dynamic", "val_bpc_dynamic", "test_accuracy", "val_accuracy"]
+CHART_METRICS = ["test_bpc_ref", "val_bpc_ref", "test_bpc", "val_bpc", "test_bpc_dynamic", "val_bpc_dynamic",
+                 "test_accuracy", "val_accuracy"]  # fmt: skip
 
 
 def varied_params(latest: pd.DataFrame) -> list[str]:
@@ -42,8 +47,10 @@ def publish_view(root: Path, uri: str | None = None) -> str | None:
     latest = latest_attempts(runs)
     client = mlflow.MlflowClient(tracking_uri=uri)
     mark_latest_attempts(client, runs, latest)
-    metrics = [m for m in SUMMARY_METRICS if f"metrics.{m}" in latest]
-    columns = [f"metrics.`{m}`" for m in metrics] + [f"params.`{p}`" for p in varied_params(latest)]
+    backfill_reference(client, latest, comparison_table(runs))
+    columns = [f"metrics.`{m}`" for m in REFERENCE_METRICS] + [f"tags.`{PROTOCOL_TAG}`"]
+    columns += [f"metrics.`{m}`" for m in SUMMARY_METRICS if f"metrics.{m}" in latest]
+    columns += [f"params.`{p}`" for p in varied_params(latest)]
 
     def chart(kind: str, metric: str, section: str) -> dict:
         common = {"uuid": f"chargpt-{metric}", "type": kind, "metricKey": metric, "metricSectionId": section,
@@ -57,7 +64,7 @@ def publish_view(root: Path, uri: str | None = None) -> str | None:
     def line(metric: str, section: str) -> dict:
         return chart("LINE", metric, section)
 
-    charts = [bar(m, "chargpt-bpc") for m in CHART_METRICS if f"metrics.{m}" in latest]
+    charts = [bar(m, "chargpt-bpc") for m in CHART_METRICS if m in REFERENCE_METRICS or f"metrics.{m}" in latest]
     charts += [
         line("val_probe_bpc", "chargpt-bpc"),
         line("val_probe_accuracy", "chargpt-bpc"),
@@ -66,7 +73,7 @@ def publish_view(root: Path, uri: str | None = None) -> str | None:
     view = {
         # each named run once, as `chargpt compare` shows it: not its earlier attempts, nor its nested LR range tests
         "searchFilter": f"tags.`{LATEST_TAG}` = 'true'",
-        "orderByKey": "metrics.`test_bpc`",
+        "orderByKey": "metrics.`test_bpc_ref`",
         "orderByAsc": True,
         "startTime": "ALL",
         "lifecycleFilter": "Active",
@@ -86,6 +93,24 @@ def publish_view(root: Path, uri: str | None = None) -> str | None:
     experiment_id = latest["experiment_id"].iloc[0]
     store_view(client, experiment_id, view)
     return experiment_id
+
+
+def backfill_reference(client: mlflow.MlflowClient, latest: pd.DataFrame, table: pd.DataFrame) -> None:
+    """Runs evaluated before the reference figure existed, as `chargpt compare` shows them: where their own protocol
+    was the reference, that figure under the reference's name (the same number: nothing is scored again); and each
+    one's protocol tag, saying where the reference was not scored. Writes only what is missing."""
+    rows = table.set_index("run")
+    for _, run in latest.iterrows():
+        name, run_id = run["tags.chargpt.run"], run["run_id"]
+        if name not in rows.index or pd.notna(run.get(f"metrics.{REFERENCE_METRICS[0]}")):
+            continue
+        row, step = rows.loc[name], run.get("metrics.iterations")
+        for metric in REFERENCE_METRICS:
+            if isinstance(row[metric], float) and pd.notna(row[metric]):
+                client.log_metric(run_id, metric, row[metric], step=int(step) if pd.notna(step) else 0)
+        if pd.isna(run.get(f"tags.{PROTOCOL_TAG}")) and row["protocol"]:
+            unscored = any(row[m] == NOT_SCORED for m in REFERENCE_METRICS)
+            client.set_tag(run_id, PROTOCOL_TAG, row["protocol"] + ("; reference not scored" if unscored else ""))
 
 
 def mark_latest_attempts(client: mlflow.MlflowClient, runs: pd.DataFrame, latest: pd.DataFrame) -> None:

@@ -101,10 +101,20 @@ def sample_main(argv: list[str] | None = None) -> None:
 
 
 def score_parser() -> argparse.ArgumentParser:
-    parser = _parser("score", "The model's bits per byte and next-byte accuracy on a file, with evaluate's protocol.")
+    parser = _parser(
+        "score",
+        "The model's bits per byte and next-byte accuracy on a file. With --run, scored as that run's evaluate stage "
+        "scores (its eval.stride; --dynamic: its eval.dynamic), so that `score data/processed/test.bin --run R` "
+        "gives R's test_bpc (up to the run's precision: evaluate may score in bf16, score does in fp32).",
+    )
     parser.add_argument("file")
     _model_arguments(parser)
-    parser.add_argument("--stride", type=int, help="sliding windows: score each window's last STRIDE bytes")
+    parser.add_argument(
+        "--stride",
+        type=int,
+        help="sliding windows: score each window's last STRIDE bytes (default: the run's eval.stride; with "
+        "--checkpoint, or where the run sets none, consecutive windows of the context)",
+    )
     parser.add_argument("--dynamic", action="store_true", help="dynamic evaluation (the run's eval.dynamic)")
     parser.add_argument("--batch-size", type=int, default=64)
     return parser
@@ -120,16 +130,19 @@ def score_main(argv: list[str] | None = None) -> None:
         )
     data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
     context = model.cfg.context
-    check_stride(args.stride, context)
+    run_stride = load_run_config(args.run, args.params).eval.stride if args.run and not args.dynamic else None
+    stride, source = (args.stride, "--stride") if args.stride else (run_stride, f"runs.{args.run}.eval.stride")
+    check_stride(stride, context)
     start = time.perf_counter()
     if args.dynamic:
         settings = _dynamic_settings(args)
         if args.stride:
             settings = settings.model_copy(update={"stride": args.stride})
+        stride, source = settings.stride, ("--stride" if args.stride else f"runs.{args.run}.eval.dynamic.stride")
         score = dynamic_score(model, data, context, settings, progress=True)
     else:
         settings = None
-        score = split_score(model, data, context, args.batch_size, args.stride, progress=True)
+        score = split_score(model, data, context, args.batch_size, stride, progress=True)
     seconds = time.perf_counter() - start
     suffix = "_dynamic" if args.dynamic else ""
     print(
@@ -140,7 +153,9 @@ def score_main(argv: list[str] | None = None) -> None:
                 f"accuracy{suffix}": round(score.accuracy, 5),
                 "bytes_scored": score.bytes_scored,
                 "context": context,
-                "stride": (settings.stride if settings else args.stride) or context,
+                "stride": stride or context,
+                "protocol": f"sliding windows ({source})" if stride and stride != context else "consecutive windows",
+                "precision": "fp32",
                 **({"dynamic": settings.model_dump()} if settings else {}),
                 "seconds": round(seconds, 2),
                 "bytes_per_second": round(score.bytes_scored / seconds, 1),
@@ -155,7 +170,12 @@ def compress_parser() -> argparse.ArgumentParser:
     parser.add_argument("output")
     _model_arguments(parser)
     parser.add_argument("--dynamic", action="store_true", help="adapt the model as it codes (the run's eval.dynamic)")
-    parser.add_argument("--stride", type=int, help="sliding windows, as `score --stride` (coded one window at a time)")
+    parser.add_argument(
+        "--stride",
+        type=int,
+        help="sliding windows, as `score --stride` (coded one window at a time, so several times slower). Default: "
+        "consecutive windows, not the run's eval.stride: those are coded 32 lanes side by side",
+    )
     _force_argument(parser)
     return parser
 

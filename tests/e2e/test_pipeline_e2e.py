@@ -250,6 +250,42 @@ def test_compare_prints_one_row_per_run_with_iterations_to_target(trained):
     assert "iters_to_bpc_0.5" not in rows["tiny_cosine"]  # so no run has that column
 
 
+def test_runs_scored_under_different_strides_compare_on_the_reference_protocol(trained):
+    """tiny is scored in consecutive windows, tiny_cosine in sliding ones (eval.stride 8): evaluate scores both also
+    in the reference protocol, and `chargpt compare` and MLflow's view rank them on it. Each figure is the one
+    `chargpt score` gives for that model under that protocol."""
+    root, env, _ = trained
+    ev = {r: json.loads((root / f"reports/{r}/eval.json").read_text()) for r in ("tiny", "tiny_cosine")}
+    assert ev["tiny"]["protocol"]["stride"] == 32 and ev["tiny_cosine"]["protocol"]["stride"] == 8
+    assert ev["tiny"]["test_bpc_ref"] == ev["tiny"]["test_bpc"] and "test_ref_seconds" not in ev["tiny"]  # once
+    assert ev["tiny_cosine"]["test_bpc_ref"] != ev["tiny_cosine"]["test_bpc"]
+    assert "test_ref_seconds" in ev["tiny_cosine"]
+
+    def score(run_name: str, *options: str) -> dict:
+        out = run(["chargpt", "score", "data/processed/test.bin", "--run", run_name, *options], root, env).stdout
+        return json.loads(out)
+
+    own = score("tiny_cosine")  # the run's own protocol by default: its eval.stride
+    assert own["stride"] == 8 and own["bpc"] == pytest.approx(ev["tiny_cosine"]["test_bpc"], abs=5e-4)
+    reference = {r: score(r, "--stride", "32")["bpc"] for r in ("tiny", "tiny_cosine")}
+    assert reference["tiny_cosine"] == pytest.approx(ev["tiny_cosine"]["test_bpc_ref"], abs=5e-4)
+
+    rows = {r["run"]: r for r in json.loads(run(["chargpt", "compare", "--format", "json"], root, env).stdout)}
+    for name in ("tiny", "tiny_cosine"):
+        assert rows[name]["test_bpc_ref"] == ev[name]["test_bpc_ref"]
+        assert rows[name]["val_bpc_ref"] == ev[name]["val_bpc_ref"]
+    precision = ev["tiny"]["protocol"]["precision"]  # train.precision: auto, so this machine's
+    assert rows["tiny"]["protocol"] == f"consecutive, {precision}"
+    assert rows["tiny_cosine"]["protocol"] == f"stride 8 of 32, {precision}"
+    shown = rows["tiny"]["test_bpc_ref"] - rows["tiny_cosine"]["test_bpc_ref"]
+    assert shown == pytest.approx(reference["tiny"] - reference["tiny_cosine"], abs=1e-3)
+    order = [r["run"] for r in json.loads(run(["chargpt", "compare", "--format", "json"], root, env).stdout)]
+    assert order == sorted(rows, key=lambda r: rows[r]["test_bpc_ref"])
+    metrics = json.loads(run(["dvc", "metrics", "show", "--json"], root, env).stdout)
+    files = next(iter(metrics.values()))["data"]
+    assert files["reports/tiny_cosine/eval.json"]["data"]["test_bpc_ref"] == ev["tiny_cosine"]["test_bpc_ref"]
+
+
 def test_mlflow_records_the_run(trained):
     root, env, _ = trained
     from mlflow.tracking import MlflowClient
@@ -295,14 +331,17 @@ def test_mlflow_records_the_run(trained):
         if s["key"] == ui_app.experiment_state_key(experiment.experiment_id)
     ]
     assert seed["state"] == view
-    assert view["orderByKey"] == "metrics.`test_bpc`" and view["orderByAsc"] is True
+    assert view["orderByKey"] == "metrics.`test_bpc_ref`" and view["orderByAsc"] is True
     assert view["searchFilter"] == "tags.`chargpt.latest_attempt` = 'true'"  # each named run once, no range test
     assert run_.data.tags["chargpt.latest_attempt"] == "true" and "chargpt.latest_attempt" not in child[0].data.tags
+    assert view["selectedColumns"][:3] == ["metrics.`test_bpc_ref`", "metrics.`val_bpc_ref`", "tags.`chargpt.protocol`"]
     assert {"metrics.`val_bpc`", "metrics.`test_bpc`", "metrics.`test_accuracy`", "metrics.`iterations`"} <= set(
         view["selectedColumns"]
     )
+    assert run_.data.tags["chargpt.protocol"] == f"consecutive, {ev['protocol']['precision']}"
+    assert run_.data.metrics["test_bpc_ref"] == pytest.approx(ev["test_bpc"])
     assert "params.`schedule.name`" in view["selectedColumns"]  # it differs between tiny and tiny_cosine
-    assert view["compareRunCharts"][0]["metricKey"] in ("val_bpc", "test_bpc")
+    assert view["compareRunCharts"][0]["metricKey"] == "test_bpc_ref"
     assert "lr_max" not in run_.data.metrics and "resolved.lr_max" in run_.data.params  # a param, not a metric
 
     # MLflow 3's Logged Models view: each run's trained model, linked to its run, ranked by its BPC, pointing at DVC

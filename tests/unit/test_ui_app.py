@@ -1,14 +1,14 @@
 """The chargpt MLflow app (chargpt/tracking/ui_app.py): MLflow's own UI page, served with a script that seeds a new
 browser with the project's saved view. The page comes from MLflow's real Flask app over a real SQLite store; the
-script it carries runs in Node.js against a stand-in for the browser's localStorage."""
+script it carries runs in QuickJS (the `quickjs` package, a dev dependency: no Node.js needed) against a stand-in for
+the browser's localStorage."""
 
 import json
 import re
-import shutil
-import subprocess
 from importlib.metadata import entry_points
 
 import pytest
+import quickjs
 from conftest import seeded_views
 from mlflow.tracking import MlflowClient
 
@@ -49,21 +49,21 @@ def served(tmp_path_factory):
 
 
 def run_script(page: str, storage: dict[str, str]) -> dict[str, str]:
-    """Run the page's seeding script in Node.js on a localStorage holding `storage`; return what it then holds."""
-    node = shutil.which("node")
-    assert node, "Node.js runs the UI page's script here: it is on this kind of machine (apt-get install nodejs)"
+    """Run the page's seeding script in a JavaScript engine (QuickJS) on a localStorage holding `storage`; return
+    what it then holds."""
     (script,) = re.findall(r"<script>(.*?)</script>", page, flags=re.S)
-    harness = """
-        const storage = new Map(Object.entries(JSON.parse(process.argv[1])));
-        const localStorage = {
-            getItem: k => storage.has(k) ? storage.get(k) : null, setItem: (k, v) => storage.set(k, String(v)),
-        };
-        new Function("window", require("fs").readFileSync(0, "utf8"))({localStorage});
-        console.log(JSON.stringify(Object.fromEntries(storage)));
+    engine = quickjs.Context()
+    engine.set_time_limit(10)  # seconds: a script that loops is a failure, not a hang
+    harness = f"""
+        var storage = new Map(Object.entries({json.dumps(storage)}));
+        var localStorage = {{
+            getItem: function (k) {{ return storage.has(k) ? storage.get(k) : null; }},
+            setItem: function (k, v) {{ storage.set(k, String(v)); }},
+        }};
+        new Function("window", {json.dumps(script)})({{localStorage: localStorage}});
+        JSON.stringify(Object.fromEntries(storage));
     """
-    out = subprocess.run([node, "-e", harness, json.dumps(storage)], input=script, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
+    return json.loads(engine.eval(harness))
 
 
 def test_the_ui_page_carries_the_seeding_script_ahead_of_mlflows_bundle_and_is_not_cached(served):

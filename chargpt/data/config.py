@@ -58,21 +58,22 @@ class DataConfig(Section):
         return self
 
 
-class ParamsLoader(yaml.SafeLoader):
-    """YAML's safe loader for params.yaml, refusing what it has no use for and what would cost more than its size:
-    - a key stated twice in one mapping: PyYAML would keep the last silently, and DVC refuses the whole file;
-    - an alias (`*name`): DVC's own writer emits none, and a chain of them in a few hundred bytes expands to hundreds
-      of millions of values, so reading and validating stays bounded by the file's size."""
+# The most values params.yaml may hold once its aliases are expanded: the shipped file holds about 1,000; a chain of
+# aliases in a few hundred bytes can stand for hundreds of millions, which validating would expand one by one.
+MAX_EXPANDED_VALUES = 100_000
 
-    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(
-                None, None,
-                f"found an alias (*{event.anchor}); params.yaml takes none: write the value out in full",
-                event.start_mark,
-            )  # fmt: skip
-        return super().compose_node(parent, index)
+
+class ParamsLoader(yaml.SafeLoader):
+    """YAML's safe loader for params.yaml, refusing what costs more than the file's size and what is ambiguous:
+    - aliases (`*name`) that expand the document to more than MAX_EXPANDED_VALUES values, or that refer to the node
+      they stand in (PyYAML's own dump writes anchors for a value used twice, so a plain alias is taken);
+    - a key stated twice in one mapping: PyYAML would keep the last silently, and DVC refuses the whole file."""
+
+    def get_single_node(self) -> yaml.Node | None:
+        node = super().get_single_node()
+        if node is not None:
+            check_expansion(node)
+        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         first_lines: dict = {}
@@ -85,6 +86,41 @@ class ParamsLoader(yaml.SafeLoader):
                 )  # fmt: skip
             first_lines[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep)
+
+
+def check_expansion(root: yaml.Node) -> None:
+    """Count the values `root` stands for with every alias expanded, each shared node counted once per use but
+    computed once (so a chain of aliases costs its length, not its expansion); refuse past MAX_EXPANDED_VALUES."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise yaml.composer.ComposerError(
+                None, None, "found an alias inside the value it names (a recursive structure)", node.start_mark
+            )
+        open_nodes.add(key)
+        if isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in node.value)
+        else:
+            total = 1
+        open_nodes.discard(key)
+        sizes[key] = total = min(total, MAX_EXPANDED_VALUES + 1)
+        if total > MAX_EXPANDED_VALUES:
+            raise yaml.composer.ComposerError(
+                None, None,
+                f"its aliases expand it to more than {MAX_EXPANDED_VALUES:,} values (this one, from here); "
+                f"write the values out, or use fewer aliases",
+                node.start_mark,
+            )  # fmt: skip
+        return total
+
+    size(root)
 
 
 def parse_yaml(text: str) -> object:
@@ -102,6 +138,8 @@ def read_params(path: Path) -> object:
         raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(f"{path}: nested too deeply to read (thousands of levels of lists or mappings)") from None
 
 
 def load_data_config(path: str | Path = "params.yaml") -> DataConfig:

@@ -359,7 +359,7 @@ def with_overrides(cfg: RunConfig, assignments: list[str]) -> RunConfig:
             )
         try:
             merged[section][key] = parse_yaml(text)
-        except yaml.YAMLError as e:
+        except (yaml.YAMLError, RecursionError) as e:
             raise ConfigError(f"override {assignment!r}: not a YAML value: {' '.join(str(e).split())}") from None
     try:
         return RunConfig(**merged)

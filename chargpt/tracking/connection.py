@@ -32,7 +32,8 @@ EXPERIMENT = "chargpt"
 # MLflow 3's UI opens an experiment of this kind on its runs (the model-training view), not on GenAI traces.
 EXPERIMENT_TAGS = {
     "mlflow.experimentKind": "custom_model_development",
-    "mlflow.note.content": "One MLflow run per named run of params.yaml: compare val_bpc / test_bpc.",
+    "mlflow.note.content": "One MLflow run per named run of params.yaml: compare test_bpc_ref, every run scored in "
+    "consecutive windows of its context; test_bpc is each run's own protocol (the chargpt.protocol tag).",
 }
 
 

@@ -180,6 +180,12 @@ def compress_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _coding_protocol(args: argparse.Namespace) -> str:
+    if args.dynamic:
+        return "dynamic evaluation (eval.dynamic's stride)"
+    return f"sliding windows, stride {args.stride}" if args.stride else "consecutive windows"
+
+
 def compress_main(argv: list[str] | None = None) -> None:
     args = compress_parser().parse_args(argv)
     path = checkpoint_path(args.run, args.checkpoint)
@@ -200,6 +206,7 @@ def compress_main(argv: list[str] | None = None) -> None:
                 "output_bytes": stats.compressed_bytes,
                 "header_bytes": stats.header_bytes,
                 "bits_per_byte": round(stats.bits_per_byte, 5),
+                "protocol": _coding_protocol(args),
                 "seconds": round(stats.seconds, 2),
                 "bytes_per_second": round(stats.n_bytes / stats.seconds, 1),
             }

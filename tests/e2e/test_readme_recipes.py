@@ -53,8 +53,9 @@ def test_the_readme_reads_as_the_test_runs_it():
     got = [
         (lang, commands(body) if lang == "bash" else body) for lang, body in blocks((REPO / "README.md").read_text())
     ]
-    assert got[0] == ("bash", [(False, "dvc repro evaluate@quickstart")])  # the set-up line, after its set-up
-    assert got[1] == ("bash", [])  # the tests' line: set-up alone
+    assert got[0] == ("bash", [])  # PyTorch's CPU build, before the set-up: set-up alone
+    assert got[1] == ("bash", [(False, "dvc repro evaluate@quickstart")])  # the set-up line, after its set-up
+    assert got[2] == ("bash", [])  # the tests' line: set-up alone
     assert [lang for lang, _ in got].count("yaml") == 1
     assert any(elsewhere for lang, lines in got if lang == "bash" for elsewhere, _ in lines)  # the clone's lines
 

@@ -162,6 +162,8 @@ def test_the_commands_run_from_a_checkpoint(checkpoint, tmp_path):
     assert out.returncode == 0 and len(out.stdout) == 50
     score = json.loads(run("score", "in.txt").stdout)
     assert score["bytes_scored"] == 2999 and 0 < score["bpc"] < 8 and score["stride"] == 32
+    assert score["protocol"] == "consecutive windows" and score["precision"] == "fp32"  # no run to follow
+    assert json.loads(run("score", "in.txt", "--stride", "8").stdout)["protocol"] == "sliding windows (--stride)"
     assert (
         score["accuracy"]
         == round(
@@ -179,6 +181,7 @@ def test_the_commands_run_from_a_checkpoint(checkpoint, tmp_path):
     assert "bpc_dynamic" in dynamic and "accuracy_dynamic" in dynamic and dynamic["dynamic"]["optimizer"] == "adam"
     packed = json.loads(run("compress", "in.txt", "in.cgz").stdout)
     assert packed["output_bytes"] == (tmp_path / "in.cgz").stat().st_size
+    assert packed["protocol"] == "consecutive windows"
     assert packed["bits_per_byte"] < 8 and run("decompress", "in.cgz", "out.txt").returncode == 0
     assert (tmp_path / "out.txt").read_bytes() == (tmp_path / "in.txt").read_bytes()
     missing = subprocess.run([*chargpt, "sample", "--run", "nope"], cwd=tmp_path, capture_output=True, text=True)

@@ -40,7 +40,7 @@ CHUNK = 1 << 20
 OFFLINE = (
     "Offline, or without access to it, run on the sample shipped with the repository: dvc exp run -S "
     "data.url=samples/enwiki-sample.xml.bz2 -S data.checksums=null evaluate@quickstart (or any local corpus: "
-    "README, Offline)"
+    "docs/using.md, Troubleshooting)"
 )
 
 

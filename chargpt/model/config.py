@@ -9,6 +9,22 @@ from pydantic import Field, model_validator
 
 from chargpt.settings import PositiveFloat, PositiveInt, Section
 
+# Options the recipe search tried and the code no longer has, each with the value that meant "off"
+# (docs/results.md's decision log has what each measured and the last commit where it runs). A model file or a
+# training state written before they left holds them at these values.
+RETIRED = {"activation": "relu", "qk_norm": False, "zero_init": False, "logit_softcap": None, "smear": False,
+           "bigram": False}  # fmt: skip
+
+
+def retired_options_on(model: dict) -> dict:
+    """The retired options a stored model config turns on (a model this version cannot build)."""
+    return {k: v for k, v in model.items() if k in RETIRED and v != RETIRED[k]}
+
+
+def without_retired(model: dict) -> dict:
+    """A stored model config without its retired options (each off: retired_options_on is checked first)."""
+    return {k: v for k, v in model.items() if k not in RETIRED}
+
 
 class ModelConfig(Section):
     n_layer: PositiveInt = 12
@@ -24,14 +40,6 @@ class ModelConfig(Section):
     bias: bool = True  # biases in the Linear layers (LayerNorm keeps its own); the seed's model has none
     # The output head shares the byte embedding's matrix (Press & Wolf 2017), as the seed's model does.
     tie_embeddings: bool = False
-    # The feed-forward's nonlinearity. swiglu gates one d_ff-wide projection by another (3 matrices, not 2): set
-    # d_ff to 2/3 of ReLU's for the same parameters.
-    activation: Literal["relu", "relu2", "gelu", "swiglu"] = "relu"
-    qk_norm: bool = False  # RMS-normalise each head's queries and keys before attention
-    zero_init: bool = False  # residual output projections (and an untied head) start at zero
-    logit_softcap: PositiveFloat | None = None  # logits = cap * tanh(logits / cap)
-    smear: bool = False  # mix the previous byte's embedding into each byte's, through a learned gate per feature
-    bigram: bool = False  # add an embedding of (previous byte, byte): 65,536 pairs + 256 rows for a window's first
     value_residual: bool = False  # every layer's values mix in the first layer's, by a learned weight
     embedding_skip: bool = False  # every block's input mixes in the embedding, by a learned weight
     rope_base: PositiveFloat = 10000.0

@@ -10,10 +10,8 @@
 - optionally Al-Rfou et al.'s intermediate-layer losses (`set_aux_loss_progress`): while training, every block
   but the last also predicts the next byte, through the shared final LayerNorm and head.
 
-The modern recipe's options (ModelConfig; each off by default, and then nothing of it is built) are small pieces
-the blocks compose: Rotary (positions: rope), QK-norm, the feed-forward's activation (ReLU², GELU, SwiGLU), zero-init
-output projections, a logit soft-cap, Smear and BigramEmbedding (the previous byte, which a KVCache carries from one
-call to the next), the value residual and the embedding skip.
+The modern recipe's options that the quickstart uses (ModelConfig; each off by default, and then nothing of it is
+built) are small pieces the blocks compose: Rotary (positions: rope), the value residual and the embedding skip.
 """
 
 from __future__ import annotations
@@ -71,7 +69,7 @@ class Rotary(nn.Module):
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
-        self.n_head, self.dropout, self.qk_norm = cfg.n_head, cfg.dropout, cfg.qk_norm
+        self.n_head, self.dropout = cfg.n_head, cfg.dropout
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.proj.is_residual_projection = True
@@ -92,8 +90,6 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if self.value_mix is not None:
             v = v + self.value_mix * (first_values - v)
-        if self.qk_norm:  # unit RMS per head: attention logits stay bounded whatever the weights grow to
-            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
         if self.rotary is not None:
             start = cache.length if cache is not None else 0
             q, k = self.rotary(q, start), self.rotary(k, start)
@@ -124,7 +120,6 @@ class KVCache:
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
         self.length = 0  # positions held (GPT.forward advances it once all layers have appended)
-        self.last_byte: torch.Tensor | None = None  # (B, 1) the window's latest byte (Smear and BigramEmbedding)
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new positions' k, v (B, nh, T, hs); return the window's so far, (B, nh, length + T, hs)."""
@@ -138,13 +133,6 @@ class KVCache:
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
 
-def relu_squared(x: torch.Tensor) -> torch.Tensor:
-    return F.relu(x).square()  # So et al. 2021 (Primer)
-
-
-ACTIVATIONS = {"relu": F.relu, "relu2": relu_squared, "gelu": F.gelu}
-
-
 class FeedForward(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -152,50 +140,9 @@ class FeedForward(nn.Module):
         self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
         self.down.is_residual_projection = True
         self.dropout = nn.Dropout(cfg.dropout)
-        self.activation = ACTIVATIONS[cfg.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down(self.activation(self.up(x))))
-
-
-class SwiGLU(nn.Module):
-    """Shazeer 2020: the feed-forward's hidden layer is SiLU(x W) * (x V), one d_ff-wide projection gating another."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
-        self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
-        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
-        self.down.is_residual_projection = True
-        self.dropout = nn.Dropout(cfg.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down(F.silu(self.gate(x)) * self.up(x)))
-
-
-class Smear(nn.Module):
-    """Token shift for bytes (x-transformers' shift_tokens, modded-nanogpt's smear): each byte's embedding gains a
-    learned share, feature by feature, of the previous byte's. Starts at zero: the model begins as without it."""
-
-    def __init__(self, d_model: int):
-        super().__init__()
-        self.gate = nn.Parameter(torch.zeros(d_model))
-
-    def forward(self, x: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-        return x + self.gate * previous  # (B, T, C) + (C,) * (B, T, C)
-
-
-class BigramEmbedding(nn.Module):
-    """An embedding of each (previous byte, byte) pair, exact since there are only 256 x 256 of them, plus 256 rows
-    for a window's first byte, which has no previous one. Starts at zero (GPT zeroes it after the init)."""
-
-    def __init__(self, d_model: int):
-        super().__init__()
-        self.table = nn.Embedding(257 * 256, d_model)
-
-    def forward(self, idx: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-        """idx, previous (B, T): the bytes and the byte before each (-1: none) -> (B, T, C)."""
-        return self.table((previous + 1) * 256 + idx)
+        return self.dropout(self.down(F.relu(self.up(x))))
 
 
 class Block(nn.Module):
@@ -206,7 +153,7 @@ class Block(nn.Module):
         self.ln_attn = nn.LayerNorm(cfg.d_model)
         self.attn = CausalSelfAttention(cfg, layer)
         self.ln_ff = nn.LayerNorm(cfg.d_model)
-        self.ff = SwiGLU(cfg) if cfg.activation == "swiglu" else FeedForward(cfg)
+        self.ff = FeedForward(cfg)
         # Embedding skip (modded-nanogpt): the block's input gains this share of the embedding; 0 at the start.
         self.embedding_skip = nn.Parameter(torch.zeros(())) if cfg.embedding_skip and layer > 0 else None
 
@@ -236,8 +183,6 @@ class GPT(nn.Module):
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.context, cfg.d_model) if cfg.positions == "input" else None
-        self.bigram = BigramEmbedding(cfg.d_model) if cfg.bigram else None
-        self.smear = Smear(cfg.d_model) if cfg.smear else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model)  # pre-LN leaves the residual stream unnormalised: close it here
@@ -251,14 +196,6 @@ class GPT(nn.Module):
         self.register_buffer("aux_progress", torch.zeros(()), persistent=False)
         self.aux_active = False
         self.apply(self._init_weights)
-        if self.bigram is not None:
-            nn.init.zeros_(self.bigram.table.weight)
-        if cfg.zero_init:  # every block starts as the identity, and an untied head predicts uniform bytes
-            for module in self.modules():
-                if getattr(module, "is_residual_projection", False):
-                    nn.init.zeros_(module.weight)
-            if not cfg.tie_embeddings:
-                nn.init.zeros_(self.head.weight)
         if cfg.tie_embeddings:
             # One (vocab, C) matrix embeds bytes and scores them, with the embedding's N(0, 0.02) init (GPT-2's).
             # Tied after init so the head's init cannot overwrite it; parameters() then yields it once, so the
@@ -294,8 +231,7 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def num_position_params(self) -> int:
-        byte_tables = (self.tok_emb, self.bigram.table if self.bigram is not None else None)
-        return sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Embedding) and m not in byte_tables)
+        return sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Embedding) and m is not self.tok_emb)
 
     def new_cache(self) -> KVCache:
         """An empty window for forward(..., cache=): each call appends its bytes to it."""
@@ -313,7 +249,7 @@ class GPT(nn.Module):
             raise ValueError(f"{what} exceeds the model's context {self.cfg.context}")
         aux = targets is not None and self.training and self.aux_active
         aux_losses = []
-        x = self._embed(idx, cache, start)  # (B, T, C)
+        x = self._embed(idx, start)  # (B, T, C)
         embedded, first_values = x, None
         for i, block in enumerate(self.blocks):
             x, values = block(x, cache, i, embedded, first_values)
@@ -322,7 +258,6 @@ class GPT(nn.Module):
                 aux_losses.append(self._loss(self._logits(x), targets))
         if cache is not None:
             cache.length += T
-            cache.last_byte = idx[:, -1:]
         logits = self._logits(x)  # (B, T, vocab)
         loss = None
         if targets is not None:
@@ -333,34 +268,16 @@ class GPT(nn.Module):
                 loss = (loss + (weights * torch.stack(aux_losses)).sum()) / (1 + weights.sum())
         return logits, loss
 
-    def _embed(self, idx: torch.Tensor, cache: KVCache | None, start: int) -> torch.Tensor:
-        """The blocks' input (B, T, C): the bytes' embeddings, with the previous byte's (smear, bigram) and the
-        positions from `start` where the options ask for them."""
+    def _embed(self, idx: torch.Tensor, start: int) -> torch.Tensor:
+        """The blocks' input (B, T, C): the bytes' embeddings, and the positions from `start` where the model adds
+        them at its input only."""
         x = self.tok_emb(idx)  # (B, T, C)
-        if self.smear is not None or self.bigram is not None:
-            previous = self._previous_bytes(idx, cache)  # (B, T), -1 before a window's first byte
-            if self.smear is not None:
-                x = self.smear(x, self.tok_emb(previous.clamp(min=0)) * (previous >= 0).unsqueeze(-1))
-            if self.bigram is not None:
-                x = x + self.bigram(idx, previous)
         if self.pos_emb is not None:
             x = x + self.pos_emb.weight[start : start + idx.size(1)]
         return self.drop(x)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.head(self.ln_f(x))  # (B, T, vocab)
-        if self.cfg.logit_softcap is not None:  # smooth clip to (-cap, cap): no logit runs away
-            cap = self.cfg.logit_softcap
-            logits = cap * torch.tanh(logits / cap)
-        return logits
-
-    @staticmethod
-    def _previous_bytes(idx: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
-        """(B, T) the byte before each of idx, from the cache's window for the first; -1 where there is none."""
-        first = (
-            cache.last_byte if cache is not None and cache.last_byte is not None else idx.new_full((idx.size(0), 1), -1)
-        )
-        return torch.cat((first, idx[:, :-1]), dim=1)
+        return self.head(self.ln_f(x))  # (B, T, vocab)
 
     @staticmethod
     def _loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from chargpt.errors import CheckpointError
 from chargpt.io import atomic_open, file_problem
-from chargpt.model.config import ModelConfig
+from chargpt.model.config import ModelConfig, retired_options_on, without_retired
 from chargpt.model.gpt import GPT
 from chargpt.settings import flatten, format_validation_error
 
@@ -72,8 +72,14 @@ def stored_model_config(path: Path, state: dict[str, Any]) -> ModelConfig:
         raise CheckpointError(f"{path}: holds no model config (config.model); not a model file chargpt wrote")
     if not isinstance(state.get("model"), dict):
         raise CheckpointError(f"{path}: holds no weights (model); not a model file chargpt wrote")
+    if retired := retired_options_on(config["model"]):
+        listed = ", ".join(f"model.{k}: {v!r}" for k, v in retired.items())
+        raise CheckpointError(
+            f"{path}: its model uses {listed}, which this version no longer builds (docs/results.md's decision log "
+            f"names the last commit where it runs)"
+        )
     try:
-        return ModelConfig(**config["model"])
+        return ModelConfig(**without_retired(config["model"]))
     except ValidationError as e:
         raise CheckpointError(f"{path}: its model config is invalid: {format_validation_error(e)}") from None
 
@@ -135,6 +141,9 @@ RESUMABLE_CHANGES = (
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
+    """The keys whose values differ, a state's retired model options (each off) left out."""
+    if isinstance(saved.get("model"), dict) and not retired_options_on(saved["model"]):
+        saved = saved | {"model": without_retired(saved["model"])}
     a, b = flatten(saved), flatten(current)
     return [
         f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}"

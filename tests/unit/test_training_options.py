@@ -35,7 +35,7 @@ def refused(tmp_path, params, run: dict) -> str:
 
 def scaled_parameters(model: GPT, which: str) -> set[int]:
     if which == "embedding":  # the tables; the head is untied, so not one of them
-        return {id(model.tok_emb.weight), id(model.pos_emb.weight), id(model.bigram.table.weight)}
+        return {id(model.tok_emb.weight), id(model.pos_emb.weight)}
     if which == "head":
         return {id(model.head.weight)}
     return {id(p) for p in model.parameters() if p.dim() < 2}  # biases, LayerNorm gains, the options' weights
@@ -44,7 +44,7 @@ def scaled_parameters(model: GPT, which: str) -> set[int]:
 @pytest.mark.parametrize("which", ["embedding", "head", "scalar"])
 @pytest.mark.parametrize("optimizer_name, schedule", [("muon", "onecycle"), ("adamw", "onecycle"), ("sgd", "cosine")])
 def test_each_lr_scale_multiplies_its_parameters_lr_at_every_step(which, optimizer_name, schedule):
-    model = GPT(ModelConfig(n_layer=2, d_model=16, n_head=2, d_ff=32, context=8, positions="input", bigram=True,
+    model = GPT(ModelConfig(n_layer=2, d_model=16, n_head=2, d_ff=32, context=8, positions="input",
                             value_residual=True, embedding_skip=True))  # fmt: skip
     cfg = OptimizerConfig(name=optimizer_name, muon_ns_dtype="fp32", **{f"{which}_lr_scale": 4.0})
     optimizer = build_optimizer(model, cfg, lr=1e-3, momentum=0.9)

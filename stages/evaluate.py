@@ -11,7 +11,8 @@ import time
 
 from chargpt.data.batches import load_split
 from chargpt.device import precision_name, resolve_amp_dtype
-from chargpt.evaluation.scoring import REFERENCE, dynamic_score, protocol_label, split_score
+from chargpt.evaluation.config import REFERENCE, protocol_label
+from chargpt.evaluation.scoring import dynamic_score, split_score
 from chargpt.io import write_json
 from chargpt.pipeline.config import RunConfig, load_run_config
 from chargpt.pipeline.harness import run_stage, sweep_temporaries

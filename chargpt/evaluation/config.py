@@ -8,6 +8,17 @@ from pydantic import Field
 
 from chargpt.settings import PositiveFloat, PositiveInt, Section
 
+# The protocol every run is also scored under (evaluate's <split>_bpc_ref), whatever its eval.stride: so that runs
+# compare like with like. Consecutive windows are the original project's runs' protocol and the cheapest one.
+REFERENCE = "consecutive windows of the run's context (stride = context), in the run's precision"
+
+
+def protocol_label(stride: int, context: int, precision: str | None) -> str:
+    """A run's own scoring protocol in a few words (MLflow's tag, `chargpt compare`'s column); a run recorded before
+    its precision was has none."""
+    windows = "consecutive" if stride == context else f"stride {stride} of {context}"
+    return f"{windows}, {precision}" if precision else windows
+
 
 class DynamicEvalConfig(Section):
     """Dynamic evaluation (Krause et al. 2018): the model keeps learning on the text as it scores it. Windows are

@@ -24,15 +24,6 @@ from chargpt.device import autocast
 from chargpt.errors import ConfigError
 
 LN2 = math.log(2)
-# The protocol every run is also scored under (evaluate's <split>_bpc_ref), whatever its eval.stride: so that runs
-# compare like with like. Consecutive windows are the seed's runs' protocol and the cheapest one.
-REFERENCE = "consecutive windows of the run's context (stride = context), in the run's precision"
-
-
-def protocol_label(stride: int, context: int, precision: str) -> str:
-    """A run's own scoring protocol in a few words (MLflow's tag, `chargpt compare`'s column)."""
-    windows = "consecutive" if stride == context else f"stride {stride} of {context}"
-    return f"{windows}, {precision}"
 
 
 def window_length(n: int, context: int) -> int:

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from chargpt.errors import ConfigError, TrackingError
+from chargpt.evaluation.config import protocol_label
 from chargpt.io import atomic_open
 from chargpt.pipeline.config import load_params, run_sources
 from chargpt.tracking import connection as store
@@ -35,7 +36,7 @@ COLUMNS = {  # output column -> MLflow field; None: derived from several fields
     "momentum": None,  # max -> min
     "weight_decay": "params.optimizer.weight_decay",
     "iterations": "metrics.iterations",
-    "val_bpc_ref": None,  # the reference protocol (REFERENCE_COLUMNS)
+    "val_bpc_ref": None,  # the reference protocol (reference_figures)
     "test_bpc_ref": None,
     "protocol": None,  # the run's own: stride of context, precision
     "val_bpc": "metrics.val_bpc",
@@ -161,8 +162,7 @@ def _protocol(tag, stride, context, precision) -> str:
         return tag
     if pd.isna(stride) or pd.isna(context):
         return ""
-    windows = "consecutive" if stride == context else f"stride {int(stride)} of {int(context)}"
-    return f"{windows}, {precision}" if isinstance(precision, str) else windows
+    return protocol_label(int(stride), int(context), precision if isinstance(precision, str) else None)
 
 
 def reproduce_command(row: pd.Series) -> str:

@@ -11,7 +11,7 @@ from chargpt.device import describe
 from chargpt.tracking.connection import project_root
 
 # How a run's own figures (val_bpc, test_bpc) were scored, e.g. "stride 32 of context 128, bf16"; the *_ref figures
-# beside them are always consecutive windows (chargpt.evaluation.scoring.REFERENCE).
+# beside them are always consecutive windows (chargpt.evaluation.config.REFERENCE).
 PROTOCOL_TAG = "chargpt.protocol"
 
 

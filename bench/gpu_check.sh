@@ -5,8 +5,8 @@
 #   1. training throughput, MFU and compile time of the seed's final model (T12's shape, 2 heads, tied, no biases):
 #      eager, torch.compile, and torch.compile's reduce-overhead mode (CUDA graphs: train.cuda_graphs) at batch 16
 #      (the seed's) and 32, SGD; AdamW and Muon compiled in both modes; evaluation in each mode;
-#   2. the seed's final and its optimizer variants at 19.7M training bytes (bench/grids/seed_final_recipes.yaml:
-#      2400 steps at batch 16), and the T12 recipes of #13 at 1200 steps of batch 32 (bench/grids/t12_recipes.yaml,
+#   2. the seed's final and its optimizer variants at 19.7M training bytes (research/grids/seed_final_recipes.yaml:
+#      2400 steps at batch 16), and the T12 recipes of #13 at 1200 steps of batch 32 (research/grids/t12_recipes.yaml,
 #      variants of runs.t12); target <= 1.60 test BPC. Both grids hold the modern recipe of #29 (seed_final_modern:
 #      runs.final_modern; muon_modern: runs.t12_modern), measured against that target beside the recipes before it.
 # Part 2's sweeps share the GPU (their figures are BPC, not speed). One part failing does not stop the others.
@@ -68,12 +68,12 @@ exec_set=(--set train.compile=false --set train.cuda_graphs=false --set train.ch
           --set eval.batch_size=64 --set eval.stride=null)
 
 stamp "2. recipes at 19.7M training bytes"
-python3 bench/recipe_sweep.py --run final --grid bench/grids/seed_final_recipes.yaml --data-dir "$splits" \
+python3 research/recipe_sweep.py --run final --grid research/grids/seed_final_recipes.yaml --data-dir "$splits" \
   --out "$out/seed_final_recipes.jsonl" --workers 4 --threads 2 --set train.iterations=2400 \
   --set train.eval_interval=400 "${device_set[@]}" "${exec_set[@]}" "${check_set[@]}" \
   >"$out/seed_final_recipes.log" 2>&1 &
 seed_recipes=$!
-python3 bench/recipe_sweep.py --run t12 --grid bench/grids/t12_recipes.yaml --data-dir "$splits" \
+python3 research/recipe_sweep.py --run t12 --grid research/grids/t12_recipes.yaml --data-dir "$splits" \
   --out "$out/t12_recipes.jsonl" --workers 4 --threads 2 --set train.iterations=1200 --set train.eval_interval=200 \
   "${device_set[@]}" "${exec_set[@]}" "${check_set[@]}" \
   2>&1 | tee "$out/t12_recipes.log" | grep --line-buffered '^\['

@@ -3,7 +3,7 @@
     python bench/gpu_report.py <out dir>
 
 Reads <out dir>/seed_final_dvc.json (bench/seed_final_dvc.sh), throughput.jsonl (bench/throughput.py --json),
-precision_numerics.jsonl, seed_final_recipes.jsonl and t12_recipes.jsonl (bench/recipe_sweep.py) and prints
+precision_numerics.jsonl, seed_final_recipes.jsonl and t12_recipes.jsonl (research/recipe_sweep.py) and prints
 markdown: the seed's final through `dvc exp run`, throughput and MFU per mode and batch, evaluation, the
 quickstart's numerics per precision (where measured), and the recipes.
 """

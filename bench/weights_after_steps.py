@@ -21,9 +21,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: the stage scripts under stages/
 
 
-def weights_digest(model: torch.nn.Module) -> str:
+def weights_digest(weights: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(weights.items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
@@ -39,6 +39,7 @@ def main() -> None:
     os.environ.update({"CHARGPT_TRACKING": "off", "CHARGPT_MAX_HOURS": "0"})
     import stages.train
     from chargpt.pipeline.config import load_run_config, with_overrides
+    from chargpt.pipeline.stage import model_path
 
     data, home = Path(args.data_dir).resolve(), Path.cwd()
     for run in args.runs:
@@ -53,10 +54,11 @@ def main() -> None:
             (Path(scratch) / "data/processed").symlink_to(data, target_is_directory=True)
             os.chdir(scratch)
             try:
-                trained, _ = stages.train.train(cfg)
+                stages.train.train(cfg)
+                trained = torch.load(model_path(cfg.name), weights_only=True)["model"]
             finally:
                 os.chdir(home)
-        print(run, weights_digest(trained.model), flush=True)
+        print(run, weights_digest(trained), flush=True)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ class DivergedError(RuntimeError):
         )
         self.step, self.what = step, what
 
-    def __reduce__(self):  # picklable (raised in worker processes, e.g. bench/recipe_sweep.py)
+    def __reduce__(self):  # picklable (raised in worker processes, e.g. research/recipe_sweep.py)
         return type(self), (self.step, self.what)
 
 

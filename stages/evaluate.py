@@ -31,8 +31,8 @@ def main() -> None:
     evaluate(load_run_config(args.run, args.params))
 
 
-def evaluate(cfg: RunConfig) -> dict:
-    """The stage's work, in the working directory's layout (bench/recipe_sweep.py runs it too): eval.json as a dict."""
+def evaluate(cfg: RunConfig) -> None:
+    """The stage's work, in the working directory's layout."""
     connection = connect(cfg.train.on_tracking_unreachable)  # fails fast on an unreachable tracking server
     device = prepare(cfg.train)
     sweep_temporaries(report_dir(cfg.name))
@@ -59,8 +59,7 @@ def evaluate(cfg: RunConfig) -> dict:
     }
     write_json(report_dir(cfg.name) / "eval.json", metrics)
 
-    run_id = state.get("mlflow_run_id")  # the training run; absent from a store that did not train this model
-    run_id = run_id if record.run_exists(connection, run_id) else None
+    run_id = state.get("mlflow_run_id")  # the training run, continued where this store holds it
     with record.start_run(connection, cfg.name, f"evaluate@{cfg.name}", device, run_id, split_meta()) as recorded:
         # BPC and accuracy on the run and on its model (MLflow's model view)
         recorded.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}, state["step"])
@@ -68,7 +67,6 @@ def evaluate(cfg: RunConfig) -> dict:
         recorded.set_tags({PROTOCOL_TAG: protocol_label(stride, cfg.model.context, precision_name(amp_dtype))})
         recorded.log_artifact(report_dir(cfg.name) / "eval.json")
     view.refresh_view(connection, log)
-    return metrics
 
 
 def static_metrics(

@@ -20,9 +20,8 @@ def main() -> None:
     range_test(load_run_config(args.run, args.params))
 
 
-def range_test(cfg: RunConfig) -> dict:
-    """The stage's work, in the working directory's layout (bench/recipe_sweep.py runs it too): lr_range_test.json
-    as a dict."""
+def range_test(cfg: RunConfig) -> None:
+    """The stage's work, in the working directory's layout."""
     check_fits(cfg.name, cfg.model.context, split_meta())
     sweep_temporaries(report_dir(cfg.name))
     device = prepare(cfg.train)
@@ -30,7 +29,18 @@ def range_test(cfg: RunConfig) -> dict:
     train = load_split(DATA_DIR / "train.bin")
     amp_dtype = resolve_amp_dtype(cfg.train.precision, device)
     with ending_runs(f"lr_range_test@{cfg.name}", describe(device)):
-        result = run_range_test(cfg, device, train, amp_dtype, time_limit_seconds(), val)
+        result = run_range_test(
+            model=cfg.model,
+            optimizer=cfg.optimizer,
+            momentum=cfg.schedule.momentum_max,
+            range_test=cfg.lr_range_test,
+            train=cfg.train,
+            device=device,
+            train_split=train,
+            amp_dtype=amp_dtype,
+            max_seconds=time_limit_seconds(),
+            val_split=val,
+        )
 
     out = report_dir(cfg.name)
     # The schedule's own bounds beside the suggestion: a run with fixed bounds (the seed's) shows what the test says.
@@ -77,7 +87,6 @@ def range_test(cfg: RunConfig) -> dict:
         )
     else:
         log.info("suggested max LR %.4g (%s)", result.suggested_lr, result.rule)
-    return summary
 
 
 if __name__ == "__main__":

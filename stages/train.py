@@ -21,12 +21,12 @@ from chargpt.pipeline.stage import (
     split_meta,
 )
 from chargpt.tracking import record, view
-from chargpt.tracking.connection import Connection, connect
+from chargpt.tracking.connection import connect
 from chargpt.tracking.plots import plot_training_curve
 from chargpt.train import distributed
 from chargpt.train.checkpoint import remove_stale_temporaries, restore_training_state, save_checkpoint
 from chargpt.train.loop import LoopState, stop_on_signals, train_loop
-from chargpt.train.run import RunHooks, TrainingRun, write_outputs
+from chargpt.train.run import build_training_run, loop_hooks, write_outputs
 from chargpt.train.setup import prepare
 
 log = logging.getLogger("stages.train")
@@ -39,48 +39,69 @@ def main() -> None:
     train(load_run_config(args.run, args.params), fresh=args.fresh)
 
 
-def train(cfg: RunConfig, fresh: bool = False) -> tuple[TrainingRun, dict | None]:
-    """The stage's work, in the working directory's layout (bench/recipe_sweep.py runs it too): the run's parts
-    and its train_metrics.json as a dict (None on the ranks that do not write)."""
-    meta, name = split_meta(), cfg.name
+def train(cfg: RunConfig, fresh: bool = False) -> None:
+    """The stage's work, in the working directory's layout: config, data, model and optimizer, the loop, outputs."""
+    meta, name, reports = split_meta(), cfg.name, report_dir(cfg.name)
     check_fits(name, cfg.model.context, meta)
+    lr_max = resolve_lr_max(name, cfg.schedule.lr_min, cfg.schedule.lr_max)
     ranks, state_path = distributed.from_env(), checkpoint_dir(name) / "last.pt"
     if cfg.train.nproc > 1 and not ranks.enabled:
         distributed.relaunch_under_torchrun(cfg.train.nproc)
     # fails fast on an unreachable server, before any data is read
     connection = connect(cfg.train.on_tracking_unreachable) if ranks.is_main else None
     device = prepare(cfg.train, ranks.local_rank)
+    amp_dtype = resolve_amp_dtype(cfg.train.precision, device)
     distributed.init(ranks, device)
     if ranks.is_main:
-        if fresh:
-            shutil.rmtree(state_path.parent, ignore_errors=True)
-        if stale := remove_stale_temporaries(state_path):
-            log.info("removed %d half-written state file(s) of killed saves in %s", len(stale), state_path.parent)
-        sweep_temporaries(model_path(name).parent, report_dir(name))
+        clear_leftovers(name, state_path, fresh)
     distributed.barrier()  # every rank sees the same saved state, or none
-    lr_max = resolve_lr_max(name, cfg.schedule.lr_min, cfg.schedule.lr_max)
-    run = TrainingRun.build(cfg, device, resolve_amp_dtype(cfg.train.precision, device), lr_max, DATA_DIR, ranks)
+    run = build_training_run(
+        model=cfg.model,
+        optimizer=cfg.optimizer,
+        schedule=cfg.schedule,
+        train=cfg.train,
+        probe_batch_size=cfg.eval.batch_size,
+        config=cfg.model_dump(mode="json"),
+        lr_max=lr_max,
+        data_dir=DATA_DIR,
+        device=device,
+        amp_dtype=amp_dtype,
+        ranks=ranks,
+        max_seconds=time_limit_seconds(),
+    )
     saved = restore_training_state(state_path, **run.state_parts) if state_path.exists() else None
-    metrics = None
+    curve = saved["curve"] if saved else []  # the val probe's rows; a resumed run continues its own
     with contextlib.ExitStack() as stack:
-        hooks = RunHooks(run, stack.enter_context(stop_on_signals()), recording=ranks.is_main)
-        recorded = start_recording(stack, hooks, saved, state_path, meta, connection) if ranks.is_main else None
+        stop_requested = stack.enter_context(stop_on_signals())
+        # rank 0 records (the other ranks have no connection: a NullRun)
+        saved_id = saved["mlflow_run_id"] if saved else None
+        recorded = stack.enter_context(
+            record.training_run(connection, name, device, meta, saved_id, run.params(), reports)
+        )
+        hooks = loop_hooks(
+            run,
+            recording=ranks.is_main,
+            curve=curve,
+            log_step=recorded.step_logger(),
+            state_path=state_path if ranks.is_main else None,
+            tracking_id=recorded.run_id,
+            stop_requested=stop_requested,
+        )
         with ending_runs(f"train@{name}", describe(device), recorded, report=ranks.is_main):
             loop_state = LoopState(**saved["loop"]) if saved else LoopState()
-            result = train_loop(run.parts(), run.loop_config(time_limit_seconds()), hooks, loop_state)
+            result = train_loop(run.parts, run.loop, hooks, loop_state)
         if ranks.is_main:
             save_checkpoint(
                 model_path(name),
-                run.final_model,
-                run.state_parts["config"],
+                run.model,
+                run.config,
                 step=result.step,
                 mlflow_run_id=recorded.run_id,
                 lr_max=run.lr_max,
             )
-            metrics = write_outputs(run, hooks.curve, result, report_dir(name))
-            plot_training_curve(hooks.curve, report_dir(name) / "train_curve.png", f"training: {name}")
-            recorded.log_model(run.params(), weights=model_path(name))  # MLflow's model view; DVC keeps the weights
-            recorded.log_training_outputs(metrics, report_dir(name), result.step)  # linked to the model too
+            metrics = write_outputs(run, curve, result, reports)
+            plot_training_curve(curve, reports / "train_curve.png", f"training: {name}")
+            recorded.log_training_outputs(metrics, reports, result.step, run.params(), model_path(name))
     distributed.shutdown()
     if ranks.is_main:
         shutil.rmtree(state_path.parent, ignore_errors=True)  # complete: models/<run>/model.pt holds the run now
@@ -92,24 +113,15 @@ def train(cfg: RunConfig, fresh: bool = False) -> tuple[TrainingRun, dict | None
             metrics["val_probe_bpc"],
             100 * metrics["val_probe_accuracy"],
         )
-    return run, metrics
 
 
-def start_recording(
-    stack, hooks: RunHooks, saved: dict | None, state_path, meta: dict, connection: Connection | None
-) -> record.RecordedRun | record.NullRun:
-    """The run's MLflow run (continued where the saved state names one the store still holds), and the hooks
-    wired to it: the curve so far, its step logger, and checkpoints that name it."""
-    run, name = hooks.run, hooks.run.cfg.name
-    resume_id = saved["mlflow_run_id"] if saved and record.run_exists(connection, saved["mlflow_run_id"]) else None
-    recorded = stack.enter_context(record.start_run(connection, name, f"train@{name}", run.device, resume_id, meta))
-    if resume_id is None:
-        recorded.log_params(run.params())
-        recorded.log_range_test(*(report_dir(name) / f"lr_range_test.{x}" for x in ("csv", "json", "png")), name)
-    hooks.curve = saved["curve"] if saved else []
-    hooks.log_step, hooks.state_path = recorded.step_logger(resumed=resume_id is not None), state_path
-    hooks.tracking_id = recorded.run_id
-    return recorded
+def clear_leftovers(name: str, state_path, fresh: bool) -> None:
+    """An interrupted run's state where --fresh discards it, and what killed writes left half-written."""
+    if fresh:
+        shutil.rmtree(state_path.parent, ignore_errors=True)
+    if stale := remove_stale_temporaries(state_path):
+        log.info("removed %d half-written state file(s) of killed saves in %s", len(stale), state_path.parent)
+    sweep_temporaries(model_path(name).parent, report_dir(name))
 
 
 if __name__ == "__main__":

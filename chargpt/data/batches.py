@@ -46,16 +46,11 @@ class BatchSampler:
         self.generator = torch.Generator().manual_seed(seed)
         self._offsets = torch.arange(context + 1)
         self._first_piece, self._micro_batches, self._next_piece = rank * micro_batches, micro_batches, 0
-        self._world_size = world_size
-        self.set_batch_size(batch_size)
-        self._starts = torch.empty(0, dtype=torch.long)
-
-    def set_batch_size(self, batch_size: int) -> None:
-        """The global batch from the next one on (a batch-size schedule); a multiple of processes x micro-batches."""
-        pieces = self._world_size * self._micro_batches
+        pieces = world_size * micro_batches
         if batch_size % pieces:
             raise ValueError(f"a batch of {batch_size} sequences does not split into {pieces} equal micro-batches")
-        self.batch_size, self.micro_size = batch_size, batch_size // pieces
+        self.micro_size = batch_size // pieces
+        self._starts = torch.empty(0, dtype=torch.long)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._next_piece == 0:  # a new global batch, identical on every rank

@@ -9,22 +9,6 @@ from pydantic import Field, model_validator
 
 from chargpt.settings import PositiveFloat, PositiveInt, Section
 
-# Options the recipe search tried and the code no longer has, each with the value that meant "off"
-# (docs/results.md's decision log has what each measured and the last commit where it runs). A model file or a
-# training state written before they left holds them at these values.
-RETIRED = {"activation": "relu", "qk_norm": False, "zero_init": False, "logit_softcap": None, "smear": False,
-           "bigram": False}  # fmt: skip
-
-
-def retired_options_on(model: dict) -> dict:
-    """The retired options a stored model config turns on (a model this version cannot build)."""
-    return {k: v for k, v in model.items() if k in RETIRED and v != RETIRED[k]}
-
-
-def without_retired(model: dict) -> dict:
-    """A stored model config without its retired options (each off: retired_options_on is checked first)."""
-    return {k: v for k, v in model.items() if k not in RETIRED}
-
 
 class ModelConfig(Section):
     n_layer: PositiveInt = 12

@@ -7,8 +7,8 @@
 - causal attention through F.scaled_dot_product_attention (flash / memory-efficient kernels where present, or
   its reference path: `attention_kernel`);
 - optionally no biases in the Linear layers, and the output head tied to the byte embedding (the seed's model);
-- optionally Al-Rfou et al.'s intermediate-layer losses (`set_aux_loss_progress`): while training, every block
-  but the last also predicts the next byte, through the shared final LayerNorm and head.
+- optionally Al-Rfou et al.'s intermediate-layer losses (`aux_weights`, weighted by the trainer's schedule): every
+  block but the last also predicts the next byte, through the shared final LayerNorm and head.
 
 The modern recipe's options that the quickstart uses (ModelConfig; each off by default, and then nothing of it is
 built) are small pieces the blocks compose: Rotary (positions: rope), the value residual and the embedding skip.
@@ -17,6 +17,7 @@ built) are small pieces the blocks compose: Rotary (positions: rope), the value 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -66,9 +67,21 @@ class Rotary(nn.Module):
         return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+@dataclass
+class Shared:
+    """What one forward pass gives every block beside the residual stream: the position of its first byte, the
+    model's input stream (the embedding skip reads it) and, with the value residual, the first layer's values (its
+    attention writes them)."""
+
+    start: int  # the cache's length before this pass; 0 without a cache
+    embedded: torch.Tensor  # (B, T, C)
+    first_values: torch.Tensor | None = None  # (B, nh, T, hs)
+
+
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int = 0):
+    def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
+        self.layer = layer
         self.n_head, self.dropout = cfg.n_head, cfg.dropout
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
@@ -78,26 +91,25 @@ class CausalSelfAttention(nn.Module):
         self.rotary = Rotary(head_size, cfg.context, cfg.rope_base) if cfg.positions == "rope" else None
         # Value residual (Zhou et al. 2024): a later layer's values move towards the first layer's by this weight.
         self.value_mix = nn.Parameter(torch.tensor(0.5)) if cfg.value_residual and layer > 0 else None
+        self.shares_values = cfg.value_residual and layer == 0
         self.attend = ATTENTION_KERNELS[cfg.attention_kernel]
 
-    def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, first_values: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The attention's output (B, T, C), and its values (B, nh, T, hs) (the first layer's feed the others')."""
+    def forward(self, x: torch.Tensor, cache: KVCache | None, shared: Shared) -> torch.Tensor:
+        """The attention's output (B, T, C)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         # (B, T, C) -> (B, nh, T, hs)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if self.value_mix is not None:
-            v = v + self.value_mix * (first_values - v)
+            v = v + self.value_mix * (shared.first_values - v)
+        elif self.shares_values:
+            shared.first_values = v
         if self.rotary is not None:
-            start = cache.length if cache is not None else 0
-            q, k = self.rotary(q, start), self.rotary(k, start)
-        values = v
+            q, k = self.rotary(q, shared.start), self.rotary(k, shared.start)
         if cache is None:
             y = self.attend(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
         else:
-            k, v = cache.append(layer, k, v)  # (B, nh, L, hs): the window's earlier positions, then these
+            k, v = cache.append(self.layer, k, v)  # (B, nh, L, hs): the window's earlier positions, then these
             L = k.size(2)
             if L == T:
                 y = self.attend(q, k, v, is_causal=True)
@@ -107,7 +119,7 @@ class CausalSelfAttention(nn.Module):
                 mask = torch.ones(T, L, dtype=torch.bool, device=x.device).tril(L - T)
                 y = self.attend(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
-        return self.resid_dropout(self.proj(y)), values
+        return self.resid_dropout(self.proj(y))
 
 
 class KVCache:
@@ -146,8 +158,9 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int = 0):
+    def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
+        self.layer = layer
         # this layer's own positional embedding (None: the model adds one at its input only, or uses rope)
         self.pos_emb = nn.Embedding(cfg.context, cfg.d_model) if cfg.positions == "per_layer" else None
         self.ln_attn = nn.LayerNorm(cfg.d_model)
@@ -157,24 +170,14 @@ class Block(nn.Module):
         # Embedding skip (modded-nanogpt): the block's input gains this share of the embedding; 0 at the start.
         self.embedding_skip = nn.Parameter(torch.zeros(())) if cfg.embedding_skip and layer > 0 else None
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        cache: KVCache | None = None,
-        layer: int = 0,
-        embedded: torch.Tensor | None = None,
-        first_values: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The residual stream after this block (B, T, C), and its attention's values. `embedded` is the
-        model's input stream (B, T, C), `first_values` the first layer's values: their options read them."""
+    def forward(self, x: torch.Tensor, cache: KVCache | None, shared: Shared) -> torch.Tensor:
+        """The residual stream after this block (B, T, C)."""
         if self.pos_emb is not None:
-            start = cache.length if cache is not None else 0
-            x = x + self.pos_emb.weight[start : start + x.size(1)]  # (B, T, C) + (T, C)
+            x = x + self.pos_emb.weight[shared.start : shared.start + x.size(1)]  # (B, T, C) + (T, C)
         if self.embedding_skip is not None:
-            x = x + self.embedding_skip * embedded
-        attended, values = self.attn(self.ln_attn(x), cache, layer, first_values)
-        x = x + attended
-        return x + self.ff(self.ln_ff(x)), values
+            x = x + self.embedding_skip * shared.embedded
+        x = x + self.attn(self.ln_attn(x), cache, shared)
+        return x + self.ff(self.ln_ff(x))
 
 
 class GPT(nn.Module):
@@ -187,14 +190,6 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model)  # pre-LN leaves the residual stream unnormalised: close it here
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        # Intermediate losses (off unless the trainer sets a progress): layer l of n fades out at progress
-        # l / 2n. Buffers, not saved: the trainer sets the progress from the step. Updating a device buffer
-        # in place needs no host sync; the Python flag aux_active does recompile a torch.compile'd model, once,
-        # when the losses switch off (a graph is kept for each value).
-        n = cfg.n_layer
-        self.register_buffer("aux_ends", torch.tensor([layer / (2 * n) for layer in range(1, n)]), persistent=False)
-        self.register_buffer("aux_progress", torch.zeros(()), persistent=False)
-        self.aux_active = False
         self.apply(self._init_weights)
         if cfg.tie_embeddings:
             # One (vocab, C) matrix embeds bytes and scores them, with the embedding's N(0, 0.02) init (GPT-2's).
@@ -214,19 +209,6 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def set_aux_loss_progress(self, progress: float) -> None:
-        """Weight the intermediate losses for `progress` (0..1) of training, after Al-Rfou et al.: with n
-        layers, layer l's loss fades linearly from weight 1 to 0 over the first l / 2n of training (so the
-        lowest stops first and all are off by the half-way point)."""
-        self.aux_progress.fill_(progress)
-        self.aux_active = progress < (self.cfg.n_layer - 1) / (2 * self.cfg.n_layer)
-
-    def aux_weights(self) -> torch.Tensor:
-        """(n_layer - 1,) the weights of the intermediate losses now; zeros while they are off."""
-        if not self.aux_active:
-            return torch.zeros_like(self.aux_ends)
-        return (1 - self.aux_progress / self.aux_ends).clamp(min=0)
-
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -238,23 +220,27 @@ class GPT(nn.Module):
         return KVCache(self.cfg.n_layer, self.cfg.context)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        aux_weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab) for the bytes idx (B, T), and the loss where targets (B, T) are given. With a
         `cache`, idx continues the window it holds (positions cache.length onwards), and the cache grows by T: each
-        appended byte costs one position's compute."""
+        appended byte costs one position's compute. aux_weights (n_layer - 1,): the loss is the weighted mean of the
+        last layer's and the intermediate layers' (weight 1 for the last)."""
         start, T = (cache.length if cache is not None else 0), idx.size(1)
         if start + T > self.cfg.context:
             what = f"window of {start + T} positions" if cache is not None else f"sequence length {T}"
             raise ValueError(f"{what} exceeds the model's context {self.cfg.context}")
-        aux = targets is not None and self.training and self.aux_active
+        aux = targets is not None and aux_weights is not None
         aux_losses = []
         x = self._embed(idx, start)  # (B, T, C)
-        embedded, first_values = x, None
-        for i, block in enumerate(self.blocks):
-            x, values = block(x, cache, i, embedded, first_values)
-            first_values = values if i == 0 else first_values
-            if aux and i < len(self.blocks) - 1:
+        shared = Shared(start, embedded=x)
+        for block in self.blocks:
+            x = block(x, cache, shared)
+            if aux and block.layer < len(self.blocks) - 1:
                 aux_losses.append(self._loss(self._logits(x), targets))
         if cache is not None:
             cache.length += T
@@ -264,8 +250,7 @@ class GPT(nn.Module):
             loss = self._loss(logits, targets)
             if aux_losses:
                 # The weighted mean over layers: the objective keeps the scale of one byte's loss.
-                weights = self.aux_weights()
-                loss = (loss + (weights * torch.stack(aux_losses)).sum()) / (1 + weights.sum())
+                loss = (loss + (aux_weights * torch.stack(aux_losses)).sum()) / (1 + aux_weights.sum())
         return logits, loss
 
     def _embed(self, idx: torch.Tensor, start: int) -> torch.Tensor:

@@ -24,7 +24,7 @@ from chargpt.data.config import DataConfig, parse_yaml, read_params
 from chargpt.errors import ConfigError
 from chargpt.evaluation.config import EvalConfig
 from chargpt.model.config import ModelConfig
-from chargpt.settings import Section, format_validation_error, quote
+from chargpt.settings import Section, format_validation_error, quote, without_retired
 from chargpt.train.config import LRRangeTestConfig, OptimizerConfig, ScheduleConfig, TrainConfig
 
 SECTIONS = ("data", "model", "optimizer", "schedule", "lr_range_test", "train", "eval")
@@ -79,11 +79,6 @@ class RunConfig(Section):
             raise ValueError(
                 f"schedule.warmup_steps: {self.schedule.warmup_steps} must be below the steps trained ({fewest}: "
                 f"train.iterations, times train.fp32_iterations_fraction in fp32)"
-            )
-        if self.optimizer.head_lr_scale != 1.0 and self.model.tie_embeddings:
-            raise ValueError(
-                f"optimizer.head_lr_scale: {self.optimizer.head_lr_scale} with model.tie_embeddings: true: the head is "
-                f"the byte embedding, whose LR is optimizer.embedding_lr_scale; set head_lr_scale to 1.0"
             )
         t = self.train
         if t.aux_losses and self.model.n_layer < 2:
@@ -305,8 +300,8 @@ def resolve_run(
     merged = {s: params[s] for s in SECTIONS}
     for layer in run_source.layers:
         merged = _deep_merge(merged, layer.overrides)
-    try:
-        return RunConfig(name=run, **merged)
+    try:  # a params.yaml from before an option left holds it, off: read as it was
+        return RunConfig(name=run, **without_retired(merged))
     except ValidationError as e:
         raise ConfigError(f"{source}: run {run!r}: {format_validation_error(e, run_source.key_path)}") from None
 

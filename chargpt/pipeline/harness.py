@@ -106,7 +106,7 @@ RUN_ENDINGS: dict[type[Exception], RunEnding] = {
 def ending_runs(stage: str, where: str, recorded: EndableRun | None = None, report: bool = True) -> Iterator[None]:
     """When the run stops early, as RUN_ENDINGS says: record how in `recorded`, log one line (unless `report` is
     false: the ranks but the first of a distributed run), and let the error on (run_stage turns it into the exit
-    code; bench/recipe_sweep.py keeps it)."""
+    code; research/recipe_sweep.py keeps it)."""
     try:
         yield
     except tuple(RUN_ENDINGS) as e:

@@ -8,13 +8,16 @@ URI and act on the active run: start_run sets that URI from the Connection it is
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from chargpt.io import read_json
+from chargpt.settings import flatten
 from chargpt.tracking import lazy_import, registry
 from chargpt.tracking.connection import Connection
 from chargpt.tracking.tags import run_tags
@@ -28,8 +31,8 @@ SYSTEM_METRICS = "CHARGPT_SYSTEM_METRICS"  # off: no CPU/GPU utilisation and mem
 class RecordedRun:
     """One MLflow run of a stage."""
 
-    def __init__(self, connection: Connection, run: mlflow.ActiveRun, run_name: str):
-        self.connection, self.run, self.run_name = connection, run, run_name
+    def __init__(self, connection: Connection, run: mlflow.ActiveRun, run_name: str, resumed: bool = False):
+        self.connection, self.run, self.run_name, self.resumed = connection, run, run_name, resumed
         self.run_id: str | None = run.info.run_id
         self._model_id: str | None = None
 
@@ -40,7 +43,8 @@ class RecordedRun:
         self.run.__exit__(*exc)
 
     def log_params(self, params: dict) -> None:
-        mlflow.log_params(params)
+        """`params` by section ({"model": {"n_layer": 4}}) or as key paths ("model.n_layer")."""
+        mlflow.log_params(flatten(params))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """A stage's final metrics, once each: those of registry.MODEL_METRICS linked to the run's model as well."""
@@ -62,8 +66,8 @@ class RecordedRun:
             mlflow.set_tags(tags)
         mlflow.end_run(status)
 
-    def step_logger(self, resumed: bool) -> StepLogger:
-        return StepLogger(self.connection.client(), self.run_id, resumed)
+    def step_logger(self) -> StepLogger:
+        return StepLogger(self.connection.client(), self.run_id, self.resumed)
 
     def log_range_test(self, csv_path: Path, json_path: Path, png_path: Path, run_name: str) -> None:
         """The LR range test as a nested run of this run: its curve as step metrics, its plot and files."""
@@ -93,7 +97,9 @@ class RecordedRun:
 
     def log_model(self, params: dict, weights: Path | None = None) -> str:
         """This run's trained model in MLflow's Logged Models view (chargpt.tracking.registry); returns its id."""
-        self._model_id = registry.log_model(self.connection.experiment_id, self.run_id, self.run_name, params, weights)
+        self._model_id = registry.log_model(
+            self.connection.experiment_id, self.run_id, self.run_name, flatten(params), weights
+        )
         return self._model_id
 
     def model_id(self) -> str:
@@ -104,8 +110,10 @@ class RecordedRun:
             self._model_id = found or self.log_model({})
         return self._model_id
 
-    def log_training_outputs(self, metrics: dict, reports: Path, step: int) -> None:
-        """A finished training run's final metrics (targets never reached left out) and its curve and plots."""
+    def log_training_outputs(self, metrics: dict, reports: Path, step: int, params: dict, weights: Path) -> None:
+        """A finished training run: its model in MLflow's model view (the weights stay DVC's), and its final metrics
+        (targets never reached left out), linked to it, with its curve and plots."""
+        self.log_model(params, weights=weights)
         final = {k: float(v) for k, v in metrics.items() if k not in STEP_METRICS and v is not None}
         self.log_metrics(final, step)
         for name in ("train_curve.tsv", "train_curve.png", "lr_range_test.png"):
@@ -117,6 +125,7 @@ class NullRun:
     run's outputs are the same with it, and tests/unit/test_null_run.py that it has every method RecordedRun has)."""
 
     run_id = None
+    resumed = False
 
     def __enter__(self) -> NullRun:
         return self
@@ -139,7 +148,7 @@ class NullRun:
     def end(self, status: str, tags: dict | None = None) -> None:
         pass
 
-    def step_logger(self, resumed: bool):
+    def step_logger(self):
         return lambda step, metrics: None
 
     def log_range_test(self, csv_path: Path, json_path: Path, png_path: Path, run_name: str) -> None:
@@ -151,7 +160,7 @@ class NullRun:
     def model_id(self) -> str:
         return ""
 
-    def log_training_outputs(self, metrics: dict, reports: Path, step: int) -> None:
+    def log_training_outputs(self, metrics: dict, reports: Path, step: int, params: dict, weights: Path) -> None:
         pass
 
 
@@ -182,16 +191,6 @@ class StepLogger:
             mlflow.log_metrics(metrics, step=step)
 
 
-def run_exists(connection: Connection | None, run_id: str | None) -> bool:
-    if connection is None or not run_id:
-        return False
-    try:
-        connection.client().get_run(run_id)
-        return True
-    except mlflow.exceptions.MlflowException:
-        return False
-
-
 def start_run(
     connection: Connection | None,
     run_name: str,
@@ -200,17 +199,40 @@ def start_run(
     run_id: str | None = None,
     data_meta: dict | None = None,
 ) -> RecordedRun | NullRun:
-    """Continue MLflow run `run_id`, or start a new one named after the named run (a NullRun where tracking is off:
-    no connection)."""
+    """Continue MLflow run `run_id` where the store holds it, or start a new one named after the named run, tagged
+    (a NullRun where tracking is off: no connection)."""
     if connection is None:
         return NullRun()
     mlflow.set_tracking_uri(connection.uri)  # what MLflow's run functions read (the module's docstring)
     # A training run records CPU/GPU utilisation and memory (MLflow's system metrics: psutil, pynvml on NVIDIA)
     system = stage.startswith("train@") and os.environ.get(SYSTEM_METRICS, "on") != "off"
-    if run_id is not None:
-        return RecordedRun(connection, mlflow.start_run(run_id=run_id, log_system_metrics=system), run_name)
-    tags = run_tags(run_name, stage, device, data_meta, connection.fallback_from)
-    run = mlflow.start_run(
-        experiment_id=connection.experiment_id, run_name=run_name, tags=tags, log_system_metrics=system
-    )
-    return RecordedRun(connection, run, run_name)
+    run = None
+    if run_id:
+        with contextlib.suppress(mlflow.exceptions.MlflowException):  # another store, or the run was deleted
+            run = mlflow.start_run(run_id=run_id, log_system_metrics=system)
+    resumed = run is not None
+    if not resumed:
+        run = mlflow.start_run(experiment_id=connection.experiment_id, run_name=run_name, log_system_metrics=system)
+    recorded = RecordedRun(connection, run, run_name, resumed)
+    if not resumed:
+        recorded.set_tags(run_tags(run_name, stage, device, data_meta, connection.fallback_from))
+    return recorded
+
+
+@contextlib.contextmanager
+def training_run(
+    connection: Connection | None,
+    run_name: str,
+    device: torch.device,
+    data_meta: dict,
+    saved_run_id: str | None,
+    params: dict,
+    reports: Path,
+) -> Iterator[RecordedRun | NullRun]:
+    """A training run's MLflow run: the one its saved state names, continued where the store still holds it; else a
+    new one, with the run's params and its LR range test (lr_range_test.* in `reports`) as a nested run."""
+    with start_run(connection, run_name, f"train@{run_name}", device, saved_run_id, data_meta) as recorded:
+        if not recorded.resumed:
+            recorded.log_params(params)
+            recorded.log_range_test(*(reports / f"lr_range_test.{x}" for x in ("csv", "json", "png")), run_name)
+        yield recorded

@@ -13,9 +13,9 @@ from pydantic import ValidationError
 
 from chargpt.errors import CheckpointError
 from chargpt.io import atomic_open, file_problem
-from chargpt.model.config import ModelConfig, retired_options_on, without_retired
+from chargpt.model.config import ModelConfig
 from chargpt.model.gpt import GPT
-from chargpt.settings import flatten, format_validation_error
+from chargpt.settings import RETIRED, flatten, format_validation_error, retired_on, without_retired
 
 FORMAT_VERSION = 1
 
@@ -72,14 +72,14 @@ def stored_model_config(path: Path, state: dict[str, Any]) -> ModelConfig:
         raise CheckpointError(f"{path}: holds no model config (config.model); not a model file chargpt wrote")
     if not isinstance(state.get("model"), dict):
         raise CheckpointError(f"{path}: holds no weights (model); not a model file chargpt wrote")
-    if retired := retired_options_on(config["model"]):
-        listed = ", ".join(f"model.{k}: {v!r}" for k, v in retired.items())
+    if retired := retired_on({"model": config["model"]}):
+        listed = ", ".join(f"{k}: {v!r}" for k, v in retired.items())
         raise CheckpointError(
             f"{path}: its model uses {listed}, which this version no longer builds (docs/results.md's decision log "
             f"names the last commit where it runs)"
         )
     try:
-        return ModelConfig(**without_retired(config["model"]))
+        return ModelConfig(**without_retired({"model": config["model"]})["model"])
     except ValidationError as e:
         raise CheckpointError(f"{path}: its model config is invalid: {format_validation_error(e)}") from None
 
@@ -141,10 +141,10 @@ RESUMABLE_CHANGES = (
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
-    """The keys whose values differ, a state's retired model options (each off) left out."""
-    if isinstance(saved.get("model"), dict) and not retired_options_on(saved["model"]):
-        saved = saved | {"model": without_retired(saved["model"])}
-    a, b = flatten(saved), flatten(current)
+    """The keys whose values differ, a state's retired options left out where off (settings.RETIRED)."""
+    off = flatten(RETIRED)
+    a = {k: v for k, v in flatten(saved).items() if k not in off or v != off[k]}
+    b = flatten(current)
     return [
         f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}"
         for k in sorted(a.keys() | b.keys())
@@ -211,7 +211,6 @@ def save_training_state(
     sampler_generator: torch.Generator,
     config: dict[str, Any],
     loop: dict[str, Any],
-    ema: torch.nn.Module | None = None,
     resolved: dict[str, Any] | None = None,
     **extra: Any,
 ) -> None:
@@ -229,7 +228,6 @@ def save_training_state(
             "config": config,
             "loop": loop,
             "rng": rng_states(sampler_generator),
-            "ema": ema.state_dict() if ema is not None else None,
             "resolved": resolved,
             **extra,
         },
@@ -245,7 +243,6 @@ def restore_training_state(
     scaler: torch.amp.GradScaler | None,
     sampler_generator: torch.Generator,
     config: dict[str, Any],
-    ema: torch.nn.Module | None = None,
     resolved: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Load a training state saved by save_training_state into the given objects; returns the whole state.
@@ -273,7 +270,5 @@ def restore_training_state(
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    if ema is not None:  # the config (train.ema_decay) matched: the state holds the average
-        ema.load_state_dict(state["ema"])
     set_rng_states(state["rng"], sampler_generator)
     return state

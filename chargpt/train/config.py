@@ -23,28 +23,6 @@ class OptimizerConfig(Section):
     # muon: the dtype of its Newton-Schulz iteration. auto: bf16 (torch's) where bf16 matmul is native (GPUs
     # with bf16, CPUs with avx512_bf16 or amx_bf16), fp32 elsewhere (emulated bf16 is far slower; docs/results.md).
     muon_ns_dtype: Literal["auto", "bf16", "fp32"] = "auto"
-    # The LR of the embedding tables (bytes, byte pairs, positions; an output head tied to the byte embedding
-    # too), as a multiple of the schedule's: each row learns only from the batches its byte occurs in. 1.0 keeps
-    # one LR (and one parameter group fewer).
-    embedding_lr_scale: PositiveFloat = 1.0
-    # The same for the output head (an untied one: model.tie_embeddings false) and for the scalars (every parameter of
-    # fewer than two dimensions: biases, LayerNorm gains, the options' mixing weights; never decayed).
-    head_lr_scale: PositiveFloat = 1.0
-    scalar_lr_scale: PositiveFloat = 1.0
-    # muon only: Muon's momentum warm-up (modded-nanogpt): over its first muon_momentum_warmup_steps updates, Muon's
-    # momentum rises linearly from muon_momentum_warmup_start to the schedule's (AdamW's beta1 and the curve's
-    # momentum column keep the schedule's). 0: none.
-    muon_momentum_warmup_steps: Annotated[int, Field(ge=0)] = 0
-    muon_momentum_warmup_start: Annotated[float, Field(gt=0, lt=1)] = 0.85
-
-    @model_validator(mode="after")
-    def _muon_only(self) -> OptimizerConfig:
-        if self.muon_momentum_warmup_steps and self.name != "muon":
-            raise ValueError(
-                f"muon_momentum_warmup_steps: {self.muon_momentum_warmup_steps} applies to name: muon only, and "
-                f"name is {self.name}; set it to 0"
-            )
-        return self
 
 
 class ScheduleConfig(Section):
@@ -126,14 +104,6 @@ class LRRangeTestConfig(Section):
         return self
 
 
-class BatchSizeWarmup(Section):
-    """The batch grows from `start` sequences, in steps of `start`, to train.batch_size over the first `fraction`
-    of the steps: start + (batch_size - start) x step / (fraction x steps), rounded down to a multiple of start."""
-
-    start: PositiveInt
-    fraction: Fraction
-
-
 class TrainConfig(Section):
     iterations: PositiveInt = 24000
     batch_size: PositiveInt = 32  # the global batch: sequences per optimizer step, over all processes
@@ -142,9 +112,6 @@ class TrainConfig(Section):
     # Sequences per forward pass and process; batch_size / (processes x micro_batch_size) steps of gradient
     # accumulation make up one optimizer step. null: batch_size / processes (no accumulation).
     micro_batch_size: PositiveInt | None = None
-    # A batch-size schedule: small batches first (each step cheaper), train.batch_size from `fraction` of the steps on.
-    # null: batch_size throughout.
-    batch_size_warmup: BatchSizeWarmup | None = None
     seed: int = 1337
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # bf16 / fp16: autocast (weights and optimizer stay fp32; fp16 adds a GradScaler). auto: bf16 on CUDA of
@@ -174,10 +141,6 @@ class TrainConfig(Section):
     # next byte, layer l of n weighted 1 -> 0 over the first l/2n of training (the objective is the weighted
     # mean, so train_loss includes them until half-way; the val probe and evaluate never do).
     aux_losses: bool = False
-    # An exponential moving average of the weights (torch's AveragedModel), updated after every optimizer step with
-    # this decay (about 1 / (1 - decay) steps of memory): the val probe scores it, and it is the model saved.
-    # null: none, the last step's weights.
-    ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = None
     # torch.compile the model for training and evaluation (a minute or more of compiling first). auto: on CUDA,
     # not on a CPU (where it measured slower; docs/results.md).
     compile: bool | Literal["auto"] = "auto"
@@ -195,14 +158,6 @@ class TrainConfig(Section):
             return max(1, round(self.iterations * self.fp32_iterations_fraction))
         return self.iterations
 
-    def batch_size_at(self, step: int, steps: int) -> int:
-        """The global batch (sequences) of optimizer step `step` (from 0) of `steps`."""
-        warmup = self.batch_size_warmup
-        if warmup is None or step >= warmup.fraction * steps:
-            return self.batch_size
-        grown = warmup.start + (self.batch_size - warmup.start) * step / (warmup.fraction * steps)
-        return min(self.batch_size, int(grown) // warmup.start * warmup.start)
-
     def accumulation_steps(self, world_size: int) -> int:
         """Micro-batches per optimizer step and process: batch_size / (world_size x micro_batch_size)."""
         micro = self.micro_batch_size or self.batch_size // world_size
@@ -211,17 +166,4 @@ class TrainConfig(Section):
                 f"train.batch_size: {self.batch_size} does not split into {world_size} process(es) x micro-batches "
                 f"of {self.micro_batch_size or 'batch_size / processes'} sequences (train.micro_batch_size)"
             )
-        accumulation = self.batch_size // (world_size * micro)
-        warmup = self.batch_size_warmup
-        if warmup is not None and (warmup.start >= self.batch_size or self.batch_size % warmup.start):
-            raise ValueError(
-                f"train.batch_size_warmup.start: {warmup.start} must be below train.batch_size ({self.batch_size}) "
-                f"and divide it (the batch grows in steps of start)"
-            )
-        if warmup is not None and warmup.start % (world_size * accumulation):
-            raise ValueError(
-                f"train.batch_size_warmup.start: {warmup.start} does not split into {world_size} process(es) x "
-                f"{accumulation} micro-batch(es) (train.batch_size / train.micro_batch_size): every batch of the "
-                f"warm-up is a multiple of start"
-            )
-        return accumulation
+        return self.batch_size // (world_size * micro)

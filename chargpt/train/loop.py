@@ -1,13 +1,14 @@
 """A short, model-agnostic training loop (after minGPT's trainer). Beside torch it imports only tqdm (the progress
-bar), the error types and the step timer: nothing of the model, data or tracking.
+bar) and the error types: nothing of the model, data or tracking.
 
 The loop knows nothing of GPTs. It takes the run's parts (model, optimizer, scheduler, a batch source and a
 `step` that turns batches into one optimizer step), a LoopConfig, and hooks for what happens around it
-(evaluation, metrics, checkpoints, stop requests, step-dependent settings, an average of the weights).
+(evaluation, metrics, checkpoints, stop requests, step-dependent settings).
 `TrainStep` is the plain step: forward and backward over the micro-batches (gradient accumulation), clipping, the
 optimizer step, and a GradScaler for fp16. Compiling is the caller's: it hands TrainStep a torch.compile'd model
 (in reduce-overhead mode, torch replays the forward and backward from CUDA graphs).
-`LoopState` is everything of the loop's own that a resumed run needs.
+`LoopState` is everything of the loop's own that a resumed run needs; `StepTimer` the time limit it keeps (the LR
+range test keeps it too).
 """
 
 from __future__ import annotations
@@ -22,10 +23,31 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from chargpt.errors import DivergedError, Interrupted
-from chargpt.train.timing import StepTimer
+from chargpt.errors import DivergedError, Interrupted, RunTooLong
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class StepTimer:
+    """The time limit: times this session's steps 2 to 4 (the first pays for compilation and allocation) and
+    raises RunTooLong after step 4 when the steps left would take longer than max_seconds (None: no limit)."""
+
+    def __init__(self, max_seconds: float | None, total_steps: int, device: torch.device, first_step: int = 0):
+        self.max_seconds, self.total_steps, self.device, self.first_step = max_seconds, total_steps, device, first_step
+        self.started: float | None = None
+
+    def after(self, done: int) -> None:
+        """Call after each step; `done`: the steps completed, this session's and before."""
+        if self.max_seconds is None or done not in (self.first_step + 1, self.first_step + 4):
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        if done == self.first_step + 1:
+            self.started = time.perf_counter()
+            return
+        per_step, left = (time.perf_counter() - self.started) / 3, self.total_steps - done
+        if per_step * left > self.max_seconds:
+            raise RunTooLong(done, per_step, left, self.max_seconds)
 
 
 @dataclass
@@ -54,19 +76,21 @@ class TrainStep:
         amp_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
         micro_batches: int = 1,
         scaler: torch.amp.GradScaler | None = None,
+        inputs: Callable[[], dict[str, torch.Tensor]] = dict,
     ):
-        """amp_context: makes the run's mixed-precision context (chargpt.device.autocast); plain fp32 by default."""
+        """amp_context: makes the run's mixed-precision context (chargpt.device.autocast); plain fp32 by default.
+        inputs: the forward's keyword inputs beside the batch, this step (e.g. step-dependent loss weights)."""
         self.forward, self.params, self.optimizer, self.grad_clip = forward, list(params), optimizer, grad_clip
-        self.amp_context, self.micro_batches, self.scaler = amp_context, micro_batches, scaler
+        self.amp_context, self.micro_batches, self.scaler, self.inputs = amp_context, micro_batches, scaler, inputs
 
     def __call__(self, batches: Sequence[Batch]) -> StepResult:
-        loss = None
+        loss, inputs = None, self.inputs()
         for i, (x, y) in enumerate(batches):
             last = i == len(batches) - 1
             # DDP: all-reduce the gradients once per step, on the last micro-batch
             sync = contextlib.nullcontext() if last or not hasattr(self.forward, "no_sync") else self.forward.no_sync()
             with sync, self.amp_context():
-                _, micro_loss = self.forward(x, y)
+                _, micro_loss = self.forward(x, y, **inputs)
                 scaled = micro_loss / len(batches)
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             micro_loss = micro_loss.detach()
@@ -148,7 +172,6 @@ class LoopHooks:
     on_checkpoint: Callable[[LoopState], None] = lambda state: None
     stop_requested: Callable[[], int | None] = lambda: None  # a signal number once a stop was asked for
     before_step: Callable[[int], None] = lambda step: None  # e.g. step-dependent loss weights
-    after_step: Callable[[int], None] = lambda done: None  # after each optimizer step, e.g. an average of the weights
 
 
 @contextlib.contextmanager
@@ -248,7 +271,6 @@ def train_loop(
         lr, momentum = group["lr"], scheduled_momentum(group)
         batches = [parts.next_batch() for _ in range(parts.step.micro_batches)]
         result = parts.step(batches)
-        hooks.after_step(step + 1)
         state.tokens += sum(y.numel() for _, y in batches) * cfg.world_size
         if step + 1 < cfg.total_steps:  # OneCycleLR refuses a step past total_steps
             parts.scheduler.step()

@@ -15,18 +15,15 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm
 
 from chargpt.device import autocast
 from chargpt.errors import RangeTestError
-from chargpt.train.config import LRRangeTestConfig
-from chargpt.train.timing import StepTimer
-
-if TYPE_CHECKING:  # annotations only: train sits below pipeline in the import layers (pyproject.toml)
-    from chargpt.pipeline.config import RunConfig
+from chargpt.model.config import ModelConfig
+from chargpt.train.config import LRRangeTestConfig, OptimizerConfig, TrainConfig
+from chargpt.train.loop import StepTimer
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +79,11 @@ def sweep_lr(
     amp_dtype: torch.dtype | None = None,
     max_seconds: float | None = None,
     accuracy: Callable[[], float] | None = None,
+    inputs: dict[str, torch.Tensor] | None = None,
 ) -> RangeTestResult:
     """max_seconds: stop (RunTooLong) when the sweep would take longer, timed over its iterations 2 to 4.
-    accuracy: the val accuracy of the model now (linear_accuracy needs it)."""
+    accuracy: the val accuracy of the model now (linear_accuracy needs it). inputs: the forward's keyword inputs
+    beside the batch."""
     if cfg.method == "linear_accuracy" and accuracy is None:
         raise ValueError("lr_range_test.method linear_accuracy needs an accuracy probe")
     device = next(model.parameters()).device
@@ -98,7 +97,7 @@ def sweep_lr(
             group["lr"] = lr
         x, y = next_batch()
         with autocast(device, amp_dtype):
-            _, loss = model(x, y)
+            _, loss = model(x, y, **(inputs or {}))
         loss_value = loss.item()  # the test's decision needs it every step
         if not math.isfinite(loss_value):
             log.info("loss is %s at lr %.3g: end of the sweep", loss_value, lr)
@@ -168,35 +167,42 @@ def suggestion(
 
 
 def run_range_test(
-    cfg: RunConfig,
+    *,
+    model: ModelConfig,
+    optimizer: OptimizerConfig,
+    momentum: float,
+    range_test: LRRangeTestConfig,
+    train: TrainConfig,
     device: torch.device,
     train_split: torch.Tensor,
     amp_dtype: torch.dtype | None,
     max_seconds: float | None = None,
     val_split: torch.Tensor | None = None,
 ) -> RangeTestResult:
-    """The LR range test of a run: its own model, optimizer and batches, from its seed. linear_accuracy measures
-    the accuracy on the first lr_range_test.eval_batches x train.batch_size windows of val_split."""
+    """The LR range test of a run: its own model, optimizer (at the schedule's starting `momentum`) and batches, from
+    its seed. linear_accuracy measures the accuracy on the first range_test.eval_batches x train.batch_size windows
+    of val_split."""
     from chargpt.data.batches import BatchSampler
     from chargpt.evaluation.scoring import split_score
     from chargpt.model.gpt import GPT
     from chargpt.train.optimizers import build_optimizer
+    from chargpt.train.run import aux_loss_weights
 
-    torch.manual_seed(cfg.train.seed)
-    model = GPT(cfg.model).to(device)
-    if cfg.train.aux_losses:
-        model.set_aux_loss_progress(0.0)  # the objective of the run's first steps, which the range test stands for
-    optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.lr_range_test.lr_start, momentum=cfg.schedule.momentum_max)
-    sampler = BatchSampler(train_split, cfg.model.context, cfg.train.batch_size, cfg.train.seed, device)
+    torch.manual_seed(train.seed)
+    net = GPT(model).to(device)
+    # the objective of the run's first steps, which the range test stands for
+    inputs = {"aux_weights": aux_loss_weights(0.0, model.n_layer).to(device)} if train.aux_losses else {}
+    opt = build_optimizer(net, optimizer, lr=range_test.lr_start, momentum=momentum)
+    sampler = BatchSampler(train_split, model.context, train.batch_size, train.seed, device)
     accuracy = None
-    if cfg.lr_range_test.method == "linear_accuracy":
+    if range_test.method == "linear_accuracy":
         if val_split is None:
             raise ValueError("lr_range_test.method linear_accuracy needs the val split")
-        held_out = val_split[: cfg.lr_range_test.eval_batches * cfg.train.batch_size * cfg.model.context + 1]
+        held_out = val_split[: range_test.eval_batches * train.batch_size * model.context + 1]
 
         def accuracy() -> float:
             return split_score(
-                model, held_out, cfg.model.context, cfg.train.batch_size, device=device, amp_dtype=amp_dtype
+                net, held_out, model.context, train.batch_size, device=device, amp_dtype=amp_dtype
             ).accuracy
 
-    return sweep_lr(model, optimizer, sampler.next, cfg.lr_range_test, amp_dtype, max_seconds, accuracy)
+    return sweep_lr(net, opt, sampler.next, range_test, amp_dtype, max_seconds, accuracy, inputs)

@@ -81,8 +81,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
     The parent and the two children share the same param-group dicts, so a scheduler's LR reaches both.
     Muon runs with Moonshot's RMS matching (`adjust_lr_fn="match_rms_adamw"`): its update has AdamW's RMS, so
     one LR (and one LR range test) serves both. OneCycleLR cycles every group's beta1; Muon's (Nesterov)
-    momentum is set from it before each step, or, with a `momentum_warmup` of (start, steps), over the first `steps`
-    updates from `start + (beta1 - start) * update / steps` (modded-nanogpt's warm-up).
+    momentum is set from it before each step.
     """
 
     def __init__(
@@ -95,7 +94,6 @@ class MuonWithAdamW(torch.optim.Optimizer):
         weight_decay: float,
         ns_dtype: torch.dtype,
         adamw_kernel: dict,
-        momentum_warmup: tuple[float, int] | None = None,
     ):
         self.muon = Muon(
             [{"params": hidden_matrices, "weight_decay": weight_decay}],
@@ -108,24 +106,15 @@ class MuonWithAdamW(torch.optim.Optimizer):
         self.adamw = torch.optim.AdamW(rest, lr=lr, betas=(momentum, beta2), **adamw_kernel)
         # The shared defaults: every group gets "betas" (Muon's too), so OneCycleLR cycles beta1 everywhere.
         super().__init__(self.muon.param_groups + self.adamw.param_groups, {"lr": lr, "betas": (momentum, beta2)})
-        self.momentum_warmup = momentum_warmup
-        self.updates = 0  # steps taken; a loaded state gives its AdamW's count
-
-    def muon_momentum(self, scheduled: float) -> float:
-        if self.momentum_warmup is None or self.updates >= self.momentum_warmup[1]:
-            return scheduled
-        start, steps = self.momentum_warmup
-        return start + (scheduled - start) * self.updates / steps
 
     @torch.no_grad()
     def step(self, closure=None):
         if closure is not None:
             raise ValueError("MuonWithAdamW.step takes no closure")
         for group in self.muon.param_groups:
-            group["momentum"] = self.muon_momentum(group["betas"][0])
+            group["momentum"] = group["betas"][0]
         self.muon.step()
         self.adamw.step()
-        self.updates += 1
 
     def state_dict(self) -> dict:
         return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
@@ -139,5 +128,3 @@ class MuonWithAdamW(torch.optim.Optimizer):
         self.muon.load_state_dict(state_dict["muon"])
         self.adamw.load_state_dict(state_dict["adamw"])
         self.param_groups = self.muon.param_groups + self.adamw.param_groups  # loading made new group dicts
-        counts = [int(s["step"]) for s in self.adamw.state.values() if "step" in s]
-        self.updates = max(counts, default=0)

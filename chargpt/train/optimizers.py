@@ -12,40 +12,13 @@ from chargpt.train.config import OptimizerConfig
 from chargpt.train.muon import MuonWithAdamW
 
 
-def param_groups(
-    params: list[torch.nn.Parameter], weight_decay: float, lr_scales: dict[int, float] | None = None
-) -> list[dict]:
-    """Decay matrices and embeddings only: biases and LayerNorm gains have no scale to regularise. A parameter with
-    an LR scale other than 1 (`lr_scales`, by id) goes to a group of its own, one per scale and decay, that carries
-    it as `lr_scale` (the schedule multiplies that group's LR by it); without any, two groups, decay and no decay."""
-    lr_scales = lr_scales or {}
-    groups = {
-        (True, 1.0): {"params": [], "weight_decay": weight_decay},
-        (False, 1.0): {"params": [], "weight_decay": 0.0},
-    }
-    for p in params:
-        if not p.requires_grad:
-            continue
-        decays, scale = p.dim() >= 2, lr_scales.get(id(p), 1.0)
-        new_group = {"params": [], "weight_decay": weight_decay if decays else 0.0, "lr_scale": scale}
-        groups.setdefault((decays, scale), new_group)["params"].append(p)
-    return list(groups.values())
-
-
-def embedding_tables(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    return [m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding)]
-
-
-def lr_scales(model: torch.nn.Module, cfg: OptimizerConfig) -> dict[int, float]:
-    """{id(parameter): its LR as a multiple of the schedule's} for the parameters whose multiple is not 1: the
-    embedding tables (a tied head with them), an untied head, and the scalars."""
-    scales = {id(p): cfg.scalar_lr_scale for p in model.parameters() if p.dim() < 2}
-    tables = embedding_tables(model)
-    scales |= {id(p): cfg.embedding_lr_scale for p in tables}
-    head = getattr(model, "head", None)
-    if head is not None and all(head.weight is not p for p in tables):
-        scales[id(head.weight)] = cfg.head_lr_scale
-    return {key: scale for key, scale in scales.items() if scale != 1.0}
+def param_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
+    """Decay matrices and embeddings only: biases and LayerNorm gains have no scale to regularise."""
+    params = [p for p in params if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
 
 
 def hidden_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -72,25 +45,12 @@ def build_optimizer(
     """The optimizer of `cfg` over `model`, at `lr` and `momentum` until the scheduler sets them."""
     cuda = next(model.parameters()).device.type == "cuda"
     kernel = {"fused": True} if cuda else {"foreach": True}
+    hidden = hidden_matrices(model) if cfg.name == "muon" else []  # Muon's; the rest go to AdamW
+    hidden_ids = {id(p) for p in hidden}
+    groups = param_groups([p for p in model.parameters() if id(p) not in hidden_ids], cfg.weight_decay)
     if cfg.name == "muon":
-        hidden = hidden_matrices(model)
-        hidden_ids = {id(p) for p in hidden}
-        rest = [p for p in model.parameters() if id(p) not in hidden_ids]
-        rest = param_groups(rest, cfg.weight_decay, lr_scales(model, cfg))
-        return MuonWithAdamW(
-            hidden,
-            rest,
-            lr,
-            momentum,
-            cfg.beta2,
-            cfg.weight_decay,
-            muon_ns_dtype(cfg, model),
-            kernel,
-            (cfg.muon_momentum_warmup_start, cfg.muon_momentum_warmup_steps)
-            if cfg.muon_momentum_warmup_steps
-            else None,
-        )
-    groups = param_groups(list(model.parameters()), cfg.weight_decay, lr_scales(model, cfg))
+        ns_dtype = muon_ns_dtype(cfg, model)
+        return MuonWithAdamW(hidden, groups, lr, momentum, cfg.beta2, cfg.weight_decay, ns_dtype, kernel)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=cfg.nesterov, **kernel)
     return torch.optim.AdamW(groups, lr=lr, betas=(momentum, cfg.beta2), **kernel)

@@ -6,7 +6,6 @@ Phases over `total_steps` (torch's three_phase=True):
   2. LR lr_max -> lr_min, momentum momentum_min -> momentum_max   (pct_start of the steps)
   3. LR lr_min -> lr_min / final_div_factor, momentum held         (the rest: annihilation)
 For AdamW, OneCycleLR cycles beta1 as the momentum; with Muon, Muon's momentum follows the same beta1.
-A parameter group with an `lr_scale` (optimizer.embedding_lr_scale) follows the same schedule times that scale.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ def build_cosine(
     """Step s < warmup: lr_max * (s + 1) / warmup, reaching lr_max at s = warmup - 1; from there a cosine
     down to lr_min at the last step."""
     for group in optimizer.param_groups:
-        group["lr"] = lr_max * group.get("lr_scale", 1.0)
+        group["lr"] = lr_max
         group.pop("initial_lr", None)
     peak = cfg.warmup_steps - 1
     decay = CosineAnnealingLR(optimizer, T_max=total_steps - 1 - peak, eta_min=cfg.lr_min)
@@ -45,10 +44,9 @@ def build_cosine(
 def build_onecycle(
     optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, lr_max: float, total_steps: int
 ) -> OneCycleLR:
-    scales = [group.get("lr_scale", 1.0) for group in optimizer.param_groups]
     return OneCycleLR(
         optimizer,
-        max_lr=[lr_max * scale for scale in scales] if any(scale != 1.0 for scale in scales) else lr_max,
+        max_lr=lr_max,
         total_steps=total_steps,
         pct_start=cfg.pct_start,
         anneal_strategy=cfg.anneal,

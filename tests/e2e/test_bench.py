@@ -1,155 +1,36 @@
+import json
 import subprocess
 import sys
 
+import pytest
 import yaml
-from conftest import REPO, TINY_RUN
+from conftest import REPO, TINY_RUN, params_with_runs
 
 
-def test_throughput_benchmark_prints_its_figures(tmp_path, params):
-    del params["grids"]  # its runs build on the repo's runs, replaced here
-    params["runs"] = {"tiny": TINY_RUN}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+def test_throughput_benchmark_measures_the_steps_figures_as_it_defines_them(tmp_path):
+    """The train row's step time, FLOPs and MFU follow from its tokens/s and the measured peak as the script's doc
+    defines them (6N + 12 L d T FLOPs per token, N without the positions), and the speed-up over fp32 eager is the
+    ratio of the two measured rates."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_with_runs({"tiny": TINY_RUN})))
+    figures = tmp_path / "figures.jsonl"
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench/throughput.py"),
-            "--params",
-            str(tmp_path / "params.yaml"),
-            "--run",
-            "tiny",
-            "--steps",
-            "2",
-            "--eval-bytes",
-            "5000",
-            "--preprocess-mb",
-            "2",
-            "--gemm-size",
-            "256",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = proc.stdout.splitlines()
-    for start in ("device:", "peak GEMM", "train eager batch 4x32:", "eval eager batch 16:", "preprocess:"):
-        assert any(line.startswith(start) for line in lines), (start, proc.stdout)
-    assert "x plain fp32 eager" in proc.stdout and "MFU" in proc.stdout
-
-
-def test_recipe_sweep_trains_variants_and_its_tables_read_them(tmp_path, params):
-    from conftest import tiny_text
-
-    from chargpt.data.corpus import split_corpus
-    from chargpt.io import write_json
-
-    del params["grids"]  # its runs build on the repo's runs, replaced here
-    params["runs"] = {"tiny": {**TINY_RUN, "schedule": {"lr_min": 1.0e-4, "lr_max": 3.0e-3}}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    (tmp_path / "corpus.bin").write_bytes(tiny_text(40_000))
-    meta = split_corpus(tmp_path / "corpus.bin", tmp_path / "data", (0.9, 0.05, 0.05))
-    write_json(tmp_path / "data/meta.json", meta)  # a preprocess output, as the stages read it
-    (tmp_path / "grid.yaml").write_text(
-        yaml.safe_dump(
-            [
-                {"name": "s_1cycle_lr3e-3", "set": []},
-                {"name": "s_cosine_lr3e-3", "set": ["schedule.name=cosine", "schedule.warmup_steps=5"]},
-                {"name": "s_1cycle_muon_aux_lr3e-3", "set": ["optimizer.name=muon", "train.aux_losses=true"]},
-                {"name": "broken", "set": ["schedule.lr_max=1e9"]},
-                {"name": "left_out", "set": []},  # not matched by --match: never runs
-            ]
-        )
-    )  # diverges: recorded, the others still run
-    sweep = [sys.executable, str(REPO / "bench/recipe_sweep.py")]
-    proc = subprocess.run(
-        [
-            *sweep,
-            "--params",
-            str(tmp_path / "params.yaml"),
-            "--run",
-            "tiny",
-            "--grid",
-            str(tmp_path / "grid.yaml"),
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--out",
-            str(tmp_path / "out.jsonl"),
-            "--set",
-            "train.checkpoint_every=0",
-            "--match",
-            "^(s_|broken)",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    import json
-
-    results = {r["name"]: r for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
-    assert "DivergedError" in results["broken"]["error"] and "left_out" not in results
-    for name in ("s_1cycle_lr3e-3", "s_cosine_lr3e-3", "s_1cycle_muon_aux_lr3e-3"):
-        assert results[name]["iterations"] == 30 and 0 < results[name]["test_bpc"] < 8
-        assert [p["step"] for p in results[name]["curve"] if "val_probe_bpc" in p] == [10, 20, 30]
-
-    table = subprocess.run([*sweep, "--summarize", str(tmp_path / "out.jsonl")], capture_output=True, text=True).stdout
-    best = min(("s_1cycle_lr3e-3", "s_cosine_lr3e-3"), key=lambda n: results[n]["test_bpc"])
-    assert table.splitlines()[2].startswith(f"| {best} | 30 |") and "broken" in table.splitlines()[-1]
-    versus = subprocess.run(
-        [*sweep, "--summarize", str(tmp_path / "out.jsonl"), "--versus-control"], capture_output=True, text=True
-    ).stdout.splitlines()
-    assert len(versus) == 3 and versus[2].startswith("| s | 30 | ")
-
-
-def test_every_shipped_sweep_grid_is_valid_for_its_run():
-    """A config change must not leave a grid that fails on the GPU, after minutes of set-up."""
-    from chargpt.pipeline.config import load_run_config, with_overrides
-
-    grids = sorted((REPO / "bench/grids").glob("*.yaml"))
-    assert grids
-    # The run each grid varies, as bench/gpu_check.sh passes it (--run); the rest vary quickstart_adamw.
-    runs = {"t12_recipes.yaml": "t12", "seed_final_recipes.yaml": "final", "precision_numerics.yaml": "quickstart",
-            "modern_cpu_combined.yaml": "quickstart_classic", "modern_cpu_shape.yaml": "quickstart",
-            "modern_cpu_bf16.yaml": "quickstart", "modern_cpu_bf16_training.yaml": "quickstart"}  # fmt: skip
-    script = (REPO / "bench/gpu_check.sh").read_text()
-    for grid in ("t12_recipes.yaml", "seed_final_recipes.yaml"):
-        assert f"--run {runs[grid]} --grid bench/grids/{grid}" in script
-    for grid in grids:
-        base = load_run_config(runs.get(grid.name, "quickstart_adamw"), REPO / "params.yaml")
-        for variant in yaml.safe_load(grid.read_text()):
-            with_overrides(base, variant["set"])
-
-
-def test_recipe_sweep_at_equal_seconds_gives_each_variant_the_steps_its_timed_step_fits(tmp_path, params):
-    import json
-
-    from conftest import tiny_text
-
-    from chargpt.data.corpus import split_corpus
-    from chargpt.io import write_json
-
-    del params["grids"]
-    params["runs"] = {"tiny": {**TINY_RUN, "schedule": {"lr_min": 1.0e-4, "lr_max": 3.0e-3}}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    (tmp_path / "corpus.bin").write_bytes(tiny_text(40_000))
-    write_json(tmp_path / "data/meta.json", split_corpus(tmp_path / "corpus.bin", tmp_path / "data", (0.9, 0.05, 0.05)))
-    # the second variant's step costs far more (8x as wide): it gets fewer steps in the same seconds
-    grid = [{"name": "plain", "set": []}, {"name": "wide", "set": ["model.d_model=256", "model.d_ff=2048"]}]
-    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
-    sweep = [sys.executable, str(REPO / "bench/recipe_sweep.py")]
-    proc = subprocess.run(
-        [*sweep, "--params", str(tmp_path / "params.yaml"), "--run", "tiny", "--grid", str(tmp_path / "grid.yaml"),
-         "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out.jsonl"), "--equal-seconds", "1.5",
-         "--set", "train.checkpoint_every=0", "--set", "train.eval_interval=1000"],
+        [sys.executable, str(REPO / "bench/throughput.py"), "--params", str(tmp_path / "params.yaml"), "--run", "tiny",
+         "--steps", "2", "--eval-bytes", "5000", "--preprocess-mb", "2", "--gemm-size", "256", "--json", str(figures)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    results = {r["name"]: r for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
-    for r in results.values():
-        assert r["iterations"] == max(1, round(1.5 / r["measured_step_seconds"]))
-    assert results["wide"]["measured_step_seconds"] > results["plain"]["measured_step_seconds"]
-    assert results["wide"]["iterations"] < results["plain"]["iterations"]
-    table = subprocess.run([*sweep, "--summarize", str(tmp_path / "out.jsonl"), "--against", "plain"],
-                           capture_output=True, text=True).stdout.splitlines()  # fmt: skip
-    assert table[0].startswith("| variant | steps | ms/step timed |") and table[2].startswith("| plain | ")
-    assert "| +0.00000 |" in table[2] and len(table) == 4
+    rows = {row["kind"]: row for row in map(json.loads, figures.read_text().splitlines())}
+    peak, train, evaluation = rows["peak"], rows["train"], rows["eval"]
+    L, d, d_ff, T = 2, 32, 64, 32  # TINY_RUN's model: per-layer positions, biases, an untied head
+    # two LayerNorms, attention's qkv and projection, the feed-forward's two layers
+    block = 2 * 2 * d + (3 * d * d + 3 * d) + (d * d + d) + (d * d_ff + d_ff) + (d_ff * d + d)
+    n = 256 * d + L * block + 2 * d + 256 * d  # byte embedding, blocks, final LayerNorm, head
+    flops_per_token = 6 * n + 12 * L * d * T
+    tps = train["tokens_per_s"]
+    assert train["ms_per_step"] == pytest.approx(4 * T / tps * 1e3)
+    precision_peak = peak["fp32_tflops"] if train["precision"] == "fp32" else peak["low_tflops"]
+    assert train["mfu"] == pytest.approx(flops_per_token * tps / 1e12 / precision_peak)
+    assert 0 < train["mfu"] < 1 and evaluation["tokens_per_s"] > 0
+    ratio = tps / train["fp32_eager_tokens_per_s"]
+    assert f"{ratio:.2f}x plain fp32 eager" in proc.stdout
+    assert any(line.startswith("preprocess: ") and "MB/s" in line for line in proc.stdout.splitlines())

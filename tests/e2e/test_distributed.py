@@ -5,10 +5,10 @@ import json
 
 import pytest
 import torch
-from conftest import make_dvc_project, run, tiny_text
+from conftest import TINY_MODEL, make_project, run, tiny_text
 
 BASE = {
-    "model": {"n_layer": 2, "d_model": 32, "n_head": 2, "d_ff": 64, "context": 32, "dropout": 0.0},
+    "model": TINY_MODEL,
     "optimizer": {"name": "adamw", "weight_decay": 1.0e-4},
     "schedule": {"lr_min": 1.0e-4, "lr_max": 3.0e-3},
     "lr_range_test": {"lr_start": 1.0e-5, "lr_end": 1.0, "iterations": 12, "skip_start": 2, "smoothing": 0.5},
@@ -39,7 +39,7 @@ def trained(tmp_path_factory):
         "two_procs": with_train(nproc=2),
         "two_procs_accumulate": with_train(nproc=2, micro_batch_size=2),
     }  # 2 x 2 micro-batches of 2
-    project, env = make_dvc_project(root / "project", runs, {"url": corpus.as_uri(), "checksums": None})
+    project, env = make_project(root / "project", runs, {"url": corpus.as_uri(), "checksums": None})
     out = run(["dvc", "repro", *(f"train@{name}" for name in runs)], project, env).stdout
     assert "Running stage 'train@two_procs'" in out  # dvc runs `python stages/train.py`; it relaunches under torchrun
     return project

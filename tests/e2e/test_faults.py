@@ -1,28 +1,40 @@
 """Faults met during training: a diverging LR."""
 
 import re
+import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
-from conftest import REPO, TINY_RUN
-from test_resume import make_project
+import yaml
+from conftest import REPO, TINY_RUN, make_project, params_with_runs
 
 from chargpt.device import cpu_model
 
 
-def test_diverging_training_fails_cleanly_and_is_recorded(tmp_path, params):
-    del params["grids"]  # its runs build on the repo's runs, replaced here
-    params["runs"] = {
-        "tiny": {
-            **TINY_RUN,
-            "optimizer": {"name": "sgd", "grad_clip": 0.0},
-            "schedule": {"lr_min": 1.0e-3, "lr_max": 1.0e4},
-            "train": {**TINY_RUN["train"], "iterations": 200, "checkpoint_every": 1},
-        }
+@pytest.fixture(scope="module")
+def ranged(tmp_path_factory):
+    """The tiny run's splits and LR range test, made once: each test trains its own variant of it in a copy (the
+    range test, which the train stage records, need not be the variant's own for a fault)."""
+    return make_project(tmp_path_factory.mktemp("faults") / "p", {"tiny": TINY_RUN}, dvc=False)
+
+
+def project_with(tmp_path, ranged, tiny: dict):
+    root, env = ranged
+    shutil.copytree(root, tmp_path / "p")
+    (tmp_path / "p/params.yaml").write_text(yaml.safe_dump(params_with_runs({"tiny": tiny})))
+    return tmp_path / "p", dict(env)
+
+
+def test_diverging_training_fails_cleanly_and_is_recorded(tmp_path, ranged):
+    tiny = {
+        **TINY_RUN,
+        "optimizer": {"name": "sgd", "grad_clip": 0.0},
+        "schedule": {"lr_min": 1.0e-3, "lr_max": 1.0e4},
+        "train": {**TINY_RUN["train"], "iterations": 200, "checkpoint_every": 1},
     }
-    root = tmp_path / "p"
-    env = make_project(root, params)
+    root, env = project_with(tmp_path, ranged, tiny)
     proc = subprocess.run(
         [sys.executable, str(REPO / "stages/train.py"), "--run", "tiny"],
         cwd=root,
@@ -47,11 +59,9 @@ def test_diverging_training_fails_cleanly_and_is_recorded(tmp_path, params):
     assert int(run.data.tags["diverged_at_step"]) > state["loop"]["step"]
 
 
-def test_a_run_too_long_for_this_machine_stops_early_and_says_how_to_go_on(tmp_path, params):
-    del params["grids"]
-    params["runs"] = {"tiny": TINY_RUN}
-    root = tmp_path / "p"
-    env = make_project(root, params) | {"CHARGPT_MAX_HOURS": "0.000001"}  # 3.6 ms
+def test_a_run_too_long_for_this_machine_stops_early_and_says_how_to_go_on(tmp_path, ranged):
+    root, env = project_with(tmp_path, ranged, TINY_RUN)
+    env["CHARGPT_MAX_HOURS"] = "0.000001"  # 3.6 ms
     stale = root / "checkpoints/tiny/.last.pt.x1y2.tmp"  # what a SIGKILL during a save leaves
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"half a state")
@@ -82,19 +92,15 @@ def test_a_run_too_long_for_this_machine_stops_early_and_says_how_to_go_on(tmp_p
     )
 
 
-def test_a_finite_blow_up_is_divergence_too(tmp_path, params):
+def test_a_finite_blow_up_is_divergence_too(tmp_path, ranged):
     """SGD at LR 1000 with clipping at 1.0: the loss stays finite, and the run is useless. It fails, no model."""
-    del params["grids"]
-    params["runs"] = {
-        "tiny": {
-            **TINY_RUN,
-            "optimizer": {"name": "sgd"},
-            "schedule": {"lr_min": 1.0e-4, "lr_max": 1000},
-            "train": {**TINY_RUN["train"], "iterations": 100},
-        }
+    tiny = {
+        **TINY_RUN,
+        "optimizer": {"name": "sgd"},
+        "schedule": {"lr_min": 1.0e-4, "lr_max": 1000},
+        "train": {**TINY_RUN["train"], "iterations": 100},
     }
-    root = tmp_path / "p"
-    env = make_project(root, params)
+    root, env = project_with(tmp_path, ranged, tiny)
     proc = subprocess.run(
         [sys.executable, str(REPO / "stages/train.py"), "--run", "tiny"],
         cwd=root,

@@ -4,11 +4,11 @@ stages depend on no run's params."""
 import time
 
 import yaml
-from conftest import TINY_RUN, make_dvc_project, run
+from conftest import TINY_RUN, make_project, run
 
 
 def test_a_bad_run_stops_a_fresh_pipeline_at_once_naming_the_key(tmp_path):
-    root, env = make_dvc_project(tmp_path / "project", {"tiny": TINY_RUN})
+    root, env = make_project(tmp_path / "project", {"tiny": TINY_RUN})
     started = time.monotonic()
     proc = run(["dvc", "exp", "run", "-S", "runs.tiny.train.iterations=ten", "evaluate@tiny"], root, env, check=False)
     assert proc.returncode != 0 and "runs.tiny.train.iterations: Input should be a valid integer" in proc.stderr

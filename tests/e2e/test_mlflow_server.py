@@ -10,7 +10,7 @@ import time
 import urllib.request
 
 import pytest
-from conftest import TINY_RUN, make_dvc_project, run, seeded_views, tiny_text
+from conftest import TINY_RUN, make_project, run, seeded_views, tiny_text
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def test_a_tiny_pipeline_logs_runs_metrics_and_artifacts_to_the_server(mlflow_se
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(tiny_text(60_000))
-    root, env = make_dvc_project(tmp_path / "project", {"tiny": TINY_RUN}, {"url": corpus.as_uri(), "checksums": None})
+    root, env = make_project(tmp_path / "project", {"tiny": TINY_RUN}, {"url": corpus.as_uri(), "checksums": None})
     env["MLFLOW_TRACKING_URI"] = mlflow_server
     run(["dvc", "repro", "evaluate@tiny"], root, env)
     assert not (root / "mlflow.db").exists()  # everything went to the server

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 
-from conftest import REPO, SAMPLE, TINY_RUN, make_dvc_project, run
+from conftest import REPO, SAMPLE, TINY_RUN, make_project, run
 
 NOTEBOOK = REPO / "notebooks" / "colab.ipynb"
 
@@ -29,7 +29,7 @@ def test_only_guarded_cells_use_colab():
 
 
 def test_the_notebook_runs_on_the_cpu_with_its_colab_cells_skipped(tmp_path):
-    root, env = make_dvc_project(tmp_path / "project", {"quickstart": TINY_RUN})
+    root, env = make_project(tmp_path / "project", {"quickstart": TINY_RUN})
     shutil.copytree(SAMPLE.parent, root / "samples")
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "the sample"], root, env)

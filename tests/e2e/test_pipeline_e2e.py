@@ -6,31 +6,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import TINY_COSINE_RUN, TINY_RUN, make_dvc_project, run, tiny_text
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """A git + DVC copy of the repo with a tiny run and its cosine ablation; data.url stays enwik8's (a local
-    corpus is given with -S)."""
-    root = tmp_path_factory.mktemp("project")
-    corpus = root.parent / "corpus.txt"
-    corpus.write_bytes(tiny_text(60_000))
-    return (*make_dvc_project(root, {"tiny": TINY_RUN, "tiny_cosine": TINY_COSINE_RUN}), corpus)
-
-
-@pytest.fixture(scope="module")
-def trained(project):
-    """The project after the README's offline recipe ran both runs through all five stages (the tests that read a
-    finished pipeline take this, so that each also runs alone); and what `dvc exp run` printed."""
-    root, env, corpus = project
-    out = run(
-        ["dvc", "exp", "run", "-S", f"data.url={corpus.as_uri()}", "-S", "data.checksums=null", "evaluate@tiny",
-         "evaluate@tiny_cosine"],
-        root,
-        env,
-    ).stdout  # fmt: skip
-    return root, env, out
+from conftest import run
 
 
 def test_local_corpus_through_all_five_stages(trained, project):
@@ -93,9 +69,7 @@ def test_local_corpus_through_all_five_stages(trained, project):
     assert "Running stage" not in again
 
 
-STAGES = [
-    ["stages/download.py"],
-    ["stages/preprocess.py"],
+STAGES = [  # the run's; the data stages import nothing of reporting (the import contract): their splits are copied
     ["stages/lr_range.py", "--run", "tiny"],
     ["stages/train.py", "--run", "tiny"],
     ["stages/evaluate.py", "--run", "tiny"],
@@ -111,8 +85,8 @@ def without_timing(value):
 
 def test_reporting_cannot_change_a_runs_outputs(trained, tmp_path):
     """Why dvc.yaml lists no chargpt/tracking/ module as a dep: the tiny run above, recorded in MLflow, and the same
-    run's five stage scripts with the null tracker (CHARGPT_TRACKING=off) in a fresh folder write the same model
-    weights, curves, range test and scores."""
+    run's stage scripts with the null tracker (CHARGPT_TRACKING=off) in a fresh folder, from the same splits, write
+    the same model weights, curves, range test and scores."""
     import os
     import shutil
 
@@ -122,6 +96,7 @@ def test_reporting_cannot_change_a_runs_outputs(trained, tmp_path):
     silent = tmp_path / "silent"
     silent.mkdir()
     shutil.copytree(recorded / "stages", silent / "stages")
+    shutil.copytree(recorded / "data/processed", silent / "data/processed")
     shutil.copy(recorded / "params.yaml", silent / "params.yaml")  # as `dvc exp run -S` left it: the local corpus
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"CHARGPT_TRACKING": "off"}
     for stage in STAGES:
@@ -142,7 +117,13 @@ def test_reporting_cannot_change_a_runs_outputs(trained, tmp_path):
 
 
 def stale(root, env) -> set[str]:
-    return set(json.loads(run(["dvc", "status", "--json"], root, env).stdout or "{}"))
+    """The stages `dvc status` reports (its API, in this process: a `dvc` process costs a second of imports)."""
+    import contextlib
+
+    from dvc.repo import Repo
+
+    with contextlib.chdir(root), Repo(str(root)) as repo:  # stages named as from the project's root
+        return set(repo.status())
 
 
 def stale_after_editing(root, env, module: str) -> set[str]:
@@ -234,10 +215,10 @@ def test_dvc_plots_overlay_every_run(trained):
         assert f"<!-- {package}." in page, package
 
 
-def test_compare_prints_one_row_per_run_with_iterations_to_target(trained):
+def test_compare_prints_one_row_per_run_with_iterations_to_target(trained, monkeypatch, chargpt_cli):
     root, env, _ = trained
-    out = run(["chargpt", "compare", "--format", "json"], root, env).stdout
-    rows = {r["run"]: r for r in json.loads(out)}
+    monkeypatch.chdir(root)
+    rows = {r["run"]: r for r in json.loads(chargpt_cli("compare", "--format", "json")[1])}
     assert set(rows) == {"tiny", "tiny_cosine"}
     assert rows["tiny_cosine"]["schedule"] == "cosine" and rows["tiny"]["schedule"] == "onecycle"
     evaluated = json.loads((root / "reports/tiny/eval.json").read_text())
@@ -250,7 +231,7 @@ def test_compare_prints_one_row_per_run_with_iterations_to_target(trained):
     assert "iters_to_bpc_0.5" not in rows["tiny_cosine"]  # so no run has that column
 
 
-def test_runs_scored_under_different_strides_compare_on_the_reference_protocol(trained):
+def test_runs_scored_under_different_strides_compare_on_the_reference_protocol(trained, monkeypatch, chargpt_cli):
     """tiny is scored in consecutive windows, tiny_cosine in sliding ones (eval.stride 8): evaluate scores both also
     in the reference protocol, and `chargpt compare` and MLflow's view rank them on it. Each figure is the one
     `chargpt score` gives for that model under that protocol."""
@@ -261,16 +242,18 @@ def test_runs_scored_under_different_strides_compare_on_the_reference_protocol(t
     assert ev["tiny_cosine"]["test_bpc_ref"] != ev["tiny_cosine"]["test_bpc"]
     assert "test_ref_seconds" in ev["tiny_cosine"]
 
+    monkeypatch.chdir(root)
+
     def score(run_name: str, *options: str) -> dict:
-        out = run(["chargpt", "score", "data/processed/test.bin", "--run", run_name, *options], root, env).stdout
-        return json.loads(out)
+        return json.loads(chargpt_cli("score", "data/processed/test.bin", "--run", run_name, *options)[1])
 
     own = score("tiny_cosine")  # the run's own protocol by default: its eval.stride
     assert own["stride"] == 8 and own["bpc"] == pytest.approx(ev["tiny_cosine"]["test_bpc"], abs=5e-4)
     reference = {r: score(r, "--stride", "32")["bpc"] for r in ("tiny", "tiny_cosine")}
     assert reference["tiny_cosine"] == pytest.approx(ev["tiny_cosine"]["test_bpc_ref"], abs=5e-4)
 
-    rows = {r["run"]: r for r in json.loads(run(["chargpt", "compare", "--format", "json"], root, env).stdout)}
+    listed = json.loads(chargpt_cli("compare", "--format", "json")[1])
+    rows = {r["run"]: r for r in listed}
     for name in ("tiny", "tiny_cosine"):
         assert rows[name]["test_bpc_ref"] == ev[name]["test_bpc_ref"]
         assert rows[name]["val_bpc_ref"] == ev[name]["val_bpc_ref"]
@@ -279,8 +262,7 @@ def test_runs_scored_under_different_strides_compare_on_the_reference_protocol(t
     assert rows["tiny_cosine"]["protocol"] == f"stride 8 of 32, {precision}"
     shown = rows["tiny"]["test_bpc_ref"] - rows["tiny_cosine"]["test_bpc_ref"]
     assert shown == pytest.approx(reference["tiny"] - reference["tiny_cosine"], abs=1e-3)
-    order = [r["run"] for r in json.loads(run(["chargpt", "compare", "--format", "json"], root, env).stdout)]
-    assert order == sorted(rows, key=lambda r: rows[r]["test_bpc_ref"])
+    assert [r["run"] for r in listed] == sorted(rows, key=lambda r: rows[r]["test_bpc_ref"])
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], root, env).stdout)
     files = next(iter(metrics.values()))["data"]
     assert files["reports/tiny_cosine/eval.json"]["data"]["test_bpc_ref"] == ev["tiny_cosine"]["test_bpc_ref"]
@@ -406,7 +388,9 @@ def test_dvc_artifacts_get_fetches_a_runs_model_without_a_clone(trained, tmp_pat
     assert sampled.returncode == 0 and len(sampled.stdout) == 20, sampled.stderr
 
 
-def test_dvc_exp_run_changes_one_key_of_a_variant_and_reruns_that_variant_only(trained, project):
+def test_dvc_exp_run_changes_one_key_of_a_variant_and_reruns_that_variant_only(
+    trained, project, monkeypatch, chargpt_cli
+):
     root, env, corpus = project
     before = yaml.safe_load((root / "params.yaml").read_text())["runs"]["tiny_cosine"]
     out = run(
@@ -431,12 +415,9 @@ def test_dvc_exp_run_changes_one_key_of_a_variant_and_reruns_that_variant_only(t
     assert "Running stage 'train@tiny_cosine'" in out and "Running stage 'train@tiny'" not in out
     metrics = json.loads((root / "reports/tiny_cosine/train_metrics.json").read_text())
     assert "iters_to_bpc_7.5" in metrics
-    rows = {
-        r["run"]: r
-        for r in json.loads(
-            run(["chargpt", "compare", "--details", "--diff-from", "tiny", "--format", "json"], root, env).stdout
-        )
-    }
+    monkeypatch.chdir(root)
+    listed = chargpt_cli("compare", "--details", "--diff-from", "tiny", "--format", "json")[1]
+    rows = {r["run"]: r for r in json.loads(listed)}
     assert "schedule.name=cosine" in rows["tiny_cosine"]["config_diff"]  # the resolved config, base included
     assert "train.target_bpc=[7.5]" in rows["tiny_cosine"]["config_diff"]
     # MLflow's view shows each named run once: the latest attempt is tagged, the first tiny_cosine no longer

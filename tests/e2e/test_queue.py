@@ -2,13 +2,16 @@
 
 import time
 
-from conftest import TINY_RUN, make_dvc_project, run, tiny_text
+from conftest import TINY_RUN, make_project, run, tiny_text
 
 
 def test_two_queued_experiments_are_both_recorded_completely(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(tiny_text(60_000))
-    root, env = make_dvc_project(tmp_path / "project", {"tiny": TINY_RUN}, {"url": corpus.as_uri(), "checksums": None})
+    root, env = make_project(tmp_path / "project", {"tiny": TINY_RUN}, {"url": corpus.as_uri(), "checksums": None})
+    run(["dvc", "repro", "preprocess"], root, env)  # committed: both experiments start from the same splits
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "preprocessed"], root, env)
     for seed in (1, 2):
         run(["dvc", "exp", "run", "--queue", "-S", f"+runs.tiny.train.seed={seed}", "evaluate@tiny"], root, env)
     run(["dvc", "queue", "start", "-j", "2"], root, env)

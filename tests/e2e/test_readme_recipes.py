@@ -15,7 +15,7 @@ import subprocess
 import time
 
 import yaml
-from conftest import REPO, SAMPLE, TINY_RUN, make_dvc_project, run, tiny_text
+from conftest import REPO, SAMPLE, TINY_RUN, make_project, run, tiny_text
 
 SETUP = re.compile(r"python3\.11 -m venv|pip install|\. \.venv/bin/activate|\.venv/bin/pytest")
 # The quickstart as a tiny run, so that the README's 1000-step recipes take seconds.
@@ -63,7 +63,7 @@ def test_the_readme_reads_as_the_test_runs_it():
 def test_every_shell_block_of_the_readme_runs_as_written(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(tiny_text(60_000))
-    root, env = make_dvc_project(tmp_path / "project", {"quickstart": QUICKSTART},
+    root, env = make_project(tmp_path / "project", {"quickstart": QUICKSTART},
                                  {"url": str(corpus), "checksums": None})  # fmt: skip
     shutil.copytree(SAMPLE.parent, root / "samples")
     shutil.copy(REPO / "README.md", root / "README.md")

@@ -1,7 +1,6 @@
 """Kill training from outside (SIGKILL, SIGTERM), resume, and end bit for bit where an uninterrupted run ends."""
 
 import json
-import os
 import random
 import shutil
 import signal
@@ -12,14 +11,11 @@ from pathlib import Path
 
 import torch
 import yaml
-from conftest import REPO, TINY_RUN, tiny_text
-
-from chargpt.data.corpus import split_corpus
-from chargpt.io import write_json
+from conftest import REPO, TINY_RUN, make_project
 
 RUN = {
     **TINY_RUN,
-    "model": {"n_layer": 2, "d_model": 64, "n_head": 2, "d_ff": 128, "context": 64, "dropout": 0.1},
+    "model": TINY_RUN["model"] | {"d_model": 64, "d_ff": 128, "context": 64, "dropout": 0.1},
     "schedule": {"lr_min": 1.0e-4, "lr_max": 3.0e-3},
     "train": {
         "iterations": 300,
@@ -32,24 +28,6 @@ RUN = {
         "aux_losses": True,
     },
 }  # step-dependent loss weights (layer 1 fades out by step 75) must resume too
-
-
-def make_project(root: Path, params: dict) -> dict:
-    """A project with its splits and the run's LR range test done; returns the stages' environment."""
-    root.mkdir()
-    corpus = root / "corpus.bin"
-    corpus.write_bytes(tiny_text(100_000))
-    write_json(root / "data/processed/meta.json", split_corpus(corpus, root / "data/processed", (0.9, 0.05, 0.05)))
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"OMP_NUM_THREADS": "1"}
-    subprocess.run(
-        [sys.executable, str(REPO / "stages/lr_range.py"), "--run", "tiny"],
-        cwd=root,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    return env
 
 
 def train(root: Path, env: dict, *extra: str) -> subprocess.Popen:
@@ -79,12 +57,12 @@ def weights(path: Path) -> dict:
     return torch.load(path, weights_only=True)["model"]
 
 
-def test_killed_and_resumed_run_ends_bitwise_identical(tmp_path, params):
-    del params["grids"]  # its runs build on the repo's runs, replaced here
-    params["runs"] = {"tiny": RUN}
+def test_killed_and_resumed_run_ends_bitwise_identical(tmp_path):
     rng = random.Random()
     plain, broken = tmp_path / "plain", tmp_path / "broken"
-    env = make_project(plain, params)
+    _, env = make_project(plain, {"tiny": RUN}, dvc=False)
+    env["OMP_NUM_THREADS"] = "1"
+    params = yaml.safe_load((plain / "params.yaml").read_text())
     shutil.copytree(plain, broken)
     uninterrupted = train(plain, env)  # alongside the broken run: it is checked against this one's end
 

@@ -95,5 +95,5 @@ def test_the_tracking_setting_is_checked(monkeypatch):
     with pytest.raises(TrackingError, match="CHARGPT_TRACKING='of': expected mlflow .the default. or off"):
         connection.enabled()
     monkeypatch.setenv("CHARGPT_TRACKING", "off")
-    assert connection.connect() is None and not record.run_exists(None, "abc")
+    assert connection.connect() is None
     assert isinstance(record.start_run(None, "r", "train@r", torch.device("cpu")), record.NullRun)

@@ -3,13 +3,11 @@ round trip (on a small model trained here for a few steps)."""
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import SAMPLE, tiny_text
+from conftest import SAMPLE, TINY_MODEL, tiny_text
 
 from chargpt.errors import CompressionError
 from chargpt.evaluation.config import DynamicEvalConfig
@@ -20,7 +18,7 @@ from chargpt.train.checkpoint import save_checkpoint
 from chargpt.use.compression import compress, decompress
 from chargpt.use.inference import file_sha256, load_trained, sample
 
-CONFIG = ModelConfig(n_layer=2, d_model=32, n_head=2, d_ff=64, context=32, dropout=0.0)
+CONFIG = ModelConfig(**TINY_MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -149,21 +147,19 @@ def test_decoding_refuses_another_model_another_setup_and_damage(checkpoint, tmp
         decompress(model, sha, b"PK\x03\x04 a zip")
 
 
-def test_the_commands_run_from_a_checkpoint(checkpoint, tmp_path):
-    chargpt = [sys.executable, "-m", "chargpt.cli"]
+def test_the_commands_run_from_a_checkpoint(checkpoint, tmp_path, monkeypatch, chargpt_cli):
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "in.txt").write_bytes(tiny_text(3000))
 
-    def run(*args):
-        return subprocess.run(
-            [*chargpt, *args, "--checkpoint", str(checkpoint)], cwd=tmp_path, capture_output=True, timeout=300
-        )
+    def run(*args, checkpoint=checkpoint):
+        return chargpt_cli(*args, *(["--checkpoint", str(checkpoint)] if checkpoint else []))
 
-    out = run("sample", "--prompt", "the ", "--bytes", "50", "--seed", "2")
-    assert out.returncode == 0 and len(out.stdout) == 50
-    score = json.loads(run("score", "in.txt").stdout)
+    status, out, _ = run("sample", "--prompt", "the ", "--bytes", "50", "--seed", "2")
+    assert status == 0 and len(out) == 50
+    score = json.loads(run("score", "in.txt")[1])
     assert score["bytes_scored"] == 2999 and 0 < score["bpc"] < 8 and score["stride"] == 32
     assert score["protocol"] == "consecutive windows" and score["precision"] == "fp32"  # no run to follow
-    assert json.loads(run("score", "in.txt", "--stride", "8").stdout)["protocol"] == "sliding windows (--stride)"
+    assert json.loads(run("score", "in.txt", "--stride", "8")[1])["protocol"] == "sliding windows (--stride)"
     assert (
         score["accuracy"]
         == round(
@@ -177,16 +173,15 @@ def test_the_commands_run_from_a_checkpoint(checkpoint, tmp_path):
         )
         and 0 < score["accuracy"] < 1
     )
-    dynamic = json.loads(run("score", "in.txt", "--dynamic").stdout)
+    dynamic = json.loads(run("score", "in.txt", "--dynamic")[1])
     assert "bpc_dynamic" in dynamic and "accuracy_dynamic" in dynamic and dynamic["dynamic"]["optimizer"] == "adam"
-    packed = json.loads(run("compress", "in.txt", "in.cgz").stdout)
+    packed = json.loads(run("compress", "in.txt", "in.cgz")[1])
     assert packed["output_bytes"] == (tmp_path / "in.cgz").stat().st_size
     assert packed["protocol"] == "consecutive windows"
-    assert packed["bits_per_byte"] < 8 and run("decompress", "in.cgz", "out.txt").returncode == 0
+    assert packed["bits_per_byte"] < 8 and run("decompress", "in.cgz", "out.txt")[0] == 0
     assert (tmp_path / "out.txt").read_bytes() == (tmp_path / "in.txt").read_bytes()
-    missing = subprocess.run([*chargpt, "sample", "--run", "nope"], cwd=tmp_path, capture_output=True, text=True)
-    assert missing.returncode == 1 and "models/nope/model.pt: not found" in missing.stderr
-    assert "dvc pull train@nope" in missing.stderr
+    status, _, message = run("sample", "--run", "nope", checkpoint=None)
+    assert status == 1 and "models/nope/model.pt: not found" in message and "dvc pull train@nope" in message
 
 
 def test_the_round_trip_on_the_samples_test_split(checkpoint):

@@ -4,7 +4,7 @@ On the CPU the compiled step must train as the eager one does; reduce-overhead's
 
 import pytest
 import torch
-from test_trainer import tiny_training_run
+from conftest import TINY_MODEL, tiny_training_run
 
 from chargpt.errors import ConfigError
 from chargpt.pipeline.config import RunConfig
@@ -42,11 +42,11 @@ def trained(tmp_path, compiled: bool, steps: int = 3):
     torch.manual_seed(0)
     run = tiny_training_run(
         tmp_path,
-        model={"n_layer": 1, "d_model": 16, "n_head": 2, "d_ff": 32, "context": 16, "dropout": 0.0},
+        model=TINY_MODEL | {"n_layer": 1, "d_model": 16, "d_ff": 32, "context": 16},
         optimizer={"name": "muon", "muon_ns_dtype": "fp32"},
         train={"compile": compiled, "micro_batch_size": 1},
     )
-    parts, losses = run.parts(), []
+    parts, losses = run.parts, []
     assert (run.compile_mode == "default") is compiled and parts.step.micro_batches == 2
     assert isinstance(parts.step.forward, torch._dynamo.eval_frame.OptimizedModule) is compiled
     train_loop(parts, LoopConfig(steps, 1, steps), LoopHooks(on_metrics=lambda step, m: losses.append(m["train_loss"])))

@@ -51,10 +51,11 @@ def test_no_stage_lists_reporting_code_and_the_data_stages_list_data_code_only()
 def test_a_stage_process_loads_no_mlflow_sqlalchemy_or_pandas_until_it_records():
     """The tracking modules import MLflow, SQLAlchemy and pandas lazily (chargpt.tracking.lazy_import), so a stage run
     with tracking off (CHARGPT_TRACKING=off: the tests, the recipe sweeps) never pays for them; a store opened
-    loads them."""
+    loads them. The first optimizer built, as every training stage builds one, must not load them either."""
     code = """
-import sys, stages.train, stages.evaluate, stages.lr_range
-loaded = lambda: sorted(n for n in ("mlflow", "pandas", "sqlalchemy") if type(sys.modules.get(n)).__name__ == "module")
+import sys, torch, stages.train, stages.evaluate, stages.lr_range
+loaded = lambda: sorted(n for n in ("mlflow", "pandas", "sqlalchemy") if n in sys.modules)
+torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)  # imports torch._dynamo, which scans sys.modules
 print(loaded())
 from chargpt.tracking import connection
 connection.store_errors()

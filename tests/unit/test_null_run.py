@@ -17,7 +17,7 @@ def test_the_null_run_records_nothing_and_answers_as_a_run_does(tmp_path):
     with record.NullRun() as run:
         run.log_params({"a": 1})
         run.log_metrics({"val_bpc": 2.0}, step=3)
-        run.step_logger(resumed=False)(3, {"train_loss": 1.0})
+        run.step_logger()(3, {"train_loss": 1.0})
         assert run.log_model({}) == "" and run.model_id() == "" and run.run_id is None
         run.end("KILLED", {"failure": "x"})
     assert list(tmp_path.iterdir()) == []

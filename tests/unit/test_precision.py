@@ -1,9 +1,11 @@
 """Which precision each device gets, and fp16's GradScaler path (run on the CPU, where fp16 can be forced)."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
+from conftest import tiny_training_run
 
 from chargpt.device import autocast, resolve_amp_dtype
 from chargpt.errors import DivergedError
@@ -72,10 +74,8 @@ def test_a_collapsed_loss_scale_is_divergence():
 def test_a_resumed_fp16_run_continues_bit_for_bit_with_its_scaler(tmp_path):
     """The GradScaler's scale and growth tracker are part of the saved state (CPU, fp16 autocast forced)."""
 
-    from test_trainer import tiny_training_run
-
     from chargpt.train.checkpoint import restore_training_state
-    from chargpt.train.run import RunHooks
+    from chargpt.train.run import loop_hooks
 
     sections = {"train": {"precision": "fp16", "iterations": 12, "log_interval": 4, "eval_interval": 4}}
 
@@ -85,22 +85,21 @@ def test_a_resumed_fp16_run_continues_bit_for_bit_with_its_scaler(tmp_path):
 
     plain = build()
     plain.scaler._growth_interval = 3  # so that the scale grows within the run and the tracker matters
-    train_loop(plain.parts(), plain.loop_config(), RunHooks(plain, recording=False))
+    train_loop(plain.parts, plain.loop, loop_hooks(plain, recording=False))
 
     broken = build()
     broken.scaler._growth_interval = 3
     state_path = tmp_path / "state.pt"
 
-    cfg = broken.loop_config()
-    cfg.checkpoint_every = 5  # saved at step 5 only: the run "breaks" after it
-    hooks = RunHooks(broken, recording=False, state_path=state_path)
-    hooks.on_checkpoint = lambda state: RunHooks.on_checkpoint(hooks, state) if state.step == 5 else None
-    train_loop(broken.parts(), cfg, hooks)
+    cfg = replace(broken.loop, checkpoint_every=5)  # saved at step 5 only: the run "breaks" after it
+    saving = loop_hooks(broken, recording=False, state_path=state_path)
+    hooks = replace(saving, on_checkpoint=lambda state: saving.on_checkpoint(state) if state.step == 5 else None)
+    train_loop(broken.parts, cfg, hooks)
     resumed = build()
     resumed.scaler._growth_interval = 3
     saved = restore_training_state(state_path, **resumed.state_parts)
     assert saved["scaler"]["scale"] > 65536.0  # it grew before the save
-    train_loop(resumed.parts(), resumed.loop_config(), RunHooks(resumed, recording=False), LoopState(**saved["loop"]))
+    train_loop(resumed.parts, resumed.loop, loop_hooks(resumed, recording=False), LoopState(**saved["loop"]))
     assert resumed.scaler.state_dict() == plain.scaler.state_dict()
     for a, b in zip(plain.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.equal(a, b)
@@ -113,32 +112,28 @@ def test_a_share_of_the_steps_where_auto_precision_gives_fp32(tmp_path, precisio
     """A recipe timed in bf16 trains round(iterations x train.fp32_iterations_fraction) steps where precision: auto
     resolves to fp32: the loop, the schedule and the recorded params all take them. In bf16, or in a precision set
     outright, it trains its iterations."""
-    from test_trainer import tiny_training_run
-
     from chargpt.train.loop import train_loop
-    from chargpt.train.run import RunHooks
+    from chargpt.train.run import loop_hooks
 
     train = {"iterations": 10, "fp32_iterations_fraction": 0.55, "eval_interval": 5, "precision": precision}
     run = tiny_training_run(tmp_path, amp_dtype, train=train)
-    assert run.iterations == steps and run.params()["resolved.iterations"] == steps
-    assert run.loop_config().total_steps == steps and run.scheduler.total_steps == steps
-    state = train_loop(run.parts(), run.loop_config(), RunHooks(run, recording=False))
+    assert run.iterations == steps and run.params()["resolved"]["iterations"] == steps
+    assert run.loop.total_steps == steps and run.scheduler.total_steps == steps
+    state = train_loop(run.parts, run.loop, loop_hooks(run, recording=False))
     assert state.step == steps and run.scheduler.last_epoch == steps - 1  # the schedule ran its whole course
 
 
 def test_a_state_resumed_where_auto_precision_resolves_otherwise_is_refused(tmp_path):
     """A run started in bf16 (precision: auto on a CPU with native bf16) and resumed where auto gives fp32 would
     continue a bf16 run in fp32, with fp32's share of the steps: refused, naming both and the way to continue it."""
-    from test_trainer import tiny_training_run
-
     from chargpt.errors import CheckpointError
     from chargpt.train.checkpoint import restore_training_state
-    from chargpt.train.run import RunHooks
+    from chargpt.train.run import loop_hooks
 
     train = {"iterations": 10, "fp32_iterations_fraction": 0.5, "checkpoint_every": 4, "precision": "auto"}
     started = tiny_training_run(tmp_path, torch.bfloat16, train=train)
     state_path = tmp_path / "state.pt"
-    train_loop(started.parts(), started.loop_config(), RunHooks(started, recording=False, state_path=state_path))
+    train_loop(started.parts, started.loop, loop_hooks(started, recording=False, state_path=state_path))
     elsewhere = tiny_training_run(tmp_path, None, train=train)
     with pytest.raises(CheckpointError) as refused:
         restore_training_state(state_path, **elsewhere.state_parts)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, TINY_RUN
+from conftest import REPO, TINY_RUN, params_with_runs
 
 from chargpt.errors import DataError
 from chargpt.pipeline.harness import run_stage
@@ -48,11 +48,10 @@ def test_a_range_test_without_its_suggestion_is_one_line(tmp_path, monkeypatch):
         resolve_lr_max("r", 1e-4, "auto")
 
 
-def test_the_train_stage_on_a_damaged_meta_json_ends_in_one_line(tmp_path, params):
+def test_the_train_stage_on_a_damaged_meta_json_ends_in_one_line(tmp_path):
     import yaml
 
-    params["runs"] = {"tiny": TINY_RUN}
-    del params["grids"]
+    params = params_with_runs({"tiny": TINY_RUN})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / "data/processed").mkdir(parents=True)
     (tmp_path / "data/processed/meta.json").write_text('{"splits": {"train": ')  # a write cut short

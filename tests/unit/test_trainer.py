@@ -2,9 +2,11 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_training_run
 
 from chargpt.errors import DivergedError
 from chargpt.train.loop import LoopConfig, LoopHooks, LoopState, TrainParts, TrainStep, train_loop
+from chargpt.train.run import loop_hooks
 
 
 class NanAt(torch.nn.Module):
@@ -111,43 +113,29 @@ def test_before_step_sees_every_step_index_also_after_a_resume():
     assert seen == [5, 6, 7]
 
 
-def tiny_training_run(tmp_path, amp_dtype=None, **sections):
-    from conftest import tiny_text
-
-    from chargpt.data.corpus import split_corpus
-    from chargpt.pipeline.config import RunConfig
-    from chargpt.train.run import TrainingRun
-
-    if not (tmp_path / "train.bin").exists():
-        (tmp_path / "corpus").write_bytes(tiny_text(20_000))
-        split_corpus(tmp_path / "corpus", tmp_path, (0.9, 0.05, 0.05))
-    sections = {"model": {"n_layer": 2, "d_model": 16, "n_head": 2, "d_ff": 32, "context": 16}, **sections}
-    sections["train"] = {"iterations": 100, "batch_size": 2, "eval_batches": 1, **sections.get("train", {})}
-    return TrainingRun.build(RunConfig(name="t", **sections), torch.device("cpu"), amp_dtype, 1e-3, tmp_path)
-
-
-def test_a_training_run_with_aux_losses_sets_the_weights_from_the_global_step(tmp_path):
+def test_a_training_run_with_aux_losses_weights_them_from_the_global_step(tmp_path):
     run = tiny_training_run(tmp_path, train={"aux_losses": True})
-    run.before_step(0)
-    assert run.model.aux_weights().tolist() == [1.0]
-    run.before_step(10)  # layer 1 of 2 fades out over the first quarter
-    assert run.model.aux_weights().tolist() == pytest.approx([0.6])
-    run.before_step(25)
-    assert run.model.aux_weights().tolist() == [0.0] and not run.model.aux_active
+    aux = run.aux_losses
+    assert run.parts.step.inputs == aux.inputs and loop_hooks(run).before_step == aux.before_step
+    aux.before_step(0)
+    assert aux.weights.tolist() == [1.0] and aux.inputs() == {"aux_weights": aux.weights}
+    aux.before_step(10)  # layer 1 of 2 fades out over the first quarter
+    assert aux.weights.tolist() == pytest.approx([0.6])
+    aux.before_step(25)
+    assert aux.weights is None and aux.inputs() == {}  # all off: the forward computes none
     plain = tiny_training_run(tmp_path)
-    plain.before_step(0)
-    assert not plain.model.aux_active
+    assert plain.aux_losses is None and plain.parts.step.inputs() == {}
 
 
 def test_a_muon_run_records_the_dtype_of_its_iteration(tmp_path):
     from chargpt.device import cpu_has_native_bf16
 
     params = tiny_training_run(tmp_path, optimizer={"name": "muon"}).params()
-    assert params["optimizer.muon_ns_dtype"] == "auto"
-    assert params["resolved.muon_ns_dtype"] == ("torch.bfloat16" if cpu_has_native_bf16() else "torch.float32")
+    assert params["optimizer"]["muon_ns_dtype"] == "auto"
+    assert params["resolved"]["muon_ns_dtype"] == ("torch.bfloat16" if cpu_has_native_bf16() else "torch.float32")
     forced = tiny_training_run(tmp_path, optimizer={"name": "muon", "muon_ns_dtype": "bf16"})
-    assert forced.params()["resolved.muon_ns_dtype"] == "torch.bfloat16"
-    assert "resolved.muon_ns_dtype" not in tiny_training_run(tmp_path).params()
+    assert forced.params()["resolved"]["muon_ns_dtype"] == "torch.bfloat16"
+    assert "muon_ns_dtype" not in tiny_training_run(tmp_path).params()["resolved"]
 
 
 class Scripted(torch.nn.Module):

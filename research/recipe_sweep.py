@@ -1,9 +1,9 @@
 """Many variants of one run, trained and scored in parallel worker processes: a recipe search, not a pipeline.
 
-    python bench/recipe_sweep.py --run quickstart_adamw --grid bench/grids/quickstart_gpu.yaml --out sweep.jsonl
-    python bench/recipe_sweep.py --summarize sweep.jsonl [more.jsonl ...]   # a markdown table, best first
-    python bench/recipe_sweep.py --summarize sweep.jsonl --plot curves.png  # and the val probe curves
-    python bench/recipe_sweep.py --run quickstart --grid bench/grids/modern_cpu_alone.yaml --equal-seconds 210 ...
+    python research/recipe_sweep.py --run quickstart_adamw --grid research/grids/quickstart_gpu.yaml --out sweep.jsonl
+    python research/recipe_sweep.py --summarize sweep.jsonl [more.jsonl ...]   # a markdown table, best first
+    python research/recipe_sweep.py --summarize sweep.jsonl --plot curves.png  # and the val probe curves
+    python research/recipe_sweep.py --run quickstart --grid research/grids/modern_cpu_alone.yaml --equal-seconds 210 ...
 
 The grid file is a list of {name, set: [section.key=value, ...]} variants of --run (params.yaml). Each
 variant goes through the pipeline's own stage functions, those `dvc repro` runs (stages/lr_range.py where
@@ -40,9 +40,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from chargpt.device import describe, precision_name
+from chargpt.device import describe
+from chargpt.io import read_json
 from chargpt.pipeline.config import load_run_config, with_overrides
-from chargpt.pipeline.stage import DATA_DIR, report_dir
+from chargpt.pipeline.stage import DATA_DIR, model_path, report_dir
+from chargpt.train.run import compile_mode
+from chargpt.train.setup import select_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: the stage scripts under stages/
 
@@ -68,27 +71,35 @@ def run_variant(params: str, run: str, name: str, assignments: list[str], data_d
         (Path(scratch) / DATA_DIR).symlink_to(Path(data_dir).resolve(), target_is_directory=True)
         os.chdir(scratch)
         try:
-            range_test = stages.lr_range.range_test(cfg) if cfg.schedule.lr_max == "auto" else None
-            trained, metrics = stages.train.train(cfg)
-            scores = stages.evaluate.evaluate(cfg)
-            curve = read_curve(report_dir(cfg.name) / "train_curve.tsv")
+            if cfg.schedule.lr_max == "auto":
+                stages.lr_range.range_test(cfg)
+            stages.train.train(cfg)
+            stages.evaluate.evaluate(cfg)
+            reports = report_dir(cfg.name)
+            range_test = read_json(reports / "lr_range_test.json") if cfg.schedule.lr_max == "auto" else None
+            metrics, scores = read_json(reports / "train_metrics.json"), read_json(reports / "eval.json")
+            trained = torch.load(model_path(cfg.name), weights_only=True)
+            curve = read_curve(reports / "train_curve.tsv")
         finally:
             os.chdir(home)
+    device = select_device(cfg.train)
+    mode = compile_mode(cfg.train, device)
     return {
         "name": name,
         "set": assignments,
         "iterations": metrics["iterations"],
         "tokens": metrics["tokens"],
-        "lr_max": trained.lr_max,
+        "lr_max": trained["lr_max"],
         "train_seconds": metrics["train_seconds"],
         **{k: scores[k] for k in ("val_bpc", "test_bpc", "val_accuracy", "test_accuracy")},
-        "n_params": trained.model.num_params(),
+        # a tied head is the byte embedding: one storage, counted once
+        "n_params": sum(t.numel() for t in {t.data_ptr(): t for t in trained["model"].values()}.values()),
         "execution": {
-            "precision": precision_name(trained.amp_dtype),
-            "compile": trained.compile_mode is not None,
-            "cuda_graphs": trained.compile_mode == "reduce-overhead",
+            "precision": scores["protocol"]["precision"],
+            "compile": mode is not None,
+            "cuda_graphs": mode == "reduce-overhead",
         },
-        "device": describe(trained.device),
+        "device": describe(device),
         **({"range_test": {k: range_test[k] for k in RANGE_TEST_KEYS}} if range_test else {}),
         "curve": curve,
     }
@@ -209,7 +220,6 @@ def step_seconds_here(cfgs: dict[str, object], rounds: int = 3, steps: int = 10)
     robin over the configs, so that a drift of the machine's speed touches every config alike."""
     from bench.throughput import train_tokens_per_s
     from chargpt.device import resolve_amp_dtype
-    from chargpt.train.setup import select_device
 
     best = dict.fromkeys(cfgs, float("inf"))
     for _ in range(rounds):
@@ -226,7 +236,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--run",
         default="quickstart_adamw",
-        help="the run the grid varies (the grids in bench/grids: "
+        help="the run the grid varies (the grids in research/grids: "
         "quickstart_adamw, the AdamW recipe their step counts were sized for)",
     )
     parser.add_argument("--params", default="params.yaml")

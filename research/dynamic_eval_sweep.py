@@ -1,6 +1,6 @@
 """Dynamic evaluation settings, tried on a trained model: tune them on val, report the chosen ones on test.
 
-    python bench/dynamic_eval_sweep.py --checkpoint models/quickstart/model.pt --split data/processed/val.bin \
+    python research/dynamic_eval_sweep.py --checkpoint models/quickstart/model.pt --split data/processed/val.bin \
         --try '{"optimizer": "sgd", "lr": 0.03, "stride": 64}' [--try ...] --out sweep.jsonl
 
 Each --try is an eval.dynamic setting (JSON); one JSON line per setting goes to --out (appended) and to the

@@ -56,12 +56,7 @@ def train(cfg: RunConfig, fresh: bool = False) -> None:
         clear_leftovers(name, state_path, fresh)
     distributed.barrier()  # every rank sees the same saved state, or none
     run = build_training_run(
-        model=cfg.model,
-        optimizer=cfg.optimizer,
-        schedule=cfg.schedule,
-        train=cfg.train,
-        probe_batch_size=cfg.eval.batch_size,
-        config=cfg.model_dump(mode="json"),
+        **cfg.training_sections(),
         lr_max=lr_max,
         data_dir=DATA_DIR,
         device=device,

@@ -239,12 +239,7 @@ def tiny_training_run(data_dir: Path, amp_dtype=None, **sections):
     sections["train"] = {"iterations": 100, "batch_size": 2, "eval_batches": 1, **sections.get("train", {})}
     cfg = RunConfig(name="t", **sections)
     return build_training_run(
-        model=cfg.model,
-        optimizer=cfg.optimizer,
-        schedule=cfg.schedule,
-        train=cfg.train,
-        probe_batch_size=cfg.eval.batch_size,
-        config=cfg.model_dump(mode="json"),
+        **cfg.training_sections(),
         lr_max=1e-3,
         data_dir=data_dir,
         device=torch.device("cpu"),

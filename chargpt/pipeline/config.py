@@ -66,6 +66,18 @@ class RunConfig(Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
 
+    def training_sections(self) -> dict[str, Any]:
+        """What chargpt.train.run.build_training_run takes of the config: the sections it needs, the val probe's
+        batch, and the whole config as a training state saves it."""
+        return {
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "schedule": self.schedule,
+            "train": self.train,
+            "probe_batch_size": self.eval.batch_size,
+            "config": self.model_dump(mode="json"),
+        }
+
     @model_validator(mode="after")
     def _cross_section(self) -> RunConfig:
         if self.eval.dynamic is not None and (self.eval.dynamic.stride or 0) > self.model.context:

@@ -20,11 +20,15 @@ from chargpt.pipeline.stage import (
     run_stage_parser,
     split_meta,
 )
-from chargpt.tracking import record, view
-from chargpt.tracking.connection import connect
+from chargpt.tracking import record
 from chargpt.tracking.plots import plot_training_curve
 from chargpt.train import distributed
-from chargpt.train.checkpoint import remove_stale_temporaries, restore_training_state, save_checkpoint
+from chargpt.train.checkpoint import (
+    remove_stale_temporaries,
+    restore_training_state,
+    save_checkpoint,
+    saved_run_id,
+)
 from chargpt.train.loop import LoopState, stop_on_signals, train_loop
 from chargpt.train.run import build_training_run, loop_hooks, write_outputs
 from chargpt.train.setup import prepare
@@ -40,39 +44,39 @@ def main() -> None:
 
 
 def train(cfg: RunConfig, fresh: bool = False) -> None:
-    """The stage's work, in the working directory's layout: config, data, model and optimizer, the loop, outputs."""
+    """The stage's work, in the working directory's layout: config, tracking, data, model and optimizer, the loop,
+    outputs."""
     meta, name, reports = split_meta(), cfg.name, report_dir(cfg.name)
     check_fits(name, cfg.model.context, meta)
     lr_max = resolve_lr_max(name, cfg.schedule.lr_min, cfg.schedule.lr_max)
     ranks, state_path = distributed.from_env(), checkpoint_dir(name) / "last.pt"
     if cfg.train.nproc > 1 and not ranks.enabled:
         distributed.relaunch_under_torchrun(cfg.train.nproc)
-    # fails fast on an unreachable server, before any data is read
-    connection = connect(cfg.train.on_tracking_unreachable) if ranks.is_main else None
     device = prepare(cfg.train, ranks.local_rank)
     amp_dtype = resolve_amp_dtype(cfg.train.precision, device)
-    distributed.init(ranks, device)
-    if ranks.is_main:
-        clear_leftovers(name, state_path, fresh)
-    distributed.barrier()  # every rank sees the same saved state, or none
-    run = build_training_run(
-        **cfg.training_sections(),
-        lr_max=lr_max,
-        data_dir=DATA_DIR,
-        device=device,
-        amp_dtype=amp_dtype,
-        ranks=ranks,
-        max_seconds=time_limit_seconds(),
-    )
-    saved = restore_training_state(state_path, **run.state_parts) if state_path.exists() else None
-    curve = saved["curve"] if saved else []  # the val probe's rows; a resumed run continues its own
+    resuming = ranks.is_main and not fresh and state_path.exists()
     with contextlib.ExitStack() as stack:
         stop_requested = stack.enter_context(stop_on_signals())
-        # rank 0 records (the other ranks have no connection: a NullRun)
-        saved_id = saved["mlflow_run_id"] if saved else None
-        recorded = stack.enter_context(
-            record.training_run(connection, name, device, meta, saved_id, run.params(), reports)
+        # Rank 0 records (the other ranks: a NullRun); an unreachable server fails here, before any data is read.
+        on_unreachable = cfg.train.on_tracking_unreachable if ranks.is_main else None
+        saved_id = saved_run_id(state_path) if resuming else None
+        recorded = stack.enter_context(record.training_run(on_unreachable, name, device, meta, saved_id, log))
+        distributed.init(ranks, device)
+        if ranks.is_main:
+            clear_leftovers(name, state_path, fresh)
+        distributed.barrier()  # every rank sees the same saved state, or none
+        run = build_training_run(
+            **cfg.training_sections(),
+            lr_max=lr_max,
+            data_dir=DATA_DIR,
+            device=device,
+            amp_dtype=amp_dtype,
+            ranks=ranks,
+            max_seconds=time_limit_seconds(),
         )
+        saved = restore_training_state(state_path, **run.state_parts) if state_path.exists() else None
+        recorded.start_training(run.params(), reports)
+        curve = saved["curve"] if saved else []  # the val probe's rows; a resumed run continues its own
         hooks = loop_hooks(
             run,
             recording=ranks.is_main,
@@ -97,10 +101,9 @@ def train(cfg: RunConfig, fresh: bool = False) -> None:
             metrics = write_outputs(run, curve, result, reports)
             plot_training_curve(curve, reports / "train_curve.png", f"training: {name}")
             recorded.log_training_outputs(metrics, reports, result.step, run.params(), model_path(name))
+            shutil.rmtree(state_path.parent, ignore_errors=True)  # complete: models/<run>/model.pt holds the run
     distributed.shutdown()
     if ranks.is_main:
-        shutil.rmtree(state_path.parent, ignore_errors=True)  # complete: models/<run>/model.pt holds the run now
-        view.refresh_view(connection, log)
         log.info(
             "trained %d steps in %.0fs; val probe BPC %.4f, accuracy %.2f%%",
             result.step,

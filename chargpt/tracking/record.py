@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +19,8 @@ import torch
 
 from chargpt.io import read_json
 from chargpt.settings import flatten
-from chargpt.tracking import lazy_import, registry
-from chargpt.tracking.connection import Connection
+from chargpt.tracking import lazy_import, registry, view
+from chargpt.tracking.connection import Connection, connect
 from chargpt.tracking.tags import run_tags
 
 mlflow, pd = lazy_import("mlflow"), lazy_import("pandas")
@@ -95,6 +96,13 @@ class RecordedRun:
             for path in (csv_path, json_path, png_path):
                 mlflow.log_artifact(str(path), artifact_path="lr_range_test")
 
+    def start_training(self, params: dict, reports: Path) -> None:
+        """A new training run's params and its LR range test (lr_range_test.* in `reports`, as a nested run); a
+        continued run holds them already."""
+        if not self.resumed:
+            self.log_params(params)
+            self.log_range_test(*(reports / f"lr_range_test.{x}" for x in ("csv", "json", "png")), self.run_name)
+
     def log_model(self, params: dict, weights: Path | None = None) -> str:
         """This run's trained model in MLflow's Logged Models view (chargpt.tracking.registry); returns its id."""
         self._model_id = registry.log_model(
@@ -152,6 +160,9 @@ class NullRun:
         return lambda step, metrics: None
 
     def log_range_test(self, csv_path: Path, json_path: Path, png_path: Path, run_name: str) -> None:
+        pass
+
+    def start_training(self, params: dict, reports: Path) -> None:
         pass
 
     def log_model(self, params: dict, weights: Path | None = None) -> str:
@@ -221,18 +232,18 @@ def start_run(
 
 @contextlib.contextmanager
 def training_run(
-    connection: Connection | None,
+    on_unreachable: str | None,
     run_name: str,
     device: torch.device,
     data_meta: dict,
     saved_run_id: str | None,
-    params: dict,
-    reports: Path,
+    log: logging.Logger,
 ) -> Iterator[RecordedRun | NullRun]:
-    """A training run's MLflow run: the one its saved state names, continued where the store still holds it; else a
-    new one, with the run's params and its LR range test (lr_range_test.* in `reports`) as a nested run."""
+    """A training run's tracking, entered once by the train stage. The store first, before any data is read: a
+    server that does not answer fails here (or falls back as `on_unreachable` says; None: this process records
+    nothing, as the ranks but the first). Then the run its saved state names, continued where the store still holds
+    it, else a new one; once the run has ended well, MLflow's comparison view refreshed."""
+    connection = connect(on_unreachable) if on_unreachable is not None else None
     with start_run(connection, run_name, f"train@{run_name}", device, saved_run_id, data_meta) as recorded:
-        if not recorded.resumed:
-            recorded.log_params(params)
-            recorded.log_range_test(*(reports / f"lr_range_test.{x}" for x in ("csv", "json", "png")), run_name)
         yield recorded
+    view.refresh_view(connection, log)

@@ -36,12 +36,13 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict[str, 
     )
 
 
-def _load(path: Path, what: str) -> Any:
-    """torch.load of our own files: tensors and plain data only (weights_only), errors naming the file."""
+def _load(path: Path, what: str, mmap: bool = False) -> Any:
+    """torch.load of our own files: tensors and plain data only (weights_only), errors naming the file. mmap: the
+    tensors are read only where used."""
     if (problem := file_problem(path)) is not None:
         raise CheckpointError(f"{path}: {what} {problem}" if problem == "not found" else f"{path}: {problem}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable {what} (truncated or corrupt?): {e}") from None
 
@@ -232,6 +233,12 @@ def save_training_state(
             **extra,
         },
     )
+
+
+def saved_run_id(path: str | Path) -> str | None:
+    """The MLflow run a training state names, read without its tensors (before a resumed run is built)."""
+    state = _load(Path(path), "training state", mmap=True)
+    return state.get("mlflow_run_id") if isinstance(state, dict) else None
 
 
 def restore_training_state(

@@ -14,6 +14,16 @@ from chargpt.model.gpt import GPT
 from chargpt.pipeline.config import load_run_config, with_overrides
 
 
+def sweep_tables():
+    """research/recipe_sweep.py as a module: its table functions (--summarize), called in this process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("recipe_sweep", REPO / "research/recipe_sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_recipe_sweep_trains_variants_and_its_tables_read_them(tmp_path):
     params = params_with_runs({"tiny": {**TINY_RUN, "schedule": {"lr_min": 1.0e-4, "lr_max": 3.0e-3}}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -63,12 +73,11 @@ def test_recipe_sweep_trains_variants_and_its_tables_read_them(tmp_path):
         assert results[name]["n_params"] == n_params and results[name]["lr_max"] == 3.0e-3
         assert [p["step"] for p in results[name]["curve"] if "val_probe_bpc" in p] == [10, 20, 30]
 
-    table = subprocess.run([*sweep, "--summarize", str(tmp_path / "out.jsonl")], capture_output=True, text=True).stdout
+    tables = sweep_tables()  # what --summarize prints (--versus-control: the second), read in this process
+    table = tables.summarize([str(tmp_path / "out.jsonl")])
     best = min(("s_1cycle_lr3e-3", "s_cosine_lr3e-3"), key=lambda n: results[n]["test_bpc"])
     assert table.splitlines()[2].startswith(f"| {best} | 30 |") and "broken" in table.splitlines()[-1]
-    versus = subprocess.run(
-        [*sweep, "--summarize", str(tmp_path / "out.jsonl"), "--versus-control"], capture_output=True, text=True
-    ).stdout.splitlines()
+    versus = tables.versus_control([str(tmp_path / "out.jsonl")]).splitlines()
     assert len(versus) == 3 and versus[2].startswith("| s | 30 | ")
 
 
@@ -111,7 +120,6 @@ def test_recipe_sweep_at_equal_seconds_gives_each_variant_the_steps_its_timed_st
         assert r["iterations"] == max(1, round(1.5 / r["measured_step_seconds"]))
     assert results["wide"]["measured_step_seconds"] > results["plain"]["measured_step_seconds"]
     assert results["wide"]["iterations"] < results["plain"]["iterations"]
-    table = subprocess.run([*sweep, "--summarize", str(tmp_path / "out.jsonl"), "--against", "plain"],
-                           capture_output=True, text=True).stdout.splitlines()  # fmt: skip
+    table = sweep_tables().against_table([str(tmp_path / "out.jsonl")], "plain", None).splitlines()
     assert table[0].startswith("| variant | steps | ms/step timed |") and table[2].startswith("| plain | ")
     assert "| +0.00000 |" in table[2] and len(table) == 4

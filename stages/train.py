@@ -75,7 +75,8 @@ def train(cfg: RunConfig, fresh: bool = False) -> None:
             max_seconds=time_limit_seconds(),
         )
         saved = restore_training_state(state_path, **run.state_parts) if state_path.exists() else None
-        recorded.start_training(run.params(), reports)
+        params = run.params()  # the config by section, and what it resolved to here
+        recorded.start_training(params, reports)
         curve = saved["curve"] if saved else []  # the val probe's rows; a resumed run continues its own
         hooks = loop_hooks(
             run,
@@ -100,7 +101,7 @@ def train(cfg: RunConfig, fresh: bool = False) -> None:
             )
             metrics = write_outputs(run, curve, result, reports)
             plot_training_curve(curve, reports / "train_curve.png", f"training: {name}")
-            recorded.log_training_outputs(metrics, reports, result.step, run.params(), model_path(name))
+            recorded.log_training_outputs(metrics, reports, result.step, params, model_path(name))
             shutil.rmtree(state_path.parent, ignore_errors=True)  # complete: models/<run>/model.pt holds the run
     distributed.shutdown()
     if ranks.is_main:

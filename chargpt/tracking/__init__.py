@@ -4,6 +4,7 @@ under data, model, train, evaluation or pipeline imports it (an import contract 
 lists none of it as a stage's dep."""
 
 import importlib
+import sys
 import types
 
 
@@ -22,6 +23,4 @@ class LazyModule:
 
 def lazy_import(name: str) -> types.ModuleType | LazyModule:
     """`name` itself where it is already imported, else a LazyModule of it."""
-    import sys
-
     return sys.modules.get(name) or LazyModule(name)

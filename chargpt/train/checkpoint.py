@@ -15,7 +15,7 @@ from chargpt.errors import CheckpointError
 from chargpt.io import atomic_open, file_problem
 from chargpt.model.config import ModelConfig
 from chargpt.model.gpt import GPT
-from chargpt.settings import RETIRED, flatten, format_validation_error, retired_on, without_retired
+from chargpt.settings import flatten, format_validation_error, retired_on, without_retired
 
 FORMAT_VERSION = 1
 
@@ -143,9 +143,7 @@ RESUMABLE_CHANGES = (
 
 def config_differences(saved: dict, current: dict) -> list[str]:
     """The keys whose values differ, a state's retired options left out where off (settings.RETIRED)."""
-    off = flatten(RETIRED)
-    a = {k: v for k, v in flatten(saved).items() if k not in off or v != off[k]}
-    b = flatten(current)
+    a, b = flatten(without_retired(saved)), flatten(current)
     return [
         f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}"
         for k in sorted(a.keys() | b.keys())

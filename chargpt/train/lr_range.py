@@ -191,7 +191,7 @@ def run_range_test(
     torch.manual_seed(train.seed)
     net = GPT(model).to(device)
     # the objective of the run's first steps, which the range test stands for
-    inputs = {"aux_weights": aux_loss_weights(0.0, model.n_layer).to(device)} if train.aux_losses else {}
+    inputs = {"aux_weights": aux_loss_weights(0.0, model.n_layer, device)} if train.aux_losses else {}
     opt = build_optimizer(net, optimizer, lr=range_test.lr_start, momentum=momentum)
     sampler = BatchSampler(train_split, model.context, train.batch_size, train.seed, device)
     accuracy = None

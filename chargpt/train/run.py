@@ -54,14 +54,14 @@ def compile_mode(t: TrainConfig, device: torch.device) -> str | None:
     return "default" if compiled else None
 
 
-def aux_loss_weights(progress: float, n_layer: int) -> torch.Tensor | None:
+def aux_loss_weights(progress: float, n_layer: int, device: torch.device | None = None) -> torch.Tensor | None:
     """Al-Rfou et al.'s weights of the intermediate losses (n_layer - 1,) at `progress` (0..1) of training: layer l
     of n fades linearly from 1 to 0 over the first l / 2n (the lowest stops first, all are off by half-way); None
-    once all are off, so that the forward computes none of them."""
+    once all are off, so that the forward computes none of them. Made on `device`: no copy to it before a step."""
     if progress >= (n_layer - 1) / (2 * n_layer):
         return None
-    ends = torch.tensor([layer / (2 * n_layer) for layer in range(1, n_layer)])
-    return (1 - torch.full((), progress) / ends).clamp(min=0)
+    ends = torch.tensor([layer / (2 * n_layer) for layer in range(1, n_layer)], device=device)
+    return (1 - torch.full((), progress, device=device) / ends).clamp(min=0)
 
 
 class AuxLossSchedule:
@@ -73,8 +73,7 @@ class AuxLossSchedule:
         self.weights: torch.Tensor | None = None
 
     def before_step(self, step: int) -> None:
-        weights = aux_loss_weights(step / self.steps, self.n_layer)
-        self.weights = weights.to(self.device) if weights is not None else None
+        self.weights = aux_loss_weights(step / self.steps, self.n_layer, self.device)
 
     def inputs(self) -> dict[str, torch.Tensor]:
         return {"aux_weights": self.weights} if self.weights is not None else {}

@@ -48,7 +48,7 @@ result = {"machine": f"{cpu}, {torch.get_num_threads()} threads, {torch.backends
 for run, pipeline in (("quickstart", new), ("quickstart_classic", classic)):
     ev, tm = (json.load(open(f"reports/{run}/{f}.json")) for f in ("eval", "train_metrics"))
     result[run] = {"pipeline_seconds": pipeline, "train_seconds": tm["train_seconds"], "iterations": tm["iterations"],
-                   **{k: ev[k] for k in ev if k.endswith(("_bpc", "_accuracy", "_bpc_dynamic", "_accuracy_dynamic",
+                   **{k: ev[k] for k in ev if k.endswith(("_bpc", "_accuracy", "_bpc_dynamic", "_accuracy_dynamic", "_mixed",
                                                            "_bpc_ref", "_accuracy_ref"))},
                    "eval_stride": ev["protocol"]["stride"], "precision": ev["protocol"]["precision"]}
     for split in ("val", "test"):

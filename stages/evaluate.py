@@ -11,7 +11,7 @@ import time
 
 from chargpt.data.batches import load_split
 from chargpt.device import precision_name, resolve_amp_dtype
-from chargpt.evaluation.config import REFERENCE, protocol_label
+from chargpt.evaluation.config import REFERENCE, MixtureConfig, protocol_label
 from chargpt.evaluation.scoring import dynamic_score, split_score
 from chargpt.io import write_json
 from chargpt.pipeline.config import RunConfig, load_run_config
@@ -45,10 +45,12 @@ def evaluate(cfg: RunConfig) -> None:
         # A prefix is reported under its own name, never as the whole-split figure.
         name = f"{split}_prefix" if cfg.eval.max_bytes and len(data) > cfg.eval.max_bytes else split
         data = data[: cfg.eval.max_bytes] if name != split else data
-        metrics |= static_metrics(name, model, data, cfg, stride, device, amp_dtype)
+        adaptive = split in cfg.eval.adaptive_splits
+        mixture = cfg.eval.mixture if adaptive else None
+        metrics |= static_metrics(name, model, data, cfg, stride, device, amp_dtype, mixture=mixture)
         metrics |= reference_metrics(name, model, data, cfg, stride, device, amp_dtype, metrics)
-        if cfg.eval.dynamic:  # beside the static figure, never in its place
-            metrics |= dynamic_metrics(name, model, data, cfg, device)
+        if cfg.eval.dynamic and adaptive:  # beside the static figure, never in its place
+            metrics |= dynamic_metrics(name, model, data, cfg, device, mixture)
     metrics["protocol"] = {
         "context": cfg.model.context,
         "stride": stride,
@@ -56,6 +58,8 @@ def evaluate(cfg: RunConfig) -> None:
         "scored": "every byte after the first of each split (or prefix), exactly once",
         "reference": REFERENCE,
         **({"dynamic": cfg.eval.dynamic.model_dump()} if cfg.eval.dynamic else {}),
+        **({"mixture": cfg.eval.mixture.model_dump()} if cfg.eval.mixture else {}),
+        **({"adaptive_splits": cfg.eval.adaptive_splits} if cfg.eval.dynamic or cfg.eval.mixture else {}),
     }
     write_json(report_dir(cfg.name) / "eval.json", metrics)
 
@@ -70,11 +74,22 @@ def evaluate(cfg: RunConfig) -> None:
 
 
 def static_metrics(
-    name: str, model, data, cfg: RunConfig, stride: int, device, amp_dtype, how: str = "in the run's own protocol"
+    name: str,
+    model,
+    data,
+    cfg: RunConfig,
+    stride: int,
+    device,
+    amp_dtype,
+    how: str = "in the run's own protocol",
+    mixture: MixtureConfig | None = None,
 ) -> dict:
-    """BPC and accuracy of split (or prefix) `name` under the window protocol, and the seconds they took."""
+    """BPC and accuracy of split (or prefix) `name` under the window protocol, and the seconds they took; with
+    `mixture`, mixed with the context model too."""
     start = time.perf_counter()
-    score = split_score(model, data, cfg.model.context, cfg.eval.batch_size, stride, device, amp_dtype, progress=True)
+    score = split_score(
+        model, data, cfg.model.context, cfg.eval.batch_size, stride, device, amp_dtype, progress=True, mixture=mixture
+    )
     seconds = time.perf_counter() - start
     log.info(
         "%s: %.5f BPC, accuracy %.2f%%, over %d bytes, %s (stride %d, %.0f s)",
@@ -91,7 +106,17 @@ def static_metrics(
         f"{name}_accuracy": round(score.accuracy, 5),
         f"{name}_bytes_scored": score.bytes_scored,
         f"{name}_seconds": round(seconds, 1),
-    }
+    } | mixed_metrics(f"{name}_bpc_mixed", f"{name}_accuracy_mixed", score, "")
+
+
+def mixed_metrics(bpc: str, accuracy: str, score, how: str) -> dict:
+    """The mixture's figures under these names, where it scored."""
+    if score.mixed is None:
+        return {}
+    log.info(
+        "  mixed with the context model%s: %.5f BPC, accuracy %.2f%%", how, score.mixed.bpc, 100 * score.mixed.accuracy
+    )
+    return {bpc: round(score.mixed.bpc, 5), accuracy: round(score.mixed.accuracy, 5)}
 
 
 def reference_metrics(name: str, model, data, cfg: RunConfig, stride: int, device, amp_dtype, own: dict) -> dict:
@@ -104,10 +129,10 @@ def reference_metrics(name: str, model, data, cfg: RunConfig, stride: int, devic
             f"{name}_ref_seconds": scored[f"{name}_seconds"]}  # fmt: skip
 
 
-def dynamic_metrics(name: str, model, data, cfg: RunConfig, device) -> dict:
-    """The same with dynamic evaluation (eval.dynamic), and its speed."""
+def dynamic_metrics(name: str, model, data, cfg: RunConfig, device, mixture: MixtureConfig | None) -> dict:
+    """The same with dynamic evaluation (eval.dynamic), and its speed; with `mixture`, mixed too."""
     start = time.perf_counter()
-    dynamic = dynamic_score(model, data, cfg.model.context, cfg.eval.dynamic, device, progress=True)
+    dynamic = dynamic_score(model, data, cfg.model.context, cfg.eval.dynamic, device, progress=True, mixture=mixture)
     seconds = time.perf_counter() - start
     log.info(
         "%s: %.5f BPC, accuracy %.2f%%, with dynamic evaluation (%.0f s, %.0f bytes/s)",
@@ -122,7 +147,7 @@ def dynamic_metrics(name: str, model, data, cfg: RunConfig, device) -> dict:
         f"{name}_accuracy_dynamic": round(dynamic.accuracy, 5),
         f"{name}_dynamic_seconds": round(seconds, 1),
         f"{name}_dynamic_bytes_per_second": round(dynamic.bytes_scored / seconds, 1),
-    }
+    } | mixed_metrics(f"{name}_bpc_dynamic_mixed", f"{name}_accuracy_dynamic_mixed", dynamic, ", dynamic")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,14 @@ class DynamicEvalConfig(Section):
     decay: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 
+class MixtureConfig(Section):
+    """The network mixed with a context model of the bytes already scored (chargpt.evaluation.mixture)."""
+
+    order: Annotated[int, Field(ge=0, le=32)] = 12  # the longest context the counts use, in bytes
+    lr: PositiveFloat = 0.1  # the mixing weights' learning rate
+    table_bits: Annotated[int, Field(ge=10, le=26)] = 24  # the counts' table: 2^table_bits slots of 4 bytes (64 MiB)
+
+
 class EvalConfig(Section):
     batch_size: PositiveInt = 16
     # Sliding-window scoring: each window advances by `stride` bytes and scores only its last `stride`
@@ -46,3 +54,8 @@ class EvalConfig(Section):
     max_bytes: PositiveInt | None = None
     # Also report val_bpc_dynamic / test_bpc_dynamic, scored with dynamic evaluation; null: static only.
     dynamic: DynamicEvalConfig | None = None
+    # Also report <split>_bpc_mixed (and _dynamic_mixed): the network mixed with a context model; null: none.
+    mixture: MixtureConfig | None = None
+    # The splits scored with dynamic evaluation and the mixture, whose settings are tuned on val (research/): a run
+    # that reports them on test alone saves val's passes.
+    adaptive_splits: list[Literal["val", "test"]] = ["val", "test"]

@@ -22,6 +22,8 @@ from tqdm import tqdm
 
 from chargpt.device import autocast
 from chargpt.errors import ConfigError
+from chargpt.evaluation.config import MixtureConfig
+from chargpt.evaluation.mixture import Mixture
 
 LN2 = math.log(2)
 
@@ -58,27 +60,39 @@ class Score:
     bpc: float  # bits per byte
     accuracy: float  # top-1 next-byte accuracy, over the same bytes
     bytes_scored: int
+    mixed: Score | None = None  # the same bytes, the model mixed with a context model of the text (eval.mixture)
 
     @classmethod
     def from_totals(cls, totals: torch.Tensor, n_bytes: int) -> Score:
-        """From batch_totals summed over a text: (nats, correct predictions) over its n_bytes scored bytes."""
-        nats, correct = totals.tolist()
-        return cls(nats / (n_bytes * LN2), correct / n_bytes, n_bytes)
+        """From batch_totals summed over a text: (nats, correct predictions) over its n_bytes scored bytes, and the
+        mixture's two after them where it scored too."""
+        nats, correct, *mixed = totals.tolist()
+        return cls(nats / (n_bytes * LN2), correct / n_bytes, n_bytes,
+                   cls(mixed[0] / (n_bytes * LN2), mixed[1] / n_bytes, n_bytes) if mixed else None)  # fmt: skip
 
 
 def batch_totals(
-    model: torch.nn.Module, chunk: torch.Tensor, scored: torch.Tensor, amp_dtype: torch.dtype | None
+    model: torch.nn.Module,
+    chunk: torch.Tensor,
+    scored: torch.Tensor,
+    amp_dtype: torch.dtype | None,
+    mixture: Mixture | None = None,
 ) -> torch.Tensor:
     """(2,) float64: the summed nats, and the count of bytes the model's top-1 prediction gets right, over the scored
     positions of one batch of windows: chunk (B, T+1) holds the inputs and their next bytes, `scored` (B, T) marks
-    the positions each window scores."""
+    the positions each window scores. With `mixture`, (4,): the same two for the mixture after them (the batches
+    must come in the text's order, and each window's scored bytes follow the one's before it)."""
     with autocast(chunk.device, amp_dtype):
         logits, _ = model(chunk[:, :-1])  # (B, T, vocab)
     targets = chunk[:, 1:]
     # float64: over millions of bytes the BPC must not drift by fp32 rounding (a uniform model scores 8.0)
     nats = F.cross_entropy(logits.double().transpose(1, 2), targets, reduction="none")  # (B, T)
     correct = (logits.argmax(dim=-1) == targets) & scored  # (B, T)
-    return torch.stack((torch.where(scored, nats, 0.0).sum(dtype=torch.float64), correct.sum(dtype=torch.float64)))
+    totals = [torch.where(scored, nats, 0.0).sum(dtype=torch.float64), correct.sum(dtype=torch.float64)]
+    if mixture is not None:  # logits[scored]: (m, vocab), the scored bytes in the text's order
+        totals += [torch.tensor(t, dtype=torch.float64, device=chunk.device) for t in
+                   mixture.score(logits[scored], targets[scored])]  # fmt: skip
+    return torch.stack(totals)
 
 
 def scored_mask(T: int, n_scored: torch.Tensor) -> torch.Tensor:
@@ -106,18 +120,21 @@ def split_score(
     device: torch.device = torch.device("cpu"),
     amp_dtype: torch.dtype | None = None,
     progress: bool = False,
+    mixture: MixtureConfig | None = None,
 ) -> Score:
-    """The score of `model` (plain or torch.compile'd) on the flat uint8 tensor `data`."""
+    """The score of `model` (plain or torch.compile'd) on the flat uint8 tensor `data`; with `mixture`, its
+    score mixed with a context model too (Score.mixed)."""
     plan = window_plan(len(data), context, stride or context)
     T = window_length(len(data), context)
     was_training = model.training
     model.eval()
-    totals = torch.zeros(2, dtype=torch.float64, device=device)
+    mixer = Mixture(mixture, first=int(data[0])) if mixture else None
+    totals = torch.zeros(4 if mixer else 2, dtype=torch.float64, device=device)
     batches = window_batches(data, plan, T, batch_size, device)
     for chunk, scored in tqdm(
         batches, desc="eval", disable=not progress, mininterval=1.0, total=math.ceil(len(plan) / batch_size)
     ):
-        totals += batch_totals(model, chunk, scored, amp_dtype)
+        totals += batch_totals(model, chunk, scored, amp_dtype, mixer)
     model.train(was_training)
     return Score.from_totals(totals, len(data) - 1)
 
@@ -162,14 +179,16 @@ def dynamic_score(
     settings,
     device: torch.device = torch.device("cpu"),
     progress: bool = False,
+    mixture: MixtureConfig | None = None,
 ) -> Score:
     """The score of `data` with dynamic evaluation: the windows of the static protocol (stride:
     settings.stride) in order, `settings.windows` at a time, each group scored before the model learns from the
-    bytes it scored."""
+    bytes it scored; with `mixture`, mixed with a context model too (Score.mixed)."""
     plan = window_plan(len(data), context, settings.stride or context)
     T = window_length(len(data), context)
     dynamic = DynamicEvaluation(model, settings)
-    totals = torch.zeros(2, dtype=torch.float64, device=device)
+    mixer = Mixture(mixture, first=int(data[0])) if mixture else None
+    totals = torch.zeros(4 if mixer else 2, dtype=torch.float64, device=device)
     groups = window_batches(data, plan, T, settings.windows, device)
     for chunk, scored in tqdm(
         groups,
@@ -179,6 +198,6 @@ def dynamic_score(
         total=math.ceil(len(plan) / settings.windows),
     ):
         with torch.no_grad():
-            totals += batch_totals(dynamic.model, chunk, scored, None)
+            totals += batch_totals(dynamic.model, chunk, scored, None, mixer)
         dynamic.update(chunk, scored)
     return Score.from_totals(totals, len(data) - 1)

@@ -2,12 +2,13 @@
 
     chargpt sample   --run NAME [--prompt TEXT | --prompt-file F] [--bytes N] [--temperature T] [--top-k K]
                      [--seed S] [--output F [--force]]
-    chargpt score    FILE --run NAME [--stride S] [--dynamic]      (BPC and next-byte accuracy, as JSON)
-    chargpt compress   IN OUT --run NAME [--stride S] [--dynamic] [--force]
+    chargpt score    FILE --run NAME [--stride S] [--dynamic] [--mix]      (BPC and next-byte accuracy, as JSON)
+    chargpt compress   IN OUT --run NAME [--stride S] [--dynamic] [--mix] [--force]
     chargpt decompress IN OUT --run NAME [--force]
 
 --checkpoint PATH stands for --run NAME everywhere. A clone that did not train the run fetches its model with
-`dvc pull train@NAME`. --dynamic uses the run's eval.dynamic settings from params.yaml (or the defaults). An output
+`dvc pull train@NAME`. --dynamic uses the run's eval.dynamic settings from params.yaml (or the defaults), --mix its
+eval.mixture (the model mixed with a context model of the bytes before). An output
 that exists is refused unless --force is given (then it is replaced once the new one is complete); an output that is
 one of the inputs is refused even with --force.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 
 from chargpt.errors import ConfigError
-from chargpt.evaluation.config import DynamicEvalConfig
+from chargpt.evaluation.config import DynamicEvalConfig, MixtureConfig
 from chargpt.evaluation.scoring import check_stride, dynamic_score, split_score
 from chargpt.io import check_output, file_problem
 from chargpt.pipeline.config import load_run_config, run_name_argument
@@ -47,6 +48,22 @@ def _dynamic_settings(args: argparse.Namespace) -> DynamicEvalConfig:
     if args.run is None:
         return DynamicEvalConfig()
     return load_run_config(args.run, args.params).eval.dynamic or DynamicEvalConfig()
+
+
+def _mixture_settings(args: argparse.Namespace) -> MixtureConfig | None:
+    if not args.mix:
+        return None
+    if args.run is None:
+        return MixtureConfig()
+    return load_run_config(args.run, args.params).eval.mixture or MixtureConfig()
+
+
+def _mix_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mix",
+        action="store_true",
+        help="mix the model with a context model of the bytes before (the run's eval.mixture, or its defaults)",
+    )
 
 
 def _force_argument(parser: argparse.ArgumentParser) -> None:
@@ -116,6 +133,7 @@ def score_parser() -> argparse.ArgumentParser:
         "--checkpoint, or where the run sets none, consecutive windows of the context)",
     )
     parser.add_argument("--dynamic", action="store_true", help="dynamic evaluation (the run's eval.dynamic)")
+    _mix_argument(parser)
     parser.add_argument("--batch-size", type=int, default=64)
     return parser
 
@@ -133,16 +151,17 @@ def score_main(argv: list[str] | None = None) -> None:
     run_stride = load_run_config(args.run, args.params).eval.stride if args.run and not args.dynamic else None
     stride, source = (args.stride, "--stride") if args.stride else (run_stride, f"runs.{args.run}.eval.stride")
     check_stride(stride, context)
+    mixture = _mixture_settings(args)
     start = time.perf_counter()
     if args.dynamic:
         settings = _dynamic_settings(args)
         if args.stride:
             settings = settings.model_copy(update={"stride": args.stride})
         stride, source = settings.stride, ("--stride" if args.stride else f"runs.{args.run}.eval.dynamic.stride")
-        score = dynamic_score(model, data, context, settings, progress=True)
+        score = dynamic_score(model, data, context, settings, progress=True, mixture=mixture)
     else:
         settings = None
-        score = split_score(model, data, context, args.batch_size, stride, progress=True)
+        score = split_score(model, data, context, args.batch_size, stride, progress=True, mixture=mixture)
     seconds = time.perf_counter() - start
     suffix = "_dynamic" if args.dynamic else ""
     print(
@@ -151,12 +170,21 @@ def score_main(argv: list[str] | None = None) -> None:
                 "file": args.file,
                 f"bpc{suffix}": round(score.bpc, 5),
                 f"accuracy{suffix}": round(score.accuracy, 5),
+                **(
+                    {
+                        f"bpc{suffix}_mixed": round(score.mixed.bpc, 5),
+                        f"accuracy{suffix}_mixed": round(score.mixed.accuracy, 5),
+                    }
+                    if score.mixed
+                    else {}
+                ),
                 "bytes_scored": score.bytes_scored,
                 "context": context,
                 "stride": stride or context,
                 "protocol": f"sliding windows ({source})" if stride and stride != context else "consecutive windows",
                 "precision": "fp32",
                 **({"dynamic": settings.model_dump()} if settings else {}),
+                **({"mixture": mixture.model_dump()} if mixture else {}),
                 "seconds": round(seconds, 2),
                 "bytes_per_second": round(score.bytes_scored / seconds, 1),
             }
@@ -170,6 +198,7 @@ def compress_parser() -> argparse.ArgumentParser:
     parser.add_argument("output")
     _model_arguments(parser)
     parser.add_argument("--dynamic", action="store_true", help="adapt the model as it codes (the run's eval.dynamic)")
+    _mix_argument(parser)
     parser.add_argument(
         "--stride",
         type=int,
@@ -182,8 +211,10 @@ def compress_parser() -> argparse.ArgumentParser:
 
 def _coding_protocol(args: argparse.Namespace) -> str:
     if args.dynamic:
-        return "dynamic evaluation (eval.dynamic's stride)"
-    return f"sliding windows, stride {args.stride}" if args.stride else "consecutive windows"
+        windows = "dynamic evaluation (eval.dynamic's stride)"
+    else:
+        windows = f"sliding windows, stride {args.stride}" if args.stride else "consecutive windows"
+    return windows + (", mixed with a context model" if args.mix else "")
 
 
 def compress_main(argv: list[str] | None = None) -> None:
@@ -197,6 +228,7 @@ def compress_main(argv: list[str] | None = None) -> None:
         data,
         _dynamic_settings(args) if args.dynamic else None,
         stride=args.stride,
+        mixture=_mixture_settings(args),
     )
     write(args.output, blob)
     print(

@@ -39,17 +39,20 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chargpt.errors import CompressionError
-from chargpt.evaluation.config import DynamicEvalConfig
+from chargpt.evaluation.config import DynamicEvalConfig, MixtureConfig
+from chargpt.evaluation.mixture import Mixture
 from chargpt.evaluation.scoring import DynamicEvaluation, check_stride, scored_mask, window_length, window_plan
 from chargpt.io import atomic_open
 from chargpt.model.gpt import GPT
 from chargpt.settings import format_validation_error
 
 MAGIC = b"CHARGPT\x00"
-# 2: MAGIC, the header's length (<I), the header (JSON), its CRC-32 (<I), then the payload (stored bytes and the
-# range coder's words), whose length and sha256 the header records: damage and truncation are refused before any
-# decoding. 1: the same without the CRC and the payload's checksum (read, checked only after decoding).
-FORMAT = 2
+# 3: MAGIC, the header's length (<I), the header (compact JSON, deflated: a third of the bytes, which counts on short
+# files), its CRC-32 (<I), then the payload (stored bytes and the range coder's words), whose length and CRC-32 the
+# header records: damage and truncation are refused before any decoding. 2: the same with the JSON as it is and the
+# payload's sha256. 1: neither the CRC nor the payload's checksum (read, checked only after decoding).
+FORMAT = 3
+MAX_HEADER = 1 << 16  # bytes a format-3 header may inflate to
 DEFAULT_LANES = 32
 MAX_LANES = 1024  # windows coded side by side; each lane holds a KV cache
 DEFAULT_MAX_LENGTH = 4 << 30  # bytes a header may declare before decompress allocates them (--max-length)
@@ -65,6 +68,7 @@ class Protocol(BaseModel):
     lanes: int = Field(ge=1, le=MAX_LANES)
     stride: int | None = Field(default=None, ge=1)  # the first release's format-1 files have none
     dynamic: dict | None = None  # a DynamicEvalConfig, checked as one
+    mixture: dict | None = None  # a MixtureConfig, checked as one
 
 
 class Header(BaseModel):
@@ -80,19 +84,26 @@ class Header(BaseModel):
     device: str = SHORT_TEXT
     cpu_capability: str = SHORT_TEXT
     threads: int = Field(ge=1)
-    payload_bytes: int | None = Field(default=None, ge=0)  # format 2
-    payload_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    payload_bytes: int | None = Field(default=None, ge=0)  # formats 2 and 3
+    payload_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")  # format 2
+    payload_crc32: int | None = Field(default=None, ge=0, le=0xFFFFFFFF)  # format 3
 
 
 def check_header(header: dict, source: str, max_length: int = DEFAULT_MAX_LENGTH, limit: str = "--max-length") -> dict:
     """The header with its defaults, if every field is of its type and in its range, by the rules compress applies:
     refused in one line before any of it is used (a crafted file computes its own CRC and sha256)."""
+    where = "protocol"
     try:
         checked = Header(**header)
         protocol = checked.protocol
+        where = "protocol.dynamic"
         dynamic = DynamicEvalConfig(**protocol.dynamic) if protocol.dynamic is not None else None
+        where = "protocol.mixture"
+        if protocol.mixture is not None:
+            MixtureConfig(**protocol.mixture)
     except ValidationError as e:
-        raise CompressionError(f"{source}: invalid header: {format_validation_error(e)}") from None
+        in_section = (lambda loc: ".".join((where, *map(str, loc)))) if where != "protocol" else None
+        raise CompressionError(f"{source}: invalid header: {format_validation_error(e, in_section)}") from None
     except TypeError as e:  # not a mapping where one belongs
         raise CompressionError(f"{source}: invalid header: {e}") from None
     try:
@@ -154,12 +165,15 @@ def _walk_coding_order(
     lanes: int,
     stride: int | None,
     dynamic: DynamicEvalConfig | None,
+    mixture: MixtureConfig | None,
     buf: bytearray,
     code_bytes: Callable[[np.ndarray, list[int]], None],
 ) -> None:
     """Walk the bytes in coding order, computing each one's distribution; `code_bytes(probabilities (m, 256),
     positions)` codes the bytes at those positions of `buf` (the encoder reads them, the decoder writes them)."""
-    if dynamic or (stride or context) != context:
+    if mixture:  # the context model counts the bytes in the text's order, so they go in order
+        code_bytes = _mixed(Mixture(mixture, first=buf[0]), buf, code_bytes)
+    if _in_order(context, stride, dynamic, mixture):
         _walk_in_order(model, n, context, dynamic.stride if dynamic else stride, dynamic, buf, code_bytes)
         return
     plan, groups, rest = _layout(n, context, lanes)
@@ -215,8 +229,24 @@ def _walk_in_order(
             learner.update(chunk, scored_mask(T, torch.tensor([k for _, k in group])))
 
 
-def _in_order(context: int, stride: int | None, dynamic: DynamicEvalConfig | None) -> bool:
-    return dynamic is not None or (stride or context) != context
+def _mixed(
+    mixture: Mixture, buf: bytearray, code_bytes: Callable[[np.ndarray, list[int]], None]
+) -> Callable[[np.ndarray, list[int]], None]:
+    """code_bytes with the model's distributions mixed with the context model's, a byte at a time: each coded with
+    the mixture of the bytes before it, then learned from."""
+
+    def code_mixed(probabilities: np.ndarray, positions: list[int]) -> None:
+        for row, p in zip(probabilities, positions):
+            code_bytes(mixture.predict(row)[None], [p])  # the decoder writes buf[p] here
+            mixture.learn(buf[p])
+
+    return code_mixed
+
+
+def _in_order(
+    context: int, stride: int | None, dynamic: DynamicEvalConfig | None, mixture: MixtureConfig | None
+) -> bool:
+    return dynamic is not None or mixture is not None or (stride or context) != context
 
 
 def _stored_positions(n: int, context: int, lanes: int, in_order: bool) -> list[int]:
@@ -236,9 +266,11 @@ def compress(
     dynamic: DynamicEvalConfig | None = None,
     lanes: int = DEFAULT_LANES,
     stride: int | None = None,
+    mixture: MixtureConfig | None = None,
 ) -> tuple[bytes, Stats]:
     """stride: score sliding windows (each byte sees at least context - stride bytes; coded in order, one window at
-    a time); with `dynamic`, its own stride applies."""
+    a time); with `dynamic`, its own stride applies. mixture: mix the model with a context model of the bytes
+    before (coded in order too)."""
     start = time.perf_counter()
     n, context = len(data), model.cfg.context
     check_stride(stride, context)
@@ -254,6 +286,7 @@ def compress(
             "lanes": lanes,
             "stride": stride,
             "dynamic": dynamic.model_dump() if dynamic else None,
+            "mixture": mixture.model_dump() if mixture else None,
         },
         **environment(),
     }
@@ -264,11 +297,12 @@ def compress(
         def encode_bytes(probabilities: np.ndarray, positions: list[int]) -> None:
             encoder.encode(np.array([data[p] for p in positions], dtype=np.int32), family, probabilities)
 
-        _walk_coding_order(model, n, context, lanes, stride, dynamic, bytearray(data), encode_bytes)
-    stored = bytes(data[p] for p in _stored_positions(n, context, lanes, _in_order(context, stride, dynamic)))
+        _walk_coding_order(model, n, context, lanes, stride, dynamic, mixture, bytearray(data), encode_bytes)
+    in_order = _in_order(context, stride, dynamic, mixture)
+    stored = bytes(data[p] for p in _stored_positions(n, context, lanes, in_order))
     payload = stored + encoder.get_compressed().astype("<u4").tobytes()
-    header |= {"payload_bytes": len(payload), "payload_sha256": hashlib.sha256(payload).hexdigest()}
-    head = json.dumps(header, sort_keys=True).encode()
+    header |= {"payload_bytes": len(payload), "payload_crc32": zlib.crc32(payload)}
+    head = zlib.compress(json.dumps(header, sort_keys=True, separators=(",", ":")).encode(), 9)
     out = MAGIC + struct.pack("<I", len(head)) + head + struct.pack("<I", zlib.crc32(head)) + payload
     return out, Stats(n, len(out), len(out) - len(payload), time.perf_counter() - start)
 
@@ -277,7 +311,8 @@ def read_header(
     blob: bytes, source: str, max_length: int = DEFAULT_MAX_LENGTH, limit: str = "--max-length"
 ) -> tuple[dict, int]:
     """The header, and where the payload starts: refused at once, naming what is wrong, if the file is not ours, is
-    truncated, or its header or payload is damaged (format 2; a format-1 file is checked after decoding only)."""
+    truncated, or its header or payload is damaged (formats 2 and 3; a format-1 file is checked after decoding
+    only)."""
     if not blob.startswith(MAGIC):
         raise CompressionError(f"{source}: not a chargpt-compressed file (it does not start with {MAGIC!r})")
     start = len(MAGIC) + 4
@@ -286,33 +321,56 @@ def read_header(
     (size,) = struct.unpack_from("<I", blob, len(MAGIC))
     head = blob[start : start + size]
     crc = blob[start + size : start + size + 4]
-    try:
-        header = json.loads(head)
-        version = header.get("format") if isinstance(header, dict) else None
-    except ValueError:
-        version = None
-    if version == 1 and "payload_sha256" not in header:
-        return check_header(header, source, max_length, limit), start + size
+    if head.startswith(b"{"):  # formats 1 and 2 store the JSON as it is
+        try:
+            header = json.loads(head)
+        except ValueError:
+            header = None
+        if isinstance(header, dict) and header.get("format") == 1 and "payload_sha256" not in header:
+            return check_header(header, source, max_length, limit), start + size
     if len(crc) < 4:
         raise CompressionError(f"{source}: truncated: {len(blob)} bytes, shorter than its header ({size} bytes) needs")
     if zlib.crc32(head) != struct.unpack("<I", crc)[0]:
         raise CompressionError(f"{source}: damaged header (its CRC-32 does not match)")
-    if version != FORMAT:
-        raise CompressionError(f"{source}: format {version!r}; this version reads formats 1 and {FORMAT}")
+    try:
+        header = json.loads(head if head.startswith(b"{") else _inflated(head, source))
+    except ValueError:
+        header = None
+    version = header.get("format") if isinstance(header, dict) else None
+    if version != (2 if head.startswith(b"{") else FORMAT):  # format 3's header is deflated, format 2's is not
+        raise CompressionError(f"{source}: format {version!r}; this version reads formats 1 to {FORMAT}")
     header = check_header(header, source, max_length, limit)
     check_payload(blob[start + size + 4 :], header, source)
     return header, start + size + 4
 
 
+def _inflated(head: bytes, source: str) -> bytes:
+    """A format-3 header's JSON, inflated to at most MAX_HEADER bytes (a crafted one could inflate without end)."""
+    inflate = zlib.decompressobj()
+    try:
+        text = inflate.decompress(head, MAX_HEADER)
+    except zlib.error:
+        return b""  # not a deflated header either: refused as no format
+    if inflate.unconsumed_tail:
+        raise CompressionError(f"{source}: invalid header: it inflates past {MAX_HEADER:,} bytes")
+    return text if inflate.eof else b""
+
+
 def check_payload(payload: bytes, header: dict, source: str) -> None:
-    """A format-2 payload has the length and sha256 its header records."""
-    if header["payload_bytes"] is None or header["payload_sha256"] is None:
-        raise CompressionError(f"{source}: invalid header: format 2 records payload_bytes and payload_sha256")
+    """A payload has the length and checksum its header records: format 2 its sha256, format 3 its CRC-32 (the
+    decoded data's sha256 is checked at the end either way)."""
+    checksum = "payload_sha256" if header["format"] == 2 else "payload_crc32"
+    if header["payload_bytes"] is None or header[checksum] is None:
+        raise CompressionError(
+            f"{source}: invalid header: format {header['format']} records payload_bytes and {checksum}"
+        )
     if len(payload) != header["payload_bytes"]:
         raise CompressionError(f"{source}: truncated or extended: a payload of {len(payload)} bytes where the header "
                                f"records {header['payload_bytes']}")  # fmt: skip
-    if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
-        raise CompressionError(f"{source}: damaged payload (its sha256 does not match the header's)")
+    actual = hashlib.sha256(payload).hexdigest() if header["format"] == 2 else zlib.crc32(payload)
+    if actual != header[checksum]:
+        name = "sha256" if header["format"] == 2 else "CRC-32"
+        raise CompressionError(f"{source}: damaged payload (its {name} does not match the header's)")
 
 
 def check_setup(header: dict, model_sha256: str, model_file: str, source: str) -> None:
@@ -347,13 +405,14 @@ def decompress(
     n, context = header["length"], header["protocol"]["context"]
     lanes, dynamic, stride = header["protocol"]["lanes"], header["protocol"]["dynamic"], header["protocol"]["stride"]
     dynamic = DynamicEvalConfig(**dynamic) if dynamic else None
+    mixture = MixtureConfig(**header["protocol"]["mixture"]) if header["protocol"]["mixture"] else None
     if context != model.cfg.context:
         raise CompressionError(f"{source}: coded with context {context}, the model's is {model.cfg.context}")
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(header["threads"])
     try:
         buf = bytearray(n)
-        stored = _stored_positions(n, context, lanes, _in_order(context, stride, dynamic))
+        stored = _stored_positions(n, context, lanes, _in_order(context, stride, dynamic, mixture))
         for i, p in enumerate(stored):
             buf[p] = blob[offset + i]
         words = np.frombuffer(blob[offset + len(stored) :], dtype="<u4")
@@ -365,7 +424,7 @@ def decompress(
                 for p, byte in zip(positions, decoder.decode(family, probabilities)):
                     buf[p] = int(byte)
 
-            _walk_coding_order(model, n, context, lanes, stride, dynamic, buf, decode_bytes)
+            _walk_coding_order(model, n, context, lanes, stride, dynamic, mixture, buf, decode_bytes)
     finally:
         torch.set_num_threads(previous_threads)
     data = bytes(buf)

@@ -10,7 +10,7 @@ import torch
 from conftest import SAMPLE, TINY_MODEL, tiny_text
 
 from chargpt.errors import CompressionError
-from chargpt.evaluation.config import DynamicEvalConfig
+from chargpt.evaluation.config import DynamicEvalConfig, MixtureConfig
 from chargpt.evaluation.scoring import dynamic_score, split_score
 from chargpt.model.config import ModelConfig
 from chargpt.model.gpt import GPT
@@ -126,6 +126,28 @@ def test_dynamic_compression_adapts_as_dynamic_evaluation_does(checkpoint, setti
     assert stats.compressed_bytes < len(static)  # it learned the repeats
 
 
+@pytest.mark.parametrize(
+    "stride, dynamic", [(None, None), (12, None), (None, DynamicEvalConfig(lr=0.1, optimizer="sgd", stride=12))]
+)
+def test_mixed_compression_is_byte_exact_at_the_mixed_score(checkpoint, stride, dynamic):
+    """The size is the mixed BPC that scoring reports (the same mixture, the same bytes in the same order), and the
+    context model wins where the text repeats what the tiny model cannot hold."""
+    model, sha = load_trained(checkpoint), file_sha256(checkpoint)
+    data = b"zq9 " * 300 + tiny_text(700)
+    mixture = MixtureConfig(order=6, table_bits=16)
+    blob, stats = compress(model, sha, data, dynamic=dynamic, stride=stride, mixture=mixture)
+    assert decompress(model, sha, blob)[0] == data
+    tensor = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    if dynamic:
+        score = dynamic_score(model, tensor, 32, dynamic, mixture=mixture)
+    else:
+        score = split_score(model, tensor, 32, 16, stride=stride, mixture=mixture)
+    assert score.mixed.bpc < score.bpc
+    ideal = score.bytes_scored * score.mixed.bpc / 8
+    assert ideal - 8 <= stats.compressed_bytes - stats.header_bytes <= ideal * 1.001 + 8
+    assert stats.compressed_bytes < len(compress(model, sha, data, dynamic=dynamic, stride=stride)[0])
+
+
 def test_decoding_refuses_another_model_another_setup_and_damage(checkpoint, tmp_path, monkeypatch):
     model, sha = load_trained(checkpoint), file_sha256(checkpoint)
     blob, _ = compress(model, sha, tiny_text(2000))
@@ -141,7 +163,7 @@ def test_decoding_refuses_another_model_another_setup_and_damage(checkpoint, tmp
     monkeypatch.undo()
     damaged = bytearray(blob)
     damaged[-20] ^= 0xFF
-    with pytest.raises(CompressionError, match="damaged payload .its sha256 does not match"):
+    with pytest.raises(CompressionError, match="damaged payload .its CRC-32 does not match"):
         decompress(model, sha, bytes(damaged))
     with pytest.raises(CompressionError, match="not a chargpt-compressed file"):
         decompress(model, sha, b"PK\x03\x04 a zip")
@@ -175,6 +197,16 @@ def test_the_commands_run_from_a_checkpoint(checkpoint, tmp_path, monkeypatch, c
     )
     dynamic = json.loads(run("score", "in.txt", "--dynamic")[1])
     assert "bpc_dynamic" in dynamic and "accuracy_dynamic" in dynamic and dynamic["dynamic"]["optimizer"] == "adam"
+    mixed = json.loads(run("score", "in.txt", "--mix")[1])
+    assert (
+        mixed["bpc"] == score["bpc"] and 0 < mixed["bpc_mixed"] < 8 and mixed["mixture"] == MixtureConfig().model_dump()
+    )
+    packed = json.loads(run("compress", "in.txt", "mixed.cgz", "--mix")[1])
+    assert packed["protocol"] == "consecutive windows, mixed with a context model"
+    assert (
+        run("decompress", "mixed.cgz", "mixed.txt")[0] == 0
+        and (tmp_path / "mixed.txt").read_bytes() == (tmp_path / "in.txt").read_bytes()
+    )
     packed = json.loads(run("compress", "in.txt", "in.cgz")[1])
     assert packed["output_bytes"] == (tmp_path / "in.cgz").stat().st_size
     assert packed["protocol"] == "consecutive windows"
@@ -249,18 +281,21 @@ def test_damage_and_truncation_are_refused_before_any_decoding(checkpoint):
 
 
 def split_blob(blob: bytes) -> tuple[dict, bytes]:
+    """A file compress wrote (format 3): its header, inflated, and its payload."""
     import json
     import struct
+    import zlib
 
     from chargpt.use.compression import MAGIC
 
     (size,) = struct.unpack_from("<I", blob, len(MAGIC))
-    return json.loads(blob[len(MAGIC) + 4 : len(MAGIC) + 4 + size]), blob[len(MAGIC) + 4 + size + 4 :]
+    head = zlib.decompress(blob[len(MAGIC) + 4 : len(MAGIC) + 4 + size])
+    return json.loads(head), blob[len(MAGIC) + 4 + size + 4 :]
 
 
-def forge(header: dict, payload: bytes) -> bytes:
-    """A format-2 file with this header, its CRC-32 and the payload's length and sha256 all valid, as whoever
-    crafts a file would compute them."""
+def forge(header: dict, payload: bytes, version: int = 3) -> bytes:
+    """A file of format 2 or 3 with this header, its CRC-32 and the payload's length and checksum all valid, as
+    whoever crafts a file would compute them."""
     import hashlib
     import json
     import struct
@@ -268,8 +303,13 @@ def forge(header: dict, payload: bytes) -> bytes:
 
     from chargpt.use.compression import MAGIC
 
-    header = header | {"payload_bytes": len(payload), "payload_sha256": hashlib.sha256(payload).hexdigest()}
-    head = json.dumps(header, sort_keys=True).encode()
+    if version == 2:
+        header = header | {"format": 2, "payload_bytes": len(payload),
+                           "payload_sha256": hashlib.sha256(payload).hexdigest()}  # fmt: skip
+        head = json.dumps(header, sort_keys=True).encode()
+    else:
+        header = header | {"format": 3, "payload_bytes": len(payload), "payload_crc32": zlib.crc32(payload)}
+        head = zlib.compress(json.dumps(header, sort_keys=True).encode())
     return MAGIC + struct.pack("<I", len(head)) + head + struct.pack("<I", zlib.crc32(head)) + payload
 
 
@@ -302,7 +342,9 @@ CRAFTED = [  # (change to a valid header, what the one line says)
     (lambda h: h | {"protocol": h["protocol"] | {"stride": 33}}, "protocol.stride 33 must be between 1 and the model"),
     (lambda h: h | {"protocol": h["protocol"] | {"lanes": 10**9}}, "protocol.lanes: Input should be less than"),
     (lambda h: h | {"protocol": h["protocol"] | {"context": 0}}, "protocol.context: Input should be greater"),
-    (lambda h: h | {"protocol": h["protocol"] | {"dynamic": {"lr": -1}}}, "lr: Input should be greater than 0"),
+    (lambda h: h | {"protocol": h["protocol"] | {"dynamic": {"lr": -1}}}, "protocol.dynamic.lr: Input should be"),
+    (lambda h: h | {"protocol": h["protocol"] | {"mixture": {"table_bits": 40}}},
+     "protocol.mixture.table_bits: Input should be less than or equal to 26 (got 40)"),
     (lambda h: h | {"protocol": "x"}, "protocol: Input should be a valid dictionary"),
     (lambda h: h | {"sha256": "0" * 10**6}, "sha256: String should match pattern"),
     (lambda h: h | {"surprise": 1}, "surprise: unknown key"),
@@ -310,26 +352,27 @@ CRAFTED = [  # (change to a valid header, what the one line says)
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 @pytest.mark.parametrize("change, message", CRAFTED)
 def test_a_crafted_header_with_valid_checksums_is_refused_in_one_line_before_any_allocation(
     checkpoint, change, message, version
 ):
+    import json
     import struct
     import time
 
-    from chargpt.use.compression import MAGIC
+    from chargpt.use.compression import MAGIC, MAX_HEADER
 
     model, sha = load_trained(checkpoint), file_sha256(checkpoint)
     header, payload = split_blob(compress(model, sha, tiny_text(300))[0])
     crafted = change({k: v for k, v in header.items() if not k.startswith("payload_")})
     if version == 1:  # format 1 files get the same checks
-        import json
-
         head = json.dumps(crafted | {"format": 1}, sort_keys=True).encode()
         blob = MAGIC + struct.pack("<I", len(head)) + head + payload
     else:
-        blob = forge(crafted, payload)
+        blob = forge(crafted, payload, version)
+        if version == 3 and len(json.dumps(crafted)) > MAX_HEADER:  # refused before its JSON is read
+            message = f"invalid header: it inflates past {MAX_HEADER:,} bytes"
     start = time.perf_counter()
     with pytest.raises(CompressionError) as e:
         decompress(model, sha, blob, source="f.cgz")
@@ -337,6 +380,16 @@ def test_a_crafted_header_with_valid_checksums_is_refused_in_one_line_before_any
     text = str(e.value)
     assert text.startswith("f.cgz: ") and "\n" not in text and len(text) < 400
     assert message in text, text
+
+
+def test_a_header_that_inflates_past_its_bound_is_refused_before_it_is_read(checkpoint):
+    model, sha = load_trained(checkpoint), file_sha256(checkpoint)
+    header, payload = split_blob(compress(model, sha, tiny_text(300))[0])
+    bomb = forge(header | {"padding": " " * 10**8}, payload)  # 100 MB of JSON in about 100 KB
+    assert len(bomb) < 200_000
+    with pytest.raises(CompressionError, match="^f.cgz: invalid header: it inflates past 65,536 bytes$"):
+        decompress(model, sha, bomb, source="f.cgz")
+    assert decompress(model, sha, forge(header, payload, 2))[0] == tiny_text(300)  # format 2 still reads
 
 
 def test_decompress_max_length_refuses_a_longer_file_and_writes_nothing(checkpoint, tmp_path):

@@ -1,0 +1,87 @@
+"""The network mixed with a context model (chargpt.evaluation.mixture): distributions that sum to 1, and scores
+of the past that the future cannot change."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_MODEL
+
+from chargpt.evaluation.config import DynamicEvalConfig, MixtureConfig
+from chargpt.evaluation.mixture import ContextModel, Mixture
+from chargpt.evaluation.scoring import dynamic_score, split_score
+from chargpt.model.config import ModelConfig
+from chargpt.model.gpt import GPT
+
+TEXT = b"<page><title>Anarchism</title><text>Anarchism is a political philosophy. " * 6 + bytes(range(256))
+
+
+def network_rows(n: int, seed: int = 0) -> np.ndarray:
+    """(n, 256) distributions of a made-up network: random, but each sums to 1."""
+    logits = torch.randn(n, 256, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 2
+    return torch.softmax(logits, dim=-1).numpy()
+
+
+def per_byte_nats(text: bytes, settings: MixtureConfig, network: np.ndarray) -> list[float]:
+    mixture = Mixture(settings, first=text[0])
+    nats = []
+    for row, byte in zip(network, text[1:]):
+        nats.append(-math.log(mixture.predict(row)[byte]))
+        mixture.learn(byte)
+    return nats
+
+
+@pytest.mark.parametrize("order, table_bits", [(0, 10), (3, 10), (12, 16)])  # 10 bits: pairs take slots over
+def test_every_distribution_sums_to_one_over_the_256_bytes(order, table_bits):
+    settings = MixtureConfig(order=order, table_bits=table_bits)
+    context, mixture = ContextModel(order, table_bits), Mixture(settings, first=TEXT[0])
+    for row, byte in zip(network_rows(len(TEXT) - 1), TEXT[1:]):
+        p, seen = context.predict()
+        q = mixture.predict(row)
+        assert p.shape == q.shape == (256,) and 0 <= seen <= order + 1
+        assert p.sum() == pytest.approx(1, abs=1e-12) and q.sum() == pytest.approx(1, abs=1e-12)
+        assert p.min() > 0 and q.min() > 0  # every byte stays codable
+        context.observe(byte)
+        mixture.learn(byte)
+
+
+def test_changing_only_future_bytes_leaves_the_score_of_the_past_as_it_was():
+    settings = MixtureConfig(order=6, table_bits=12)
+    network = network_rows(len(TEXT) - 1)
+    cut = 300
+    future = TEXT[:cut] + bytes(255 - b for b in TEXT[cut:])
+    before, after = per_byte_nats(TEXT, settings, network), per_byte_nats(future, settings, network)
+    assert before[: cut - 1] == after[: cut - 1]  # bytes 1 .. cut-1: scored before anything saw byte cut
+    assert before[cut - 1 :] != after[cut - 1 :]
+
+
+def test_the_context_model_learns_what_the_text_repeats_and_the_mixture_follows_it():
+    settings = MixtureConfig(order=8)
+    rng = np.random.default_rng(0)
+    block = bytes(rng.integers(0, 256, 400, dtype=np.uint8))
+    text = block * 3
+    uniform = np.full((len(text) - 1, 256), 1 / 256)
+    nats = per_byte_nats(text, settings, uniform)
+    first, third = sum(nats[:399]) / 399, sum(nats[800:]) / len(nats[800:])
+    assert 8 <= first / math.log(2) < 8.25  # nothing to learn from yet: about the network's 8 bits
+    assert third / math.log(2) < 0.5  # a repeat the context model has counted twice
+
+
+def test_scoring_mixes_the_scored_bytes_in_the_texts_order():
+    """split_score's and dynamic_score's mixed figure is the mixture's score of the network's own distributions,
+    byte by byte in order: the same figure as feeding them to a Mixture directly."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(**TINY_MODEL)).eval()
+    context = model.cfg.context
+    data = torch.frombuffer(bytearray(TEXT[: 1 + (len(TEXT) - 1) // context * context]), dtype=torch.uint8)
+    settings = MixtureConfig(order=4, table_bits=12)
+    with torch.no_grad():  # consecutive windows: byte j + 1 from the bytes before it in its window
+        logits = torch.cat([model(data[None, s : s + context].long())[0][0] for s in range(0, len(data) - 1, context)])
+    nats, correct = Mixture(settings, first=TEXT[0]).score(logits, data[1:].long())
+    score = split_score(model, data, context, 4, mixture=settings)
+    assert score.mixed.bpc == pytest.approx(nats / math.log(2) / (len(data) - 1), rel=1e-9)
+    assert score.mixed.accuracy == correct / (len(data) - 1)
+    # dynamic evaluation at lr ~0 scores as the static model does, mixed too
+    dynamic = dynamic_score(model, data, context, DynamicEvalConfig(optimizer="sgd", lr=1e-30), mixture=settings)
+    assert dynamic.mixed.bpc == pytest.approx(score.mixed.bpc, rel=1e-6)

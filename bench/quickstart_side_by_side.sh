@@ -5,7 +5,7 @@
 # (the -S options change the quickstart for this comparison only: `dvc exp run`'s, recorded in the output as
 # quickstart_set; a key its own section does not write takes Hydra's +, e.g. -S +runs.quickstart.model.d_model=96).
 # Prints and writes each run's pipeline seconds (the first run's include download and preprocess, shared by the
-# second), training seconds and steps, val/test BPC and accuracy, static and dynamic, and the machine; and both
+# second), training seconds and steps, val/test BPC and accuracy, static, dynamic and mixed, and the machine; and both
 # models scored alike after the pipeline in both protocols, whatever each run's evaluate stage used: consecutive
 # windows (`chargpt score --stride 128`: on average 64 bytes of context) and sliding windows (`chargpt score --stride 32`: every
 # byte after the first window sees at least 96 bytes). `chargpt score` runs in fp32, whatever precision the run
@@ -61,7 +61,8 @@ same_protocol = new_run["eval_stride"] == old_run["eval_stride"]
 result["quickstart_minus_classic"] = {
     k: round(new_run[k] - old_run[k], 5)
     for k in new_run
-    if k not in ("pipeline_seconds", "eval_stride", "precision") and (same_protocol or not k.endswith(("_bpc", "_accuracy")))
+    if k in old_run and k not in ("pipeline_seconds", "eval_stride", "precision")
+    and (same_protocol or not k.endswith(("_bpc", "_accuracy")))
 }
 json.dump(result, open(out, "w"), indent=2)
 print(json.dumps(result, indent=2))

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from pydantic import ValidationError
+from torch.overrides import TorchFunctionMode
 
 from chargpt.errors import CheckpointError
 from chargpt.io import atomic_open, file_problem
@@ -85,10 +86,21 @@ def stored_model_config(path: Path, state: dict[str, Any]) -> ModelConfig:
         raise CheckpointError(f"{path}: its model config is invalid: {format_validation_error(e)}") from None
 
 
+class _NoRandomInit(TorchFunctionMode):
+    """Random initialisation does nothing: a skeleton's shapes are all that is read of it, and normal_ on the meta
+    device imports torch._dynamo (a second and more of every command that loads a model)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.nn.init.normal_, torch.Tensor.normal_):
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
 def check_weights_fit(path: Path, cfg: ModelConfig, weights: dict[str, Any]) -> None:
     """Every tensor the config implies is in `weights` with its shape, and nothing else: checked on the meta device
     (no memory), and the model must fit in this machine's memory, before a byte of it is allocated."""
-    with torch.device("meta"):
+    with torch.device("meta"), _NoRandomInit():
         skeleton = GPT(cfg)
     wanted = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     got = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__ for k, v in weights.items()}

@@ -83,3 +83,21 @@ def test_a_file_that_lacks_or_contradicts_is_one_line_saying_what(tmp_path, chan
     with pytest.raises(CheckpointError) as e:
         load_model(crafted(tmp_path, state))
     assert message in str(e.value) and str(tmp_path / "crafted.pt") in str(e.value) and "\n" not in str(e.value)
+
+
+def test_loading_a_model_does_not_import_torch_dynamo(tmp_path):
+    """The shape check builds the model on the meta device without its random init: normal_ there imports
+    torch._dynamo, a second and more of every command that loads a model (sample, score, evaluate)."""
+    import subprocess
+    import sys
+
+    cfg = ModelConfig(n_layer=1, d_model=16, n_head=2, d_ff=32, context=8)
+    save_checkpoint(tmp_path / "m.pt", GPT(cfg), {"model": cfg.model_dump()}, step=0)
+    code = f"""
+import sys
+from chargpt.use.inference import load_trained
+load_trained({str(tmp_path / "m.pt")!r})
+print("torch._dynamo" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -2,10 +2,13 @@
 batch, also with gradient accumulation: the same losses and weights, to float rounding."""
 
 import json
+import shutil
+import sys
 
 import pytest
 import torch
-from conftest import TINY_MODEL, make_project, run, tiny_text
+import yaml
+from conftest import REPO, TINY_MODEL, make_project, params_with_runs, run
 
 BASE = {
     "model": TINY_MODEL,
@@ -31,17 +34,20 @@ def with_train(**train) -> dict:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ddp")
-    corpus = root / "corpus.txt"
-    corpus.write_bytes(tiny_text(40_000))
+    """The three runs trained by the train stage run as DVC runs it (`python stages/train.py`; it relaunches itself
+    under torchrun where train.nproc > 1), in a project of the tiny splits. Their LR range tests are one computation
+    (the same model, data and settings), made once and given to each."""
     runs = {
         "one": with_train(),
         "two_procs": with_train(nproc=2),
         "two_procs_accumulate": with_train(nproc=2, micro_batch_size=2),
     }  # 2 x 2 micro-batches of 2
-    project, env = make_project(root / "project", runs, {"url": corpus.as_uri(), "checksums": None})
-    out = run(["dvc", "repro", *(f"train@{name}" for name in runs)], project, env).stdout
-    assert "Running stage 'train@two_procs'" in out  # dvc runs `python stages/train.py`; it relaunches under torchrun
+    project, env = make_project(tmp_path_factory.mktemp("ddp"), {"one": runs["one"]}, dvc=False)
+    (project / "params.yaml").write_text(yaml.safe_dump(params_with_runs(runs), sort_keys=False))
+    for name in runs:
+        if name != "one":
+            shutil.copytree(project / "reports/one", project / f"reports/{name}")
+        run([sys.executable, str(REPO / "stages/train.py"), "--run", name], project, env)
     return project
 
 

@@ -332,6 +332,13 @@ def test_a_format_1_file_as_the_first_release_wrote_it_decodes_byte_exact(checkp
     assert decompress(model, sha, old)[0] == data
 
 
+@pytest.fixture(scope="module")
+def small_file(checkpoint):
+    """(model, its sha256, 300 bytes compressed with it): what the crafted headers start from."""
+    model, sha = load_trained(checkpoint), file_sha256(checkpoint)
+    return model, sha, compress(model, sha, tiny_text(300))[0]
+
+
 CRAFTED = [  # (change to a valid header, what the one line says)
     (lambda h: h | {"length": 10**15}, "declares 1,000,000,000,000,000 bytes, more than --max-length"),
     (lambda h: h | {"length": -5}, "length: Input should be greater than or equal to 0"),
@@ -355,7 +362,7 @@ CRAFTED = [  # (change to a valid header, what the one line says)
 @pytest.mark.parametrize("version", [1, 2, 3])
 @pytest.mark.parametrize("change, message", CRAFTED)
 def test_a_crafted_header_with_valid_checksums_is_refused_in_one_line_before_any_allocation(
-    checkpoint, change, message, version
+    small_file, change, message, version
 ):
     import json
     import struct
@@ -363,8 +370,8 @@ def test_a_crafted_header_with_valid_checksums_is_refused_in_one_line_before_any
 
     from chargpt.use.compression import MAGIC, MAX_HEADER
 
-    model, sha = load_trained(checkpoint), file_sha256(checkpoint)
-    header, payload = split_blob(compress(model, sha, tiny_text(300))[0])
+    model, sha, blob = small_file
+    header, payload = split_blob(blob)
     crafted = change({k: v for k, v in header.items() if not k.startswith("payload_")})
     if version == 1:  # format 1 files get the same checks
         head = json.dumps(crafted | {"format": 1}, sort_keys=True).encode()

@@ -3,6 +3,9 @@
     python research/dynamic_eval_sweep.py --checkpoint models/quickstart/model.pt --split data/processed/val.bin \
         --try '{"optimizer": "sgd", "lr": 0.03, "stride": 64}' [--try ...] [--mixture '{"order": 12}'] --out sweep.jsonl
 
+Krause et al.'s update ({"optimizer": "rms", "lr": 1.5e-4, "decay": 1e-2}) uses the RMS of the training gradients
+that the train stage stores in the model file.
+
 Each --try is an eval.dynamic setting (JSON); one JSON line per setting goes to --out (appended) and to the
 terminal: the setting, the split, its dynamic BPC, the static BPC of the same split, and the seconds taken. With
 --mixture (an eval.mixture setting), each also mixed with the context model (bpc_dynamic_mixed).
@@ -20,7 +23,8 @@ import torch
 from chargpt.data.batches import load_split
 from chargpt.evaluation.config import DynamicEvalConfig, MixtureConfig
 from chargpt.evaluation.scoring import dynamic_score, split_score
-from chargpt.use.inference import file_sha256, load_trained
+from chargpt.train.checkpoint import needed_rms
+from chargpt.use.inference import file_sha256, load_adaptable
 
 
 def main() -> None:
@@ -34,13 +38,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, data = load_trained(args.checkpoint), load_split(args.split)
+    (model, stored_rms), data = load_adaptable(args.checkpoint), load_split(args.split)
     mixture = MixtureConfig(**json.loads(args.mixture)) if args.mixture else None
     static = split_score(model, data, model.cfg.context, 64)
     for text in args.settings:
         settings = DynamicEvalConfig(**json.loads(text))
         start = time.perf_counter()
-        score = dynamic_score(model, data, model.cfg.context, settings, mixture=mixture)
+        rms = needed_rms(args.checkpoint, stored_rms, settings.optimizer)
+        score = dynamic_score(model, data, model.cfg.context, settings, mixture=mixture, rms=rms)
         row = {
             "split": str(args.split),
             "model_sha256": file_sha256(args.checkpoint),

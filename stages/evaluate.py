@@ -20,7 +20,7 @@ from chargpt.pipeline.stage import DATA_DIR, model_path, report_dir, run_stage_p
 from chargpt.tracking import record, view
 from chargpt.tracking.connection import connect
 from chargpt.tracking.tags import PROTOCOL_TAG
-from chargpt.train.checkpoint import load_model
+from chargpt.train.checkpoint import load_model, needed_rms
 from chargpt.train.setup import prepare
 
 log = logging.getLogger("stages.evaluate")
@@ -38,6 +38,7 @@ def evaluate(cfg: RunConfig) -> None:
     sweep_temporaries(report_dir(cfg.name))
     model, state = load_model(model_path(cfg.name), expected=cfg.model)
     model.to(device)
+    rms = needed_rms(model_path(cfg.name), state.get("dynamic_rms"), cfg.eval.dynamic and cfg.eval.dynamic.optimizer)
     stride, amp_dtype = cfg.eval.stride or cfg.model.context, resolve_amp_dtype(cfg.train.precision, device)
     metrics: dict = {"iterations": state["step"]}
     for split in ("val", "test"):
@@ -50,7 +51,7 @@ def evaluate(cfg: RunConfig) -> None:
         metrics |= static_metrics(name, model, data, cfg, stride, device, amp_dtype, mixture=mixture)
         metrics |= reference_metrics(name, model, data, cfg, stride, device, amp_dtype, metrics)
         if cfg.eval.dynamic and adaptive:  # beside the static figure, never in its place
-            metrics |= dynamic_metrics(name, model, data, cfg, device, mixture)
+            metrics |= dynamic_metrics(name, model, data, cfg, device, mixture, rms)
     metrics["protocol"] = {
         "context": cfg.model.context,
         "stride": stride,
@@ -129,10 +130,15 @@ def reference_metrics(name: str, model, data, cfg: RunConfig, stride: int, devic
             f"{name}_ref_seconds": scored[f"{name}_seconds"]}  # fmt: skip
 
 
-def dynamic_metrics(name: str, model, data, cfg: RunConfig, device, mixture: MixtureConfig | None) -> dict:
-    """The same with dynamic evaluation (eval.dynamic), and its speed; with `mixture`, mixed too."""
+def dynamic_metrics(
+    name: str, model, data, cfg: RunConfig, device, mixture: MixtureConfig | None, rms: dict | None
+) -> dict:
+    """The same with dynamic evaluation (eval.dynamic), and its speed; with `mixture`, mixed too; rms: the model
+    file's dynamic_rms, where its update needs it."""
     start = time.perf_counter()
-    dynamic = dynamic_score(model, data, cfg.model.context, cfg.eval.dynamic, device, progress=True, mixture=mixture)
+    dynamic = dynamic_score(
+        model, data, cfg.model.context, cfg.eval.dynamic, device, progress=True, mixture=mixture, rms=rms
+    )
     seconds = time.perf_counter() - start
     log.info(
         "%s: %.5f BPC, accuracy %.2f%%, with dynamic evaluation (%.0f s, %.0f bytes/s)",

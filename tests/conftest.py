@@ -39,14 +39,16 @@ TINY_RUN = {
 }
 # An ablation of TINY_RUN (a run named "tiny"): the cosine control, same model and steps.
 # Its LR range test is the seed's (linear LR, val accuracy), reported beside the fixed LR it trains at; it is scored
-# in sliding windows (tiny in consecutive ones), so that the two compare only on the reference protocol.
+# in sliding windows (tiny in consecutive ones), so that the two compare only on the reference protocol; and on test
+# with Krause's dynamic evaluation and the mixture too, as the quickstart is.
 TINY_COSINE_RUN = {
     "base": "tiny",
     "schedule": {"name": "cosine", "lr_min": 1.0e-4, "lr_max": 3.0e-3, "warmup_steps": 5},
     "lr_range_test": {"method": "linear_accuracy", "lr_start": 1.0e-4, "lr_end": 0.03, "eval_interval": 4},
     "train": {"target_bpc": [7.0, 6.0, 0.5]},
-    "eval": {"stride": 8},
-}
+    "eval": {"stride": 8, "dynamic": {"optimizer": "rms", "lr": 1.0e-3, "decay": 0.01, "stride": 16, "windows": 2},
+             "mixture": {"order": 6, "table_bits": 16}, "adaptive_splits": ["test"]},
+}  # fmt: skip
 
 
 # Scheduling hint for pytest-xdist (whole files per worker, in collection order): the longest files start first,

@@ -23,15 +23,17 @@ def protocol_label(stride: int, context: int, precision: str | None) -> str:
 class DynamicEvalConfig(Section):
     """Dynamic evaluation (Krause et al. 2018): the model keeps learning on the text as it scores it. Windows are
     scored in order; after each `windows` of them, one optimizer step on those windows, so every byte is predicted
-    by weights that saw only bytes before it."""
+    by weights that saw only bytes before it. `rms` is Krause et al.'s own update: each weight's step is divided by
+    the RMS of its gradient in training, which the train stage stores in the model file (scoring.KrauseRMS)."""
 
     lr: PositiveFloat = 1e-3
-    optimizer: Literal["sgd", "adam"] = "adam"
+    optimizer: Literal["sgd", "adam", "rms"] = "adam"
     windows: PositiveInt = 1  # windows scored per update
     # Each window advances by `stride` bytes and scores its last `stride` (more context per byte, and an update per
     # `stride` bytes); null: the model's context (consecutive windows).
     stride: PositiveInt | None = None
-    # Each update pulls the weights back towards the trained ones by this fraction (0: none).
+    # Each update pulls the weights back towards the trained ones by this fraction (0: none); with rms, a weight's
+    # fraction is decay x its training RMS / the mean RMS (at most 1).
     decay: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 

@@ -139,21 +139,71 @@ def split_score(
     return Score.from_totals(totals, len(data) - 1)
 
 
+# The RMS of the training gradients that the train stage stores in the model file (dynamic_rms): Krause et al.
+# measure it once at the trained weights, over a sample of the training split.
+RMS_BATCHES, RMS_BATCH_SIZE = 32, 16
+
+
+def gradient_rms(model: torch.nn.Module, train: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+    """{parameter name: the RMS of its gradient} over RMS_BATCHES random batches of windows of the flat uint8
+    training split, at the model's weights, in fp32 and without dropout (as dynamic evaluation runs it). On a copy:
+    the model's own parameters may carry DistributedDataParallel's hooks."""
+    model = copy.deepcopy(model).eval()
+    context, generator = model.cfg.context, torch.Generator().manual_seed(0)
+    params = dict(model.named_parameters())
+    squares = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
+    for _ in range(RMS_BATCHES):
+        starts = torch.randint(len(train) - context - 1, (RMS_BATCH_SIZE, 1), generator=generator)
+        chunk = train[starts + torch.arange(context + 1)].long().to(device)  # (B, T+1)
+        model.zero_grad(set_to_none=True)
+        model(chunk[:, :-1], chunk[:, 1:])[1].backward()
+        for name, p in params.items():
+            squares[name] += p.grad.float().square() / RMS_BATCHES
+    return {name: s.sqrt().cpu() for name, s in squares.items()}
+
+
+class KrauseRMS(torch.optim.Optimizer):
+    """Krause et al.'s update: each weight moves by lr x its gradient / (its training RMS + 0.1 x the mean RMS), then
+    back towards its trained value by decay x its RMS / the mean RMS (at most all the way). Weights that training
+    moved hard adapt less per unit of gradient and forget faster; the 0.1 x mean keeps a weight that no training
+    batch moved (a rare byte's embedding) from a step of 1/0."""
+
+    def __init__(self, params: list[torch.nn.Parameter], rms: list[torch.Tensor], lr: float, decay: float):
+        super().__init__(params, {"lr": lr})
+        mean = torch.cat([r.flatten() for r in rms]).mean()
+        for p, r in zip(params, rms):
+            r = r.to(p.device)
+            self.state[p] = {"scale": 1 / (r + 0.1 * mean), "pull": (decay * r / mean).clamp(max=1.0),
+                             "trained": p.detach().clone()}  # fmt: skip
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state[p]
+                p -= group["lr"] * p.grad * state["scale"]
+                p += state["pull"] * (state["trained"] - p)
+
+
 class DynamicEvaluation:
     """Krause et al.'s dynamic evaluation: a copy of the model that takes an optimizer step on each group of windows
     after they are scored. `update` is the one place the weights change, so that a compressor and its decompressor
-    (chargpt.use.compression), which score the bytes their own way, adapt exactly as the scorer does."""
+    (chargpt.use.compression), which score the bytes their own way, adapt exactly as the scorer does. `rms`: the
+    model file's dynamic_rms, which the rms update needs."""
 
-    def __init__(self, model: torch.nn.Module, settings):
+    def __init__(self, model: torch.nn.Module, settings, rms: dict[str, torch.Tensor] | None = None):
         self.model = copy.deepcopy(model).eval()  # eval: no dropout; the trained model stays as it is
-        params = list(self.model.parameters())
-        self.initial = [p.detach().clone() for p in params] if settings.decay else None
+        names, params = zip(*self.model.named_parameters())
         self.settings = settings
-        self.optimizer = (
-            torch.optim.Adam(params, lr=settings.lr)
-            if settings.optimizer == "adam"
-            else torch.optim.SGD(params, lr=settings.lr)
-        )
+        self.initial = [p.detach().clone() for p in params] if settings.decay and settings.optimizer != "rms" else None
+        if settings.optimizer == "rms":
+            if rms is None:
+                raise ValueError("the rms update needs the model file's dynamic_rms (the training gradients' RMS)")
+            self.optimizer = KrauseRMS(list(params), [rms[n] for n in names], settings.lr, settings.decay)
+        elif settings.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(params, lr=settings.lr)
+        else:
+            self.optimizer = torch.optim.SGD(params, lr=settings.lr)
 
     def update(self, chunk: torch.Tensor, scored: torch.Tensor | None = None) -> None:
         """One step on windows chunk (B, T+1) (inputs and their next bytes): on the positions `scored` (B, T) marks,
@@ -180,13 +230,14 @@ def dynamic_score(
     device: torch.device = torch.device("cpu"),
     progress: bool = False,
     mixture: MixtureConfig | None = None,
+    rms: dict[str, torch.Tensor] | None = None,
 ) -> Score:
     """The score of `data` with dynamic evaluation: the windows of the static protocol (stride:
     settings.stride) in order, `settings.windows` at a time, each group scored before the model learns from the
-    bytes it scored; with `mixture`, mixed with a context model too (Score.mixed)."""
+    bytes it scored; with `mixture`, mixed with a context model too (Score.mixed). rms: as DynamicEvaluation's."""
     plan = window_plan(len(data), context, settings.stride or context)
     T = window_length(len(data), context)
-    dynamic = DynamicEvaluation(model, settings)
+    dynamic = DynamicEvaluation(model, settings, rms)
     mixer = Mixture(mixture, first=int(data[0])) if mixture else None
     totals = torch.zeros(4 if mixer else 2, dtype=torch.float64, device=device)
     groups = window_batches(data, plan, T, settings.windows, device)

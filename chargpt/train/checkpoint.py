@@ -139,7 +139,36 @@ def load_model(path: str | Path, expected: ModelConfig | None = None) -> tuple[G
         model.load_state_dict(state["model"])
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the model config stored with them: {e}") from None
+    if "dynamic_rms" in state:
+        check_rms_fits(path, model, state["dynamic_rms"])
     return model, state
+
+
+def check_rms_fits(path: Path, model: GPT, rms: Any) -> None:
+    """dynamic_rms, the RMS of the training gradients (the train stage's), holds one finite, non-negative fp32 tensor
+    per parameter, of its shape."""
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    if not isinstance(rms, dict) or rms.keys() != shapes.keys():
+        got = sorted(rms)[:3] if isinstance(rms, dict) else type(rms).__name__
+        raise CheckpointError(f"{path}: dynamic_rms: expected one tensor per parameter ({len(shapes)}), got {got}")
+    for name, r in rms.items():
+        if not isinstance(r, torch.Tensor) or r.dtype != torch.float32 or tuple(r.shape) != shapes[name]:
+            got = f"{r.dtype} {tuple(r.shape)}" if isinstance(r, torch.Tensor) else type(r).__name__
+            raise CheckpointError(f"{path}: dynamic_rms.{name}: expected float32 {shapes[name]}, got {got}")
+        if not bool(torch.isfinite(r).all() and (r >= 0).all()):
+            raise CheckpointError(f"{path}: dynamic_rms.{name}: expected finite values >= 0")
+
+
+def needed_rms(model_file: str | Path, stored: dict | None, optimizer: str | None) -> dict | None:
+    """The model file's dynamic_rms where dynamic evaluation's `optimizer` is rms (None otherwise)."""
+    if optimizer != "rms":
+        return None
+    if stored is None:
+        raise CheckpointError(
+            f"{model_file}: holds no dynamic_rms (the RMS of its training gradients), which eval.dynamic's rms update "
+            f"needs: the train stage stores it since this version; train the model again, or use optimizer sgd"
+        )
+    return stored
 
 
 # Keys that may change between an interrupted session and its resumption without changing the run.

@@ -29,8 +29,9 @@ from chargpt.evaluation.config import DynamicEvalConfig, MixtureConfig
 from chargpt.evaluation.scoring import check_stride, dynamic_score, split_score
 from chargpt.io import check_output, file_problem
 from chargpt.pipeline.config import load_run_config, run_name_argument
+from chargpt.train.checkpoint import needed_rms
 from chargpt.use.compression import DEFAULT_MAX_LENGTH, compress, decompress, write
-from chargpt.use.inference import checkpoint_path, file_sha256, load_trained, sample
+from chargpt.use.inference import checkpoint_path, file_sha256, load_adaptable, load_trained, sample
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -140,7 +141,8 @@ def score_parser() -> argparse.ArgumentParser:
 
 def score_main(argv: list[str] | None = None) -> None:
     args = score_parser().parse_args(argv)
-    model = load_trained(checkpoint_path(args.run, args.checkpoint))
+    path = checkpoint_path(args.run, args.checkpoint)
+    model, stored_rms = load_adaptable(path)
     raw = _read(args.file)
     if len(raw) < 2:
         raise ConfigError(
@@ -158,7 +160,8 @@ def score_main(argv: list[str] | None = None) -> None:
         if args.stride:
             settings = settings.model_copy(update={"stride": args.stride})
         stride, source = settings.stride, ("--stride" if args.stride else f"runs.{args.run}.eval.dynamic.stride")
-        score = dynamic_score(model, data, context, settings, progress=True, mixture=mixture)
+        rms = needed_rms(path, stored_rms, settings.optimizer)
+        score = dynamic_score(model, data, context, settings, progress=True, mixture=mixture, rms=rms)
     else:
         settings = None
         score = split_score(model, data, context, args.batch_size, stride, progress=True, mixture=mixture)
@@ -222,13 +225,16 @@ def compress_main(argv: list[str] | None = None) -> None:
     path = checkpoint_path(args.run, args.checkpoint)
     check_output(args.output, args.force, [args.input, path])
     data = _read(args.input)
+    model, stored_rms = load_adaptable(path)
+    dynamic = _dynamic_settings(args) if args.dynamic else None
     blob, stats = compress(
-        load_trained(path),
+        model,
         file_sha256(path),
         data,
-        _dynamic_settings(args) if args.dynamic else None,
+        dynamic,
         stride=args.stride,
         mixture=_mixture_settings(args),
+        rms=needed_rms(path, stored_rms, dynamic and dynamic.optimizer),
     )
     write(args.output, blob)
     print(
@@ -271,7 +277,8 @@ def decompress_main(argv: list[str] | None = None) -> None:
     free = shutil.disk_usage(where).free
     limit, why = (args.max_length, "--max-length") if args.max_length <= free else (free, "the free disk space")
     blob = _read(args.input)
-    data, stats = decompress(load_trained(path), file_sha256(path), blob, args.input, str(path), limit, why)
+    model, rms = load_adaptable(path)
+    data, stats = decompress(model, file_sha256(path), blob, args.input, str(path), limit, why, rms=rms)
     write(args.output, data)
     print(
         json.dumps(

@@ -45,6 +45,7 @@ from chargpt.evaluation.scoring import DynamicEvaluation, check_stride, scored_m
 from chargpt.io import atomic_open
 from chargpt.model.gpt import GPT
 from chargpt.settings import format_validation_error
+from chargpt.train.checkpoint import needed_rms
 
 MAGIC = b"CHARGPT\x00"
 # 3: MAGIC, the header's length (<I), the header (compact JSON, deflated: a third of the bytes, which counts on short
@@ -168,13 +169,16 @@ def _walk_coding_order(
     mixture: MixtureConfig | None,
     buf: bytearray,
     code_bytes: Callable[[np.ndarray, list[int]], None],
+    rms: dict | None = None,
 ) -> None:
     """Walk the bytes in coding order, computing each one's distribution; `code_bytes(probabilities (m, 256),
-    positions)` codes the bytes at those positions of `buf` (the encoder reads them, the decoder writes them)."""
+    positions)` codes the bytes at those positions of `buf` (the encoder reads them, the decoder writes them).
+    rms: the model file's dynamic_rms, for dynamic evaluation's rms update."""
     if mixture:  # the context model counts the bytes in the text's order, so they go in order
         code_bytes = _mixed(Mixture(mixture, first=buf[0]), buf, code_bytes)
     if _in_order(context, stride, dynamic, mixture):
-        _walk_in_order(model, n, context, dynamic.stride if dynamic else stride, dynamic, buf, code_bytes)
+        learner = DynamicEvaluation(model, dynamic, rms) if dynamic else None
+        _walk_in_order(model, n, context, dynamic.stride if dynamic else stride, learner, buf, code_bytes)
         return
     plan, groups, rest = _layout(n, context, lanes)
     T = window_length(n, context)
@@ -209,17 +213,16 @@ def _walk_in_order(
     n: int,
     context: int,
     stride: int | None,
-    dynamic: DynamicEvalConfig | None,
+    learner: DynamicEvaluation | None,
     buf: bytearray,
     code_bytes: Callable[[np.ndarray, list[int]], None],
 ) -> None:
     """The windows one at a time, in order (sliding windows overlap, so no lane could start without the bytes
-    before it). With `dynamic`, dynamic evaluation's walk (chargpt.evaluation.scoring.dynamic_score): after each
-    group of `dynamic.windows` windows, the same update on the bytes just coded."""
+    before it). With a `learner`, dynamic evaluation's walk (chargpt.evaluation.scoring.dynamic_score): after each
+    group of its settings' `windows` windows, the same update on the bytes just coded."""
     plan = window_plan(n, context, stride or context)
     T = window_length(n, context)
-    learner = DynamicEvaluation(model, dynamic) if dynamic else None
-    step = dynamic.windows if dynamic else len(plan)
+    step = learner.settings.windows if learner else len(plan)
     for i in range(0, len(plan), step):
         group = plan[i : i + step]
         for window in group:
@@ -267,10 +270,11 @@ def compress(
     lanes: int = DEFAULT_LANES,
     stride: int | None = None,
     mixture: MixtureConfig | None = None,
+    rms: dict | None = None,
 ) -> tuple[bytes, Stats]:
     """stride: score sliding windows (each byte sees at least context - stride bytes; coded in order, one window at
-    a time); with `dynamic`, its own stride applies. mixture: mix the model with a context model of the bytes
-    before (coded in order too)."""
+    a time); with `dynamic`, its own stride applies (rms: the model file's dynamic_rms, which its rms update needs).
+    mixture: mix the model with a context model of the bytes before (coded in order too)."""
     start = time.perf_counter()
     n, context = len(data), model.cfg.context
     check_stride(stride, context)
@@ -297,7 +301,7 @@ def compress(
         def encode_bytes(probabilities: np.ndarray, positions: list[int]) -> None:
             encoder.encode(np.array([data[p] for p in positions], dtype=np.int32), family, probabilities)
 
-        _walk_coding_order(model, n, context, lanes, stride, dynamic, mixture, bytearray(data), encode_bytes)
+        _walk_coding_order(model, n, context, lanes, stride, dynamic, mixture, bytearray(data), encode_bytes, rms)
     in_order = _in_order(context, stride, dynamic, mixture)
     stored = bytes(data[p] for p in _stored_positions(n, context, lanes, in_order))
     payload = stored + encoder.get_compressed().astype("<u4").tobytes()
@@ -397,8 +401,10 @@ def decompress(
     model_file: str = "model",
     max_length: int = DEFAULT_MAX_LENGTH,
     limit: str = "--max-length",
+    rms: dict | None = None,
 ) -> tuple[bytes, Stats]:
-    """max_length: the most bytes a header may declare (`limit` says where that bound comes from)."""
+    """max_length: the most bytes a header may declare (`limit` says where that bound comes from); rms: the model
+    file's dynamic_rms, where the header's dynamic evaluation updates by it."""
     start = time.perf_counter()
     header, offset = read_header(blob, source, max_length, limit)
     check_setup(header, model_sha256, model_file, source)
@@ -406,6 +412,7 @@ def decompress(
     lanes, dynamic, stride = header["protocol"]["lanes"], header["protocol"]["dynamic"], header["protocol"]["stride"]
     dynamic = DynamicEvalConfig(**dynamic) if dynamic else None
     mixture = MixtureConfig(**header["protocol"]["mixture"]) if header["protocol"]["mixture"] else None
+    rms = needed_rms(model_file, rms, dynamic and dynamic.optimizer)
     if context != model.cfg.context:
         raise CompressionError(f"{source}: coded with context {context}, the model's is {model.cfg.context}")
     previous_threads = torch.get_num_threads()
@@ -424,7 +431,7 @@ def decompress(
                 for p, byte in zip(positions, decoder.decode(family, probabilities)):
                     buf[p] = int(byte)
 
-            _walk_coding_order(model, n, context, lanes, stride, dynamic, mixture, buf, decode_bytes)
+            _walk_coding_order(model, n, context, lanes, stride, dynamic, mixture, buf, decode_bytes, rms)
     finally:
         torch.set_num_threads(previous_threads)
     data = bytes(buf)

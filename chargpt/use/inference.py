@@ -68,6 +68,12 @@ def load_trained(path: Path) -> GPT:
     return model.eval()
 
 
+def load_adaptable(path: Path) -> tuple[GPT, dict | None]:
+    """The model, and the RMS of its training gradients where the file holds them (dynamic evaluation's rms update)."""
+    model, state = load_model(path)
+    return model.eval(), state.get("dynamic_rms")
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -45,6 +45,16 @@ def test_local_corpus_through_all_five_stages(trained, project):
     assert ev["val_bytes_scored"] == 2_999 and ev["test_bytes_scored"] == 2_999  # whole splits
     assert 0 < ev["test_bpc"] < 8.0  # 30 steps on repetitive text already beat the uniform 8 bits
     assert 0 < ev["val_accuracy"] <= 1 and 0 < ev["test_accuracy"] <= 1  # beside every BPC
+    # the model file carries its training gradients' RMS, and tiny_cosine's test is scored with Krause's update by it
+    from chargpt.use.inference import load_adaptable
+
+    cosine_model, rms = load_adaptable(root / "models/tiny_cosine/model.pt")
+    assert rms.keys() == dict(cosine_model.named_parameters()).keys()
+    cosine = json.loads((root / "reports/tiny_cosine/eval.json").read_text())
+    assert cosine["protocol"]["dynamic"]["optimizer"] == "rms" and cosine["protocol"]["adaptive_splits"] == ["test"]
+    assert "val_bpc_dynamic" not in cosine and "val_bpc_mixed" not in cosine
+    assert cosine["test_bpc_dynamic_mixed"] < cosine["test_bpc_dynamic"] < cosine["test_bpc"]
+    assert cosine["test_bpc_mixed"] < cosine["test_bpc"]
 
     # The seed's range test (tiny_cosine): both bounds suggested from the val accuracy, beside the fixed schedule's.
     seed_test = json.loads((root / "reports/tiny_cosine/lr_range_test.json").read_text())
@@ -106,8 +116,9 @@ def test_reporting_cannot_change_a_runs_outputs(trained, tmp_path):
     assert (recorded / "mlflow.db").is_file() and not (silent / "mlflow.db").exists()
     a, b = (torch.load(p / "models/tiny/model.pt", weights_only=True) for p in (recorded, silent))
     assert a.pop("mlflow_run_id") and b.pop("mlflow_run_id") is None  # the one field that names the MLflow run
-    weights_a, weights_b = a.pop("model"), b.pop("model")
-    assert weights_a.keys() == weights_b.keys() and all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    for tensors in ("model", "dynamic_rms"):  # the weights, and their training gradients' RMS
+        weights_a, weights_b = a.pop(tensors), b.pop(tensors)
+        assert weights_a.keys() == weights_b.keys() and all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
     assert a == b  # config, step, lr_max
     for name in ("train_curve.tsv", "lr_range_test.csv"):
         assert (recorded / "reports/tiny" / name).read_bytes() == (silent / "reports/tiny" / name).read_bytes(), name

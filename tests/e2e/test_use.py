@@ -9,14 +9,14 @@ import pytest
 import torch
 from conftest import SAMPLE, TINY_MODEL, tiny_text
 
-from chargpt.errors import CompressionError
+from chargpt.errors import CheckpointError, CompressionError
 from chargpt.evaluation.config import DynamicEvalConfig, MixtureConfig
-from chargpt.evaluation.scoring import dynamic_score, split_score
+from chargpt.evaluation.scoring import dynamic_score, gradient_rms, split_score
 from chargpt.model.config import ModelConfig
 from chargpt.model.gpt import GPT
 from chargpt.train.checkpoint import save_checkpoint
 from chargpt.use.compression import compress, decompress
-from chargpt.use.inference import file_sha256, load_trained, sample
+from chargpt.use.inference import file_sha256, load_adaptable, load_trained, sample
 
 CONFIG = ModelConfig(**TINY_MODEL)
 
@@ -36,7 +36,8 @@ def checkpoint(tmp_path_factory):
         opt.step()
         opt.zero_grad()
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_checkpoint(path, model, {"model": CONFIG.model_dump()}, step=150)
+    rms = gradient_rms(model, data.to(torch.uint8), torch.device("cpu"))
+    save_checkpoint(path, model, {"model": CONFIG.model_dump()}, step=150, dynamic_rms=rms)
     return path
 
 
@@ -112,18 +113,30 @@ def test_the_round_trip_is_byte_exact_and_the_size_is_the_bpc(checkpoint, name):
 
 
 @pytest.mark.parametrize(
-    "settings", [DynamicEvalConfig(lr=3e-3, windows=2), DynamicEvalConfig(lr=0.1, optimizer="sgd", stride=12)]
+    "settings",
+    [
+        DynamicEvalConfig(lr=3e-3, windows=2),
+        DynamicEvalConfig(lr=0.1, optimizer="sgd", stride=12),
+        DynamicEvalConfig(lr=3e-4, optimizer="rms", decay=0.01, stride=12, windows=2),
+    ],
 )
 def test_dynamic_compression_adapts_as_dynamic_evaluation_does(checkpoint, settings):
-    model, sha = load_trained(checkpoint), file_sha256(checkpoint)
+    (model, rms), sha = load_adaptable(checkpoint), file_sha256(checkpoint)
     data = b"zq9 " * 300 + tiny_text(700)
-    blob, stats = compress(model, sha, data, dynamic=settings)
-    out, _ = decompress(model, sha, blob)
+    blob, stats = compress(model, sha, data, dynamic=settings, rms=rms)
+    out, _ = decompress(model, sha, blob, rms=rms)
     assert out == data
-    score = dynamic_score(model, torch.frombuffer(bytearray(data), dtype=torch.uint8), 32, settings)
+    score = dynamic_score(model, torch.frombuffer(bytearray(data), dtype=torch.uint8), 32, settings, rms=rms)
     static, _ = compress(model, sha, data)
     assert stats.compressed_bytes - stats.header_bytes <= score.bytes_scored * score.bpc / 8 * 1.001 + 5
     assert stats.compressed_bytes < len(static)  # it learned the repeats
+
+
+def test_a_file_coded_with_the_rms_update_is_refused_with_a_model_file_that_lacks_its_rms(checkpoint):
+    (model, rms), sha = load_adaptable(checkpoint), file_sha256(checkpoint)
+    blob, _ = compress(model, sha, tiny_text(300), dynamic=DynamicEvalConfig(optimizer="rms", lr=3e-4), rms=rms)
+    with pytest.raises(CheckpointError, match=r"^old\.pt: holds no dynamic_rms"):
+        decompress(model, sha, blob, model_file="old.pt")
 
 
 @pytest.mark.parametrize(

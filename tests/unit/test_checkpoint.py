@@ -13,7 +13,9 @@ CFG = ModelConfig(n_layer=1, d_model=16, n_head=2, d_ff=32, context=8, dropout=0
 def saved(tmp_path):
     model = GPT(CFG)
     path = tmp_path / "model.pt"
-    save_checkpoint(path, model, RunConfig(name="t", model=CFG).model_dump(mode="json"), step=7, mlflow_run_id="abc")
+    rms = {name: p.detach().abs() + 0.1 for name, p in model.named_parameters()}  # as the train stage stores them
+    save_checkpoint(path, model, RunConfig(name="t", model=CFG).model_dump(mode="json"), step=7, mlflow_run_id="abc",
+                    dynamic_rms=rms)  # fmt: skip
     return model, path
 
 
@@ -74,6 +76,12 @@ def test_a_model_larger_than_the_free_memory_is_refused_naming_its_size(tmp_path
         (lambda s: s["model"].update(extra=torch.zeros(1)), "extra not in this model"),
         (lambda s: s["model"].update({"tok_emb.weight": torch.zeros(256, 8)}),
          "tok_emb.weight: expected (256, 16), file has (256, 8)"),
+        (lambda s: s.update(dynamic_rms=[1.0]), "dynamic_rms: expected one tensor per parameter"),
+        (lambda s: s["dynamic_rms"].pop("head.weight"), "dynamic_rms: expected one tensor per parameter"),
+        (lambda s: s["dynamic_rms"].update({"tok_emb.weight": torch.zeros(256, 8)}),
+         "dynamic_rms.tok_emb.weight: expected float32 (256, 16), got torch.float32 (256, 8)"),
+        (lambda s: s["dynamic_rms"].update({"head.weight": -s["dynamic_rms"]["head.weight"]}),
+         "dynamic_rms.head.weight: expected finite values >= 0"),
     ],
 )  # fmt: skip
 def test_a_file_that_lacks_or_contradicts_is_one_line_saying_what(tmp_path, change, message):
@@ -101,3 +109,14 @@ print("torch._dynamo" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_the_rms_update_on_a_model_file_without_its_rms_is_refused_naming_the_file(tmp_path):
+    from chargpt.train.checkpoint import needed_rms
+
+    model, path = saved(tmp_path)
+    state = torch.load(path, weights_only=True)
+    assert needed_rms(path, state["dynamic_rms"], "rms") is state["dynamic_rms"]
+    assert needed_rms(path, None, "sgd") is None and needed_rms(path, None, None) is None
+    with pytest.raises(CheckpointError, match=rf"{tmp_path / 'old.pt'}: holds no dynamic_rms .* train the model again"):
+        needed_rms(tmp_path / "old.pt", None, "rms")

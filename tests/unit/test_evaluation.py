@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from chargpt.evaluation.config import DynamicEvalConfig
-from chargpt.evaluation.scoring import dynamic_score, split_score, window_plan
+from chargpt.evaluation.scoring import RMS_BATCHES, KrauseRMS, dynamic_score, gradient_rms, split_score, window_plan
 from chargpt.model.config import ModelConfig
 from chargpt.model.gpt import GPT
 
@@ -91,3 +91,39 @@ def test_accuracy_and_bpc_of_a_model_whose_answer_is_known(stride):
         NextByteGuesser(), data, context=16, settings=DynamicEvalConfig(lr=1e-30, optimizer="sgd", stride=stride)
     )
     assert dynamic.accuracy == right / 3000 and dynamic.bpc == pytest.approx(score.bpc, rel=1e-12)
+    rms = {name: torch.ones_like(p) for name, p in NextByteGuesser().named_parameters()}
+    krause = dynamic_score(NextByteGuesser(), data, 16, DynamicEvalConfig(lr=1e-30, optimizer="rms", stride=stride),
+                           rms=rms)  # fmt: skip
+    assert krause.accuracy == right / 3000 and krause.bpc == pytest.approx(score.bpc, rel=1e-12)
+
+
+def test_krause_rms_steps_each_weight_by_its_gradient_over_its_training_rms_and_pulls_it_back():
+    """Two weights of training RMS 0.5 and 0 (mean 0.25): steps of lr g / (0.5 + 0.025) and lr g / 0.025, then
+    pulls of 0.1 x 0.5 / 0.25 = 0.2 and 0 of the way back to the trained values."""
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    opt = KrauseRMS([w], [torch.tensor([0.5, 0.0])], lr=0.01, decay=0.1)
+    w.grad = torch.tensor([0.21, -0.05])
+    opt.step()
+    moved = torch.tensor([1.0 - 0.01 * 0.21 / 0.525, 2.0 + 0.01 * 0.05 / 0.025])
+    expected = moved + torch.tensor([0.2, 0.0]) * (torch.tensor([1.0, 2.0]) - moved)
+    torch.testing.assert_close(w.detach(), expected, rtol=1e-6, atol=0)
+
+
+def test_gradient_rms_is_the_rms_of_the_models_gradients_over_its_batches_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=1, d_model=16, n_head=2, d_ff=32, context=8, dropout=0.5))
+    train = torch.randint(0, 256, (500,), dtype=torch.uint8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rms = gradient_rms(model, train, torch.device("cpu"))
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert rms.keys() == dict(model.named_parameters()).keys()
+    # by hand: the same batches (the generator seeded 0), each gradient without dropout, squared and averaged
+    gen, squares = torch.Generator().manual_seed(0), torch.zeros_like(model.head.weight)
+    model.eval()
+    for _ in range(RMS_BATCHES):
+        chunk = train[torch.randint(500 - 9, (16, 1), generator=gen) + torch.arange(9)].long()
+        (grad,) = torch.autograd.grad(model(chunk[:, :-1], chunk[:, 1:])[1], [model.head.weight])
+        squares += grad.square() / RMS_BATCHES
+    torch.testing.assert_close(rms["head.weight"], squares.sqrt())
+    assert torch.equal(gradient_rms(model, train, torch.device("cpu"))["head.weight"], rms["head.weight"])

@@ -21,8 +21,9 @@ import torch
 
 from chargpt.evaluation.config import DynamicEvalConfig, MixtureConfig
 from chargpt.evaluation.scoring import dynamic_score, split_score
+from chargpt.train.checkpoint import needed_rms
 from chargpt.use.compression import compress, decompress
-from chargpt.use.inference import file_sha256, load_trained
+from chargpt.use.inference import file_sha256, load_adaptable
 
 
 def main() -> None:
@@ -34,19 +35,20 @@ def main() -> None:
     parser.add_argument("--mixture", metavar="JSON", help="an eval.mixture setting")
     parser.add_argument("--json", type=Path, help="also append the line to this file")
     args = parser.parse_args()
-    model, sha = load_trained(args.checkpoint), file_sha256(args.checkpoint)
+    (model, stored_rms), sha = load_adaptable(args.checkpoint), file_sha256(args.checkpoint)
     data = args.file.read_bytes()
     dynamic = DynamicEvalConfig(**json.loads(args.dynamic)) if args.dynamic else None
+    rms = needed_rms(args.checkpoint, stored_rms, dynamic and dynamic.optimizer)
     mixture = MixtureConfig(**json.loads(args.mixture)) if args.mixture else None
     start = time.perf_counter()
-    blob, stats = compress(model, sha, data, dynamic, stride=args.stride, mixture=mixture)
+    blob, stats = compress(model, sha, data, dynamic, stride=args.stride, mixture=mixture, rms=rms)
     compress_s = time.perf_counter() - start
     start = time.perf_counter()
-    restored, _ = decompress(model, sha, blob)
+    restored, _ = decompress(model, sha, blob, rms=rms)
     decompress_s = time.perf_counter() - start
     tensor = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     score = (
-        dynamic_score(model, tensor, model.cfg.context, dynamic, mixture=mixture)
+        dynamic_score(model, tensor, model.cfg.context, dynamic, mixture=mixture, rms=rms)
         if dynamic
         else split_score(model, tensor, model.cfg.context, 64, args.stride, mixture=mixture)
     )

@@ -45,6 +45,7 @@ class ContextModel:
         self._shift = np.uint64(64 - table_bits)
         self._orders = np.arange(1, order + 1, dtype=np.uint64)
         self._hashes = np.zeros(order + 1, dtype=np.uint64)  # of the last 0..order bytes; order 0: the empty one
+        self._escapes_above = np.ones(order + 1)  # 1, then the escapes of orders order .. 1 (predict's)
         self._place()
 
     def _place(self) -> None:
@@ -55,14 +56,16 @@ class ContextModel:
     def predict(self) -> tuple[np.ndarray, int]:
         """(256,) float64 summing to 1: the next byte's distribution; and how many orders have seen their context."""
         found = self._check_rows[self._bases] == self._context_checks  # (orders, 256)
-        counts = (self._count_rows[self._bases] * found).astype(np.float64)  # (orders, 256)
+        held = np.where(found, self._count_rows[self._bases], 0)  # (orders, 256) uint16
+        counts = held.astype(np.float64)
         n = counts.sum(axis=1)  # (orders,)
-        u = np.count_nonzero(counts, axis=1)
+        u = (held != 0).sum(axis=1)
         total = np.maximum(n + u, 1)
         escape = np.where(n > 0, u / total, 1.0)  # the weight each order leaves to the shorter ones
         # Witten-Bell from the empty context up: p_k = counts_k / (n_k + u_k) + escape_k p_(k-1), unrolled: each
         # order's share is the product of the escapes of the orders above it.
-        above = np.cumprod(np.append(1.0, escape[:0:-1]))[::-1]  # (orders,)
+        self._escapes_above[1:] = escape[:0:-1]
+        above = np.cumprod(self._escapes_above)[::-1]  # (orders,)
         p = (above / total) @ counts + above[0] * escape[0] / 256
         return p, int(np.count_nonzero(n))
 

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import shutil
 
-from chargpt.data.batches import load_split
 from chargpt.device import describe, resolve_amp_dtype
 from chargpt.evaluation.scoring import gradient_rms
 from chargpt.pipeline.config import RunConfig, load_run_config
@@ -101,7 +100,7 @@ def train(cfg: RunConfig, fresh: bool = False) -> None:
                 mlflow_run_id=recorded.run_id,
                 lr_max=run.lr_max,
                 # for dynamic evaluation's rms update, wherever the model goes
-                dynamic_rms=gradient_rms(run.model, load_split(DATA_DIR / "train.bin"), device),
+                dynamic_rms=gradient_rms(run.model, run.sampler.data, device),
             )
             metrics = write_outputs(run, curve, result, reports)
             plot_training_curve(curve, reports / "train_curve.png", f"training: {name}")

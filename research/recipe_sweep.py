@@ -146,6 +146,8 @@ def against_table(paths: list[str], baseline: str, json_out: str | None = None) 
                         f"{k}_vs_{baseline}": round(r[k] - base[k], 5) for k in ("val_bpc", "test_bpc")
                     }
                     f.write(json.dumps(row) + "\n")
+            for row in seed_means(results, baseline):
+                f.write(json.dumps(row) + "\n")
     lines = [
         f"| variant | steps | ms/step timed | train s | val BPC | val vs {baseline} | test BPC | test accuracy |",
         "|---|---|---|---|---|---|---|---|",
@@ -160,6 +162,23 @@ def against_table(paths: list[str], baseline: str, json_out: str | None = None) 
             f"| {r['val_bpc'] - base['val_bpc']:+.5f} | {r['test_bpc']:.5f} | {r['test_accuracy']:.2%} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def seed_means(results: dict[str, dict], baseline: str) -> list[dict]:
+    """For each variant X run with a second seed (X_seed2, beside baseline_seed2): the mean of its two seeds' val and
+    test BPC, and the mean of its differences from the baseline of the same seed."""
+    rows = []
+    for name, second in results.items():
+        first, base2 = results.get(name.removesuffix("_seed2")), results.get(f"{baseline}_seed2")
+        if not name.endswith("_seed2") or first is None or base2 is None or "error" in first or "error" in second:
+            continue
+        pairs = ((first, results[baseline]), (second, base2))
+        row = {"name": f"{first['name']} (2 seeds)"}
+        for k in ("val_bpc", "test_bpc"):
+            row[f"{k}_mean"] = round((first[k] + second[k]) / 2, 5)
+            row[f"{k}_vs_{baseline}_mean"] = round(sum(r[k] - b[k] for r, b in pairs) / 2, 5)
+        rows.append(row)
+    return rows
 
 
 def load_results(paths: list[str]) -> dict[str, dict]:

@@ -89,7 +89,8 @@ def test_every_shipped_sweep_grid_is_valid_for_its_run():
     # The run each grid varies, as bench/gpu_check.sh passes it (--run); the rest vary quickstart_adamw.
     runs = {"t12_recipes.yaml": "t12", "seed_final_recipes.yaml": "final", "precision_numerics.yaml": "quickstart",
             "modern_cpu_combined.yaml": "quickstart_classic", "modern_cpu_shape.yaml": "quickstart",
-            "modern_cpu_bf16.yaml": "quickstart", "modern_cpu_bf16_training.yaml": "quickstart"}  # fmt: skip
+            "modern_cpu_bf16.yaml": "quickstart", "modern_cpu_bf16_training.yaml": "quickstart",
+            "static_candidates_bf16.yaml": "quickstart"}  # fmt: skip
     script = (REPO / "bench/gpu_check.sh").read_text()
     for grid in ("t12_recipes.yaml", "seed_final_recipes.yaml"):
         assert f"--run {runs[grid]} --grid research/grids/{grid}" in script
@@ -123,3 +124,20 @@ def test_recipe_sweep_at_equal_seconds_gives_each_variant_the_steps_its_timed_st
     table = sweep_tables().against_table([str(tmp_path / "out.jsonl")], "plain", None).splitlines()
     assert table[0].startswith("| variant | steps | ms/step timed |") and table[2].startswith("| plain | ")
     assert "| +0.00000 |" in table[2] and len(table) == 4
+
+
+def test_the_seed_means_pair_each_second_seed_with_the_baselines_second_seed():
+    results = {
+        "base": {"name": "base", "val_bpc": 2.0, "test_bpc": 2.1},
+        "base_seed2": {"name": "base_seed2", "val_bpc": 2.02, "test_bpc": 2.05},
+        "x": {"name": "x", "val_bpc": 1.99, "test_bpc": 2.08},
+        "x_seed2": {"name": "x_seed2", "val_bpc": 1.97, "test_bpc": 2.06},
+        "y": {"name": "y", "val_bpc": 1.9, "test_bpc": 2.0},  # one seed: no mean
+    }
+    rows = sweep_tables().seed_means(results, "base")
+    assert rows == [
+        {"name": "base (2 seeds)", "val_bpc_mean": 2.01, "val_bpc_vs_base_mean": 0.0, "test_bpc_mean": 2.075,
+         "test_bpc_vs_base_mean": 0.0},
+        {"name": "x (2 seeds)", "val_bpc_mean": 1.98, "val_bpc_vs_base_mean": -0.03, "test_bpc_mean": 2.07,
+         "test_bpc_vs_base_mean": -0.005},
+    ]  # fmt: skip

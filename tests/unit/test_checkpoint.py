@@ -93,13 +93,15 @@ def test_a_file_that_lacks_or_contradicts_is_one_line_saying_what(tmp_path, chan
     assert message in str(e.value) and str(tmp_path / "crafted.pt") in str(e.value) and "\n" not in str(e.value)
 
 
-def test_loading_a_model_does_not_import_torch_dynamo(tmp_path):
+@pytest.mark.parametrize("options", [{}, {"positions": "rope", "key_offset": True}], ids=["plain", "rope"])
+def test_loading_a_model_does_not_import_torch_dynamo(tmp_path, options):
     """The shape check builds the model on the meta device without its random init: normal_ there imports
-    torch._dynamo, a second and more of every command that loads a model (sample, score, evaluate)."""
+    torch._dynamo, a second and more of every command that loads a model (sample, score, evaluate); so would the
+    rotary angles, computed there."""
     import subprocess
     import sys
 
-    cfg = ModelConfig(n_layer=1, d_model=16, n_head=2, d_ff=32, context=8)
+    cfg = ModelConfig(n_layer=1, d_model=16, n_head=2, d_ff=32, context=8, **options)
     save_checkpoint(tmp_path / "m.pt", GPT(cfg), {"model": cfg.model_dump()}, step=0)
     code = f"""
 import sys

@@ -27,15 +27,9 @@ class ModelConfig(Section):
     value_residual: bool = False  # every layer's values mix in the first layer's, by a learned weight
     embedding_skip: bool = False  # every block's input mixes in the embedding, by a learned weight
     rope_base: PositiveFloat = 10000.0
-    # #43's static candidates, each zero-initialised (the model starts as it would without it):
-    # token_shift: each block's normed inputs (attention's, feed-forward's) mix in the previous byte's by a learned
-    # share per channel (RWKV's token shift, learned); conv: a short causal depthwise convolution added to its input,
-    # on the queries, keys and values (qkv: Primer's, kernel 3) or on each block's normed inputs (canon: Allen-Zhu's
-    # Canon layers A and C, kernel 4); key_offset (rope only): the keys' slow rotary dimensions (the second quarter
-    # of each half) come from the previous position, as modded-nanogpt's partial key offset.
+    # Each block's normed inputs (attention's, the feed-forward's) mix in the previous byte's by a learned share per
+    # channel, 0 at the start (RWKV's token shift, learned): #43's study, docs/results.md.
     token_shift: bool = False
-    conv: Literal["none", "qkv", "canon"] = "none"
-    key_offset: bool = False
     # How attention is computed: the same function, rounded differently. fused: torch's pick among
     # scaled_dot_product_attention's fused kernels (flash / memory-efficient); math: its reference path (matmuls and a
     # softmax, differentiated by autograd), whose backward runs faster on a CPU in bf16 (docs/results.md); auto: math
@@ -49,9 +43,5 @@ class ModelConfig(Section):
         if self.positions == "rope" and (self.d_model // self.n_head) % 2:
             raise ValueError(
                 f"positions: rope needs an even head size; d_model / n_head is {self.d_model // self.n_head}"
-            )
-        if self.key_offset and self.positions != "rope":
-            raise ValueError(
-                f"key_offset: true needs positions: rope (it shifts rotary dimensions), not {self.positions}"
             )
         return self

@@ -70,18 +70,16 @@ class Rotary(nn.Module):
         return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
-def with_history(x: torch.Tensor, cache: KVCache | None, key: tuple, n: int) -> torch.Tensor:
-    """x (B, T, C) preceded by the n positions before it in the window, (B, n + T, C): zeros before the window's
-    first byte; with a cache, the last n positions of the previous call, and this call's last n are kept for the
-    next."""
+def previous_positions(x: torch.Tensor, cache: KVCache | None, key: tuple) -> torch.Tensor:
+    """(B, T, C): each position's predecessor in the window, zeros before its first byte; with a cache, the previous
+    call's last position, and this call's last is kept for the next."""
     if cache is None or cache.length == 0:
-        past = x.new_zeros(x.size(0), n, x.size(2))
+        first = x.new_zeros(x.size(0), 1, x.size(2))
     else:
-        past = cache.history[key].to(x.dtype)
-    full = torch.cat((past, x), dim=1)
+        first = cache.history[key].to(x.dtype)
     if cache is not None:
-        cache.history[key] = full[:, -n:]
-    return full
+        cache.history[key] = x[:, -1:]
+    return torch.cat((first, x[:, :-1]), dim=1)
 
 
 class TokenShift(nn.Module):
@@ -93,28 +91,7 @@ class TokenShift(nn.Module):
         self.mix = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor, cache: KVCache | None, key: tuple) -> torch.Tensor:
-        previous = with_history(x, cache, key, 1)[:, :-1]  # (B, T, C): each position's predecessor
-        return x + self.mix * (previous - x)
-
-
-class CausalConv(nn.Module):
-    """A depthwise convolution over the last `kernel` positions, added to its input (Primer, Canon layers); zero
-    weights at the start: the identity."""
-
-    def __init__(self, channels: int, kernel: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(channels, 1, kernel))
-
-    def forward(self, x: torch.Tensor, cache: KVCache | None, key: tuple) -> torch.Tensor:
-        full = with_history(x, cache, key, self.weight.size(-1) - 1)  # (B, kernel - 1 + T, C)
-        y = F.conv1d(full.transpose(1, 2), self.weight, groups=x.size(2))  # (B, C, T)
-        return x + y.transpose(1, 2)
-
-
-def input_mixers(cfg: ModelConfig) -> nn.ModuleList:
-    """What mixes earlier positions into a block's normed input, in order (none by default)."""
-    mixers = [TokenShift(cfg.d_model)] if cfg.token_shift else []
-    return nn.ModuleList(mixers + ([CausalConv(cfg.d_model, 4)] if cfg.conv == "canon" else []))
+        return x + self.mix * (previous_positions(x, cache, key) - x)  # (B, T, C)
 
 
 @dataclass
@@ -143,19 +120,11 @@ class CausalSelfAttention(nn.Module):
         self.value_mix = nn.Parameter(torch.tensor(0.5)) if cfg.value_residual and layer > 0 else None
         self.shares_values = cfg.value_residual and layer == 0
         self.attend = ATTENTION_KERNELS[cfg.attention_kernel]
-        self.qkv_conv = CausalConv(3 * cfg.d_model, 3) if cfg.conv == "qkv" else None
-        # key_offset: the slow rotary dimensions (the second quarter of each half), barely turned by the position,
-        # carry the previous position's key, so a query can find the byte after an earlier match in one layer.
-        slow = [i % (head_size // 2) >= head_size // 4 for i in range(head_size)]
-        self.register_buffer("slow_dims", torch.tensor(slow) if cfg.key_offset else None, persistent=False)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None, shared: Shared) -> torch.Tensor:
         """The attention's output (B, T, C)."""
         B, T, C = x.shape
-        qkv = self.qkv(x)  # (B, T, 3C)
-        if self.qkv_conv is not None:
-            qkv = self.qkv_conv(qkv, cache, (self.layer, "qkv"))
-        q, k, v = qkv.split(C, dim=2)
+        q, k, v = self.qkv(x).split(C, dim=2)
         # (B, T, C) -> (B, nh, T, hs)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if self.value_mix is not None:
@@ -164,13 +133,10 @@ class CausalSelfAttention(nn.Module):
             shared.first_values = v
         if self.rotary is not None:
             q, k = self.rotary(q, shared.start), self.rotary(k, shared.start)
-        if cache is not None:
-            k, v = cache.append(self.layer, k, v)  # (B, nh, L, hs): the window's earlier positions, then these
-        if self.slow_dims is not None:
-            k = torch.cat((k[:, :, :1], k[:, :, :-1]), dim=2).where(self.slow_dims, k)  # the first keeps its own
         if cache is None:
             y = self.attend(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
         else:
+            k, v = cache.append(self.layer, k, v)  # (B, nh, L, hs): the window's earlier positions, then these
             L = k.size(2)
             if L == T:
                 y = self.attend(q, k, v, is_causal=True)
@@ -193,7 +159,7 @@ class KVCache:
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
         self.length = 0  # positions held (GPT.forward advances it once all layers have appended)
-        self.history: dict[tuple, torch.Tensor] = {}  # the last positions' inputs of each causal mixer (with_history)
+        self.history: dict[tuple, torch.Tensor] = {}  # each token shift's last input (previous_positions)
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new positions' k, v (B, nh, T, hs); return the window's so far, (B, nh, length + T, hs)."""
@@ -226,10 +192,11 @@ class Block(nn.Module):
         # this layer's own positional embedding (None: the model adds one at its input only, or uses rope)
         self.pos_emb = nn.Embedding(cfg.context, cfg.d_model) if cfg.positions == "per_layer" else None
         self.ln_attn = nn.LayerNorm(cfg.d_model)
-        self.attn_mixers = input_mixers(cfg)
+        # token_shift: attention's and the feed-forward's normed inputs mix in the previous byte's
+        self.attn_shift = TokenShift(cfg.d_model) if cfg.token_shift else None
         self.attn = CausalSelfAttention(cfg, layer)
         self.ln_ff = nn.LayerNorm(cfg.d_model)
-        self.ff_mixers = input_mixers(cfg)
+        self.ff_shift = TokenShift(cfg.d_model) if cfg.token_shift else None
         self.ff = FeedForward(cfg)
         # Embedding skip (modded-nanogpt): the block's input gains this share of the embedding; 0 at the start.
         self.embedding_skip = nn.Parameter(torch.zeros(())) if cfg.embedding_skip and layer > 0 else None
@@ -240,13 +207,14 @@ class Block(nn.Module):
             x = x + self.pos_emb.weight[shared.start : shared.start + x.size(1)]  # (B, T, C) + (T, C)
         if self.embedding_skip is not None:
             x = x + self.embedding_skip * shared.embedded
-        x = x + self.attn(self.mixed(self.ln_attn(x), self.attn_mixers, cache, "attn"), cache, shared)
-        return x + self.ff(self.mixed(self.ln_ff(x), self.ff_mixers, cache, "ff"))
-
-    def mixed(self, h: torch.Tensor, mixers: nn.ModuleList, cache: KVCache | None, site: str) -> torch.Tensor:
-        for i, mixer in enumerate(mixers):
-            h = mixer(h, cache, (self.layer, site, i))
-        return h
+        h = self.ln_attn(x)
+        if self.attn_shift is not None:
+            h = self.attn_shift(h, cache, (self.layer, "attn"))
+        x = x + self.attn(h, cache, shared)
+        h = self.ln_ff(x)
+        if self.ff_shift is not None:
+            h = self.ff_shift(h, cache, (self.layer, "ff"))
+        return x + self.ff(h)
 
 
 class GPT(nn.Module):

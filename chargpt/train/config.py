@@ -23,15 +23,6 @@ class OptimizerConfig(Section):
     # muon: the dtype of its Newton-Schulz iteration. auto: bf16 (torch's) where bf16 matmul is native (GPUs
     # with bf16, CPUs with avx512_bf16 or amx_bf16), fp32 elsewhere (emulated bf16 is far slower; docs/results.md).
     muon_ns_dtype: Literal["auto", "bf16", "fp32"] = "auto"
-    # muon: decay Muon's matrices only where the update moves the weight towards zero too (cautious weight decay,
-    # modded-nanogpt); the decay follows the LR's schedule, as all decoupled decay here does.
-    cautious_weight_decay: bool = False
-
-    @model_validator(mode="after")
-    def _cautious_is_muons(self) -> OptimizerConfig:
-        if self.cautious_weight_decay and self.name != "muon":
-            raise ValueError(f"cautious_weight_decay: true needs name: muon (it masks Muon's decay), not {self.name}")
-        return self
 
 
 class ScheduleConfig(Section):

@@ -42,10 +42,7 @@ def muon_update(
     momentum_buffer.lerp_(grad, 1 - momentum)
     update = grad.lerp(momentum_buffer, momentum) if group["nesterov"] else momentum_buffer
     update = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"], ns_dtype)
-    if group.get("cautious"):  # decay only where the update also moves the weight towards zero (cautious WD)
-        param.sub_(param * (update * param > 0), alpha=lr * group["weight_decay"])
-    else:
-        param.mul_(1 - lr * group["weight_decay"])  # decoupled weight decay
+    param.mul_(1 - lr * group["weight_decay"])  # decoupled weight decay
     param.add_(update, alpha=-lr * lr_ratio(group["adjust_lr_fn"], param.shape))
 
 
@@ -58,7 +55,7 @@ class Muon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure=None):
-        if self.ns_dtype == torch.bfloat16 and not any(group.get("cautious") for group in self.param_groups):
+        if self.ns_dtype == torch.bfloat16:
             return super().step(closure)
         if closure is not None:
             raise ValueError("Muon.step takes no closure")
@@ -97,10 +94,9 @@ class MuonWithAdamW(torch.optim.Optimizer):
         weight_decay: float,
         ns_dtype: torch.dtype,
         adamw_kernel: dict,
-        cautious: bool = False,
     ):
         self.muon = Muon(
-            [{"params": hidden_matrices, "weight_decay": weight_decay, "cautious": cautious}],
+            [{"params": hidden_matrices, "weight_decay": weight_decay}],
             ns_dtype=ns_dtype,
             lr=lr,
             momentum=momentum,

@@ -13,12 +13,11 @@ from chargpt.train.muon import MuonWithAdamW
 
 
 def param_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
-    """Decay matrices and embeddings only: biases, LayerNorm gains, mixing shares and convolution kernels have no
-    scale to regularise."""
+    """Decay matrices and embeddings only: biases, LayerNorm gains and mixing shares have no scale to regularise."""
     params = [p for p in params if p.requires_grad]
     return [
-        {"params": [p for p in params if p.dim() == 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() != 2], "weight_decay": 0.0},
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
 
 
@@ -51,9 +50,7 @@ def build_optimizer(
     groups = param_groups([p for p in model.parameters() if id(p) not in hidden_ids], cfg.weight_decay)
     if cfg.name == "muon":
         ns_dtype = muon_ns_dtype(cfg, model)
-        return MuonWithAdamW(
-            hidden, groups, lr, momentum, cfg.beta2, cfg.weight_decay, ns_dtype, kernel, cfg.cautious_weight_decay
-        )
+        return MuonWithAdamW(hidden, groups, lr, momentum, cfg.beta2, cfg.weight_decay, ns_dtype, kernel)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=cfg.nesterov, **kernel)
     return torch.optim.AdamW(groups, lr=lr, betas=(momentum, cfg.beta2), **kernel)

@@ -8,7 +8,7 @@ import yaml
 
 from chargpt.device import autocast
 from chargpt.model.config import ModelConfig
-from chargpt.model.gpt import GPT, CausalConv, Rotary, TokenShift
+from chargpt.model.gpt import GPT, Rotary, TokenShift
 from chargpt.pipeline.config import RunConfig
 from chargpt.train.checkpoint import load_model, save_checkpoint
 from chargpt.train.config import OptimizerConfig
@@ -23,9 +23,6 @@ OPTIONS = {
     "math_attention": {"attention_kernel": "math"},
     "auto_attention": {"attention_kernel": "auto"},
     "token_shift": {"token_shift": True},
-    "conv_qkv": {"conv": "qkv"},
-    "conv_canon": {"conv": "canon"},
-    "key_offset": {"positions": "rope", "key_offset": True},
     "all": {
         "positions": "rope",
         "value_residual": True,
@@ -33,8 +30,6 @@ OPTIONS = {
         "tie_embeddings": False,
         "attention_kernel": "math",
         "token_shift": True,
-        "conv": "canon",
-        "key_offset": True,
     },  # fmt: skip
 }
 
@@ -106,47 +101,28 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest_decaying_matrices_onl
     rest = [p for p in model.parameters() if id(p) not in hidden]
     decay, no_decay = param_groups(rest, 0.1)
     assert {id(p) for p in decay["params"]} == {id(p) for p in rest if p.dim() == 2}
-    assert {id(p) for p in no_decay["params"]} == {id(p) for p in rest if p.dim() != 2} and no_decay[
-        "weight_decay"
-    ] == 0
-    scalars = {n for n, p in model.named_parameters() if p.dim() != 2 and "ln" not in n and "bias" not in n}
+    assert {id(p) for p in no_decay["params"]} == {id(p) for p in rest if p.dim() < 2} and no_decay["weight_decay"] == 0
+    scalars = {n for n, p in model.named_parameters() if p.dim() < 2 and "ln" not in n and "bias" not in n}
     expected = {
         "value_residual": {"blocks.1.attn.value_mix", "blocks.2.attn.value_mix"},
         "embedding_skip": {"blocks.1.embedding_skip", "blocks.2.embedding_skip"},
-        "token_shift": {f"blocks.{i}.{site}_mixers.0.mix" for i in range(3) for site in ("attn", "ff")},
+        "token_shift": {f"blocks.{i}.{site}_shift.mix" for i in range(3) for site in ("attn", "ff")},
     }
-    conv = {"qkv": {f"blocks.{i}.attn.qkv_conv.weight" for i in range(3)},
-            "canon": {f"blocks.{i}.{site}_mixers.{int(options.get('token_shift', False))}.weight"
-                      for i in range(3) for site in ("attn", "ff")}}.get(options.get("conv"), set())  # fmt: skip
-    assert scalars == set().union(conv, *(names for key, names in expected.items() if options.get(key)))
+    assert scalars == set().union(*(names for key, names in expected.items() if options.get(key)))
 
 
 def test_the_defaults_build_nothing_new():
     names = set(GPT(ModelConfig(**BASE)).state_dict())
-    assert not any(word in name for name in names for word in ("value_mix", "skip", "mix", "conv"))
+    assert not any(word in name for name in names for word in ("value_mix", "skip", "shift"))
 
 
-def test_the_token_shift_and_the_convolution_mix_in_earlier_positions_as_set():
-    """At share 1 the shift gives each position its predecessor's input (zeros before the first); a kernel whose
-    only tap is one position back adds that position's input."""
+def test_the_token_shift_at_share_1_gives_each_position_its_predecessors_input():
     x = torch.randn(2, 5, 4)
     shift = TokenShift(4)
     with torch.no_grad():
         shift.mix.fill_(1.0)
     torch.testing.assert_close(shift(x, None, ()), torch.cat((torch.zeros(2, 1, 4), x[:, :-1]), dim=1))
-    conv = CausalConv(4, 3)
-    with torch.no_grad():
-        conv.weight[:, 0, 1] = 1.0  # taps: two back, one back, this position
-    torch.testing.assert_close(conv(x, None, ()), x + torch.cat((torch.zeros(2, 1, 4), x[:, :-1]), dim=1))
-
-
-def test_the_key_offset_shifts_the_slow_quarter_of_each_rotary_half():
-    attn = GPT(ModelConfig(**BASE, positions="rope", key_offset=True)).blocks[0].attn
-    assert attn.slow_dims.tolist() == [False, False, True, True, False, False, True, True]  # head size 8
-    from pydantic import ValidationError
-
-    with pytest.raises(ValidationError, match="key_offset: true needs positions: rope"):
-        ModelConfig(key_offset=True)
+    assert torch.equal(TokenShift(4)(x, None, ()), x)  # 0 at the start: the identity
 
 
 def test_rotary_scores_depend_on_the_distance_only():

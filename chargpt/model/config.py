@@ -27,9 +27,6 @@ class ModelConfig(Section):
     value_residual: bool = False  # every layer's values mix in the first layer's, by a learned weight
     embedding_skip: bool = False  # every block's input mixes in the embedding, by a learned weight
     rope_base: PositiveFloat = 10000.0
-    # Each block's normed inputs (attention's, the feed-forward's) mix in the previous byte's by a learned share per
-    # channel, 0 at the start (RWKV's token shift, learned): #43's study, docs/results.md.
-    token_shift: bool = False
     # How attention is computed: the same function, rounded differently. fused: torch's pick among
     # scaled_dot_product_attention's fused kernels (flash / memory-efficient); math: its reference path (matmuls and a
     # softmax, differentiated by autograd), whose backward runs faster on a CPU in bf16 (docs/results.md); auto: math

@@ -70,30 +70,6 @@ class Rotary(nn.Module):
         return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
-def previous_positions(x: torch.Tensor, cache: KVCache | None, key: tuple) -> torch.Tensor:
-    """(B, T, C): each position's predecessor in the window, zeros before its first byte; with a cache, the previous
-    call's last position, and this call's last is kept for the next."""
-    if cache is None or cache.length == 0:
-        first = x.new_zeros(x.size(0), 1, x.size(2))
-    else:
-        first = cache.history[key].to(x.dtype)
-    if cache is not None:
-        cache.history[key] = x[:, -1:]
-    return torch.cat((first, x[:, :-1]), dim=1)
-
-
-class TokenShift(nn.Module):
-    """RWKV's token shift, learned: each channel moves towards the previous position's by its own share (0 at the
-    start: the identity)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.mix = nn.Parameter(torch.zeros(channels))
-
-    def forward(self, x: torch.Tensor, cache: KVCache | None, key: tuple) -> torch.Tensor:
-        return x + self.mix * (previous_positions(x, cache, key) - x)  # (B, T, C)
-
-
 @dataclass
 class Shared:
     """What one forward pass gives every block beside the residual stream: the position of its first byte, the
@@ -159,7 +135,6 @@ class KVCache:
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
         self.length = 0  # positions held (GPT.forward advances it once all layers have appended)
-        self.history: dict[tuple, torch.Tensor] = {}  # each token shift's last input (previous_positions)
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new positions' k, v (B, nh, T, hs); return the window's so far, (B, nh, length + T, hs)."""
@@ -192,11 +167,8 @@ class Block(nn.Module):
         # this layer's own positional embedding (None: the model adds one at its input only, or uses rope)
         self.pos_emb = nn.Embedding(cfg.context, cfg.d_model) if cfg.positions == "per_layer" else None
         self.ln_attn = nn.LayerNorm(cfg.d_model)
-        # token_shift: attention's and the feed-forward's normed inputs mix in the previous byte's
-        self.attn_shift = TokenShift(cfg.d_model) if cfg.token_shift else None
         self.attn = CausalSelfAttention(cfg, layer)
         self.ln_ff = nn.LayerNorm(cfg.d_model)
-        self.ff_shift = TokenShift(cfg.d_model) if cfg.token_shift else None
         self.ff = FeedForward(cfg)
         # Embedding skip (modded-nanogpt): the block's input gains this share of the embedding; 0 at the start.
         self.embedding_skip = nn.Parameter(torch.zeros(())) if cfg.embedding_skip and layer > 0 else None
@@ -207,14 +179,8 @@ class Block(nn.Module):
             x = x + self.pos_emb.weight[shared.start : shared.start + x.size(1)]  # (B, T, C) + (T, C)
         if self.embedding_skip is not None:
             x = x + self.embedding_skip * shared.embedded
-        h = self.ln_attn(x)
-        if self.attn_shift is not None:
-            h = self.attn_shift(h, cache, (self.layer, "attn"))
-        x = x + self.attn(h, cache, shared)
-        h = self.ln_ff(x)
-        if self.ff_shift is not None:
-            h = self.ff_shift(h, cache, (self.layer, "ff"))
-        return x + self.ff(h)
+        x = x + self.attn(self.ln_attn(x), cache, shared)
+        return x + self.ff(self.ln_ff(x))
 
 
 class GPT(nn.Module):

@@ -13,7 +13,7 @@ from chargpt.train.muon import MuonWithAdamW
 
 
 def param_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
-    """Decay matrices and embeddings only: biases, LayerNorm gains and mixing shares have no scale to regularise."""
+    """Decay matrices and embeddings only: biases and LayerNorm gains have no scale to regularise."""
     params = [p for p in params if p.requires_grad]
     return [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},

@@ -89,8 +89,7 @@ def test_every_shipped_sweep_grid_is_valid_for_its_run():
     # The run each grid varies, as bench/gpu_check.sh passes it (--run); the rest vary quickstart_adamw.
     runs = {"t12_recipes.yaml": "t12", "seed_final_recipes.yaml": "final", "precision_numerics.yaml": "quickstart",
             "modern_cpu_combined.yaml": "quickstart_classic", "modern_cpu_shape.yaml": "quickstart",
-            "modern_cpu_bf16.yaml": "quickstart", "modern_cpu_bf16_training.yaml": "quickstart",
-            "token_shift_full_budget.yaml": "quickstart_token_shift"}  # fmt: skip
+            "modern_cpu_bf16.yaml": "quickstart", "modern_cpu_bf16_training.yaml": "quickstart"}  # fmt: skip
     script = (REPO / "bench/gpu_check.sh").read_text()
     for grid in ("t12_recipes.yaml", "seed_final_recipes.yaml"):
         assert f"--run {runs[grid]} --grid research/grids/{grid}" in script

@@ -93,7 +93,7 @@ def test_a_file_that_lacks_or_contradicts_is_one_line_saying_what(tmp_path, chan
     assert message in str(e.value) and str(tmp_path / "crafted.pt") in str(e.value) and "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("options", [{}, {"positions": "rope", "token_shift": True}], ids=["plain", "rope"])
+@pytest.mark.parametrize("options", [{}, {"positions": "rope"}], ids=["plain", "rope"])
 def test_loading_a_model_does_not_import_torch_dynamo(tmp_path, options):
     """The shape check builds the model on the meta device without its random init: normal_ there imports
     torch._dynamo, a second and more of every command that loads a model (sample, score, evaluate); so would the

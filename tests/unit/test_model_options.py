@@ -8,7 +8,7 @@ import yaml
 
 from chargpt.device import autocast
 from chargpt.model.config import ModelConfig
-from chargpt.model.gpt import GPT, Rotary, TokenShift
+from chargpt.model.gpt import GPT, Rotary
 from chargpt.pipeline.config import RunConfig
 from chargpt.train.checkpoint import load_model, save_checkpoint
 from chargpt.train.config import OptimizerConfig
@@ -22,14 +22,12 @@ OPTIONS = {
     "embedding_skip": {"embedding_skip": True},
     "math_attention": {"attention_kernel": "math"},
     "auto_attention": {"attention_kernel": "auto"},
-    "token_shift": {"token_shift": True},
     "all": {
         "positions": "rope",
         "value_residual": True,
         "embedding_skip": True,
         "tie_embeddings": False,
         "attention_kernel": "math",
-        "token_shift": True,
     },  # fmt: skip
 }
 
@@ -106,23 +104,13 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest_decaying_matrices_onl
     expected = {
         "value_residual": {"blocks.1.attn.value_mix", "blocks.2.attn.value_mix"},
         "embedding_skip": {"blocks.1.embedding_skip", "blocks.2.embedding_skip"},
-        "token_shift": {f"blocks.{i}.{site}_shift.mix" for i in range(3) for site in ("attn", "ff")},
     }
     assert scalars == set().union(*(names for key, names in expected.items() if options.get(key)))
 
 
 def test_the_defaults_build_nothing_new():
     names = set(GPT(ModelConfig(**BASE)).state_dict())
-    assert not any(word in name for name in names for word in ("value_mix", "skip", "shift"))
-
-
-def test_the_token_shift_at_share_1_gives_each_position_its_predecessors_input():
-    x = torch.randn(2, 5, 4)
-    shift = TokenShift(4)
-    with torch.no_grad():
-        shift.mix.fill_(1.0)
-    torch.testing.assert_close(shift(x, None, ()), torch.cat((torch.zeros(2, 1, 4), x[:, :-1]), dim=1))
-    assert torch.equal(TokenShift(4)(x, None, ()), x)  # 0 at the start: the identity
+    assert not any(word in name for name in names for word in ("value_mix", "skip"))
 
 
 def test_rotary_scores_depend_on_the_distance_only():

@@ -22,8 +22,7 @@ Fraction = Annotated[float, Field(gt=0, lt=1)]
 # (docs/results.md's decision log has what each measured and the last commit where its command runs).
 RETIRED: dict[str, dict[str, object]] = {
     "model": {"activation": "relu", "qk_norm": False, "zero_init": False, "logit_softcap": None, "smear": False,
-              "bigram": False, "conv": "none", "key_offset": False,
-              "token_shift": False},
+              "bigram": False, "conv": "none", "key_offset": False, "token_shift": False},
     "optimizer": {"embedding_lr_scale": 1.0, "head_lr_scale": 1.0, "scalar_lr_scale": 1.0,
                   "muon_momentum_warmup_steps": 0, "muon_momentum_warmup_start": 0.85, "cautious_weight_decay": False},
     "train": {"batch_size_warmup": None, "ema_decay": None},

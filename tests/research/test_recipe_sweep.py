@@ -110,14 +110,14 @@ def test_recipe_sweep_at_equal_seconds_gives_each_variant_the_steps_its_timed_st
     sweep = [sys.executable, str(REPO / "research/recipe_sweep.py")]
     proc = subprocess.run(
         [*sweep, "--params", str(tmp_path / "params.yaml"), "--run", "tiny", "--grid", str(tmp_path / "grid.yaml"),
-         "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out.jsonl"), "--equal-seconds", "1.5",
+         "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out.jsonl"), "--equal-seconds", "0.75",
          "--set", "train.checkpoint_every=0", "--set", "train.eval_interval=1000"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = {r["name"]: r for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
     for r in results.values():
-        assert r["iterations"] == max(1, round(1.5 / r["measured_step_seconds"]))
+        assert r["iterations"] == max(1, round(0.75 / r["measured_step_seconds"]))
     assert results["wide"]["measured_step_seconds"] > results["plain"]["measured_step_seconds"]
     assert results["wide"]["iterations"] < results["plain"]["iterations"]
     table = sweep_tables().against_table([str(tmp_path / "out.jsonl")], "plain", None).splitlines()

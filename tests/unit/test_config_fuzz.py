@@ -65,7 +65,7 @@ def test_every_mutation_loads_or_raises_config_error(tmp_path_factory, mutations
         except (KeyError, TypeError):  # an earlier mutation removed or replaced the parent
             pass
     path = Path(tmp_path_factory.mktemp("p")) / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
+    path.write_text(yaml.dump(params, Dumper=yaml.CSafeDumper))  # libyaml's: 5x as fast as safe_dump
     try:
         load_all_runs(path)
     except ConfigError as e:
@@ -86,7 +86,7 @@ def test_a_setting_of_the_wrong_type_is_refused_naming_the_key_path_it_is_writte
     for path in SETTINGS:
         params = mutate(BASE, ("replace", path, {"bad": 1}, ""))
         file = tmp_path / "params.yaml"
-        file.write_text(yaml.safe_dump(params))
+        file.write_text(yaml.dump(params, Dumper=yaml.CSafeDumper))
         with pytest.raises(ConfigError) as e:
             load_all_runs(file)
         dotted = ".".join(map(str, path))  # the key, or one under it where the setting may be a mapping (eval.dynamic)

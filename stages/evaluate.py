@@ -11,8 +11,8 @@ import time
 
 from chargpt.data.batches import load_split
 from chargpt.device import precision_name, resolve_amp_dtype
-from chargpt.evaluation.config import REFERENCE, MixtureConfig, protocol_label
-from chargpt.evaluation.scoring import dynamic_score, split_score
+from chargpt.evaluation.config import REFERENCE, protocol_label
+from chargpt.evaluation.scoring import Score, split_score, static_and_dynamic_scores
 from chargpt.io import write_json
 from chargpt.pipeline.config import RunConfig, load_run_config
 from chargpt.pipeline.harness import run_stage, sweep_temporaries
@@ -48,10 +48,17 @@ def evaluate(cfg: RunConfig) -> None:
         data = data[: cfg.eval.max_bytes] if name != split else data
         adaptive = split in cfg.eval.adaptive_splits
         mixture = cfg.eval.mixture if adaptive else None
-        metrics |= static_metrics(name, model, data, cfg, stride, device, amp_dtype, mixture=mixture)
+        if cfg.eval.dynamic and adaptive:  # beside the static figure, never in its place; in one walk with it
+            (static, static_s), (dynamic, dynamic_s) = static_and_dynamic_scores(
+                model, data, cfg.model.context, cfg.eval.batch_size, stride, device, amp_dtype, cfg.eval.dynamic,
+                mixture, rms, progress=True,
+            )  # fmt: skip
+        else:
+            static, static_s = timed_score(model, data, cfg, stride, device, amp_dtype, mixture)
+        metrics |= static_metrics(name, static, static_s, stride)
         metrics |= reference_metrics(name, model, data, cfg, stride, device, amp_dtype, metrics)
-        if cfg.eval.dynamic and adaptive:  # beside the static figure, never in its place
-            metrics |= dynamic_metrics(name, model, data, cfg, device, mixture, rms)
+        if cfg.eval.dynamic and adaptive:
+            metrics |= dynamic_metrics(name, dynamic, dynamic_s)
     metrics["protocol"] = {
         "context": cfg.model.context,
         "stride": stride,
@@ -74,24 +81,20 @@ def evaluate(cfg: RunConfig) -> None:
     view.refresh_view(connection, log)
 
 
-def static_metrics(
-    name: str,
-    model,
-    data,
-    cfg: RunConfig,
-    stride: int,
-    device,
-    amp_dtype,
-    how: str = "in the run's own protocol",
-    mixture: MixtureConfig | None = None,
-) -> dict:
-    """BPC and accuracy of split (or prefix) `name` under the window protocol, and the seconds they took; with
-    `mixture`, mixed with the context model too."""
+def timed_score(model, data, cfg: RunConfig, stride: int, device, amp_dtype, mixture=None) -> tuple[Score, float]:
+    """split_score of `data` in the window protocol of `stride` (with `mixture`, mixed too), and its seconds."""
     start = time.perf_counter()
-    score = split_score(
+    scored = split_score(
         model, data, cfg.model.context, cfg.eval.batch_size, stride, device, amp_dtype, progress=True, mixture=mixture
     )
-    seconds = time.perf_counter() - start
+    return scored, time.perf_counter() - start
+
+
+def static_metrics(
+    name: str, score: Score, seconds: float, stride: int, how: str = "in the run's own protocol"
+) -> dict:
+    """BPC and accuracy of split (or prefix) `name` under the window protocol of `stride`, and the seconds they took;
+    the mixture's too, where it scored."""
     log.info(
         "%s: %.5f BPC, accuracy %.2f%%, over %d bytes, %s (stride %d, %.0f s)",
         name,
@@ -125,21 +128,16 @@ def reference_metrics(name: str, model, data, cfg: RunConfig, stride: int, devic
     the context (one figure, not scored twice), else scored again in consecutive windows."""
     if stride == cfg.model.context:
         return {f"{name}_bpc_ref": own[f"{name}_bpc"], f"{name}_accuracy_ref": own[f"{name}_accuracy"]}
-    scored = static_metrics(name, model, data, cfg, cfg.model.context, device, amp_dtype, "in consecutive windows")
+    score, seconds = timed_score(model, data, cfg, cfg.model.context, device, amp_dtype)
+    scored = static_metrics(name, score, seconds, cfg.model.context, "in consecutive windows")
     return {f"{name}_bpc_ref": scored[f"{name}_bpc"], f"{name}_accuracy_ref": scored[f"{name}_accuracy"],
             f"{name}_ref_seconds": scored[f"{name}_seconds"]}  # fmt: skip
 
 
-def dynamic_metrics(
-    name: str, model, data, cfg: RunConfig, device, mixture: MixtureConfig | None, rms: dict | None
-) -> dict:
-    """The same with dynamic evaluation (eval.dynamic), and its speed; with `mixture`, mixed too; rms: the model
-    file's dynamic_rms, where its update needs it."""
-    start = time.perf_counter()
-    dynamic = dynamic_score(
-        model, data, cfg.model.context, cfg.eval.dynamic, device, progress=True, mixture=mixture, rms=rms
-    )
-    seconds = time.perf_counter() - start
+def dynamic_metrics(name: str, dynamic: Score, seconds: float) -> dict:
+    """The same with dynamic evaluation (eval.dynamic), and its speed (its own steps: the context model's counts,
+    which it shares with the static walk's mixture, are paid by whichever reaches them first); mixed too, where
+    eval.mixture is set."""
     log.info(
         "%s: %.5f BPC, accuracy %.2f%%, with dynamic evaluation (%.0f s, %.0f bytes/s)",
         name,

@@ -81,11 +81,56 @@ class ContextModel:
         self._place()
 
 
-class Mixture:
-    """The network's next-byte distribution mixed with a ContextModel's (see the module's docstring)."""
+class SharedContext:
+    """One ContextModel of a text that several mixtures read in the text's order (evaluate mixes both its static and
+    its dynamic scores of test): each prediction is made once, by the first reader to reach it, and kept until the
+    last has read it. Readers that advance in step (chargpt.evaluation.scoring.in_step) keep few."""
 
-    def __init__(self, settings: MixtureConfig, first: int | None = None):
-        self.context = ContextModel(settings.order, settings.table_bits)
+    def __init__(self, settings: MixtureConfig, readers: int):
+        self.model = ContextModel(settings.order, settings.table_bits)
+        self.readers = readers
+        self.observed = 0  # bytes the model has counted
+        self.kept: dict[int, list] = {}  # bytes counted before it -> [prediction, readers yet to read it]
+
+    def reader(self) -> ContextReader:
+        return ContextReader(self)
+
+    def predict(self, position: int) -> tuple[np.ndarray, int]:
+        if position not in self.kept:  # the first reader here: the model has counted exactly `position` bytes
+            assert position == self.observed, (position, self.observed)
+            self.kept[position] = [self.model.predict(), self.readers]
+        entry = self.kept[position]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self.kept[position]
+        return entry[0]
+
+    def observe(self, position: int, byte: int) -> None:
+        if position == self.observed:  # the first reader past it counts it; the others have its counts already
+            self.model.observe(byte)
+            self.observed += 1
+
+
+class ContextReader:
+    """A ContextModel's `predict` and `observe`, read from a SharedContext at this reader's own position."""
+
+    def __init__(self, shared: SharedContext):
+        self.shared, self.position = shared, 0
+
+    def predict(self) -> tuple[np.ndarray, int]:
+        return self.shared.predict(self.position)
+
+    def observe(self, byte: int) -> None:
+        self.shared.observe(self.position, byte)
+        self.position += 1
+
+
+class Mixture:
+    """The network's next-byte distribution mixed with a ContextModel's (see the module's docstring); `context`: a
+    SharedContext's reader, where another mixture scores the same text."""
+
+    def __init__(self, settings: MixtureConfig, first: int | None = None, context: ContextReader | None = None):
+        self.context = context or ContextModel(settings.order, settings.table_bits)
         self.lr = settings.lr
         self.logits = [0.0] * (
             settings.order + 2

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 import math
+import time
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +25,7 @@ from tqdm import tqdm
 from chargpt.device import autocast
 from chargpt.errors import ConfigError
 from chargpt.evaluation.config import MixtureConfig
-from chargpt.evaluation.mixture import Mixture
+from chargpt.evaluation.mixture import Mixture, SharedContext
 
 LN2 = math.log(2)
 
@@ -110,7 +112,6 @@ def window_batches(data: torch.Tensor, plan: list[tuple[int, int]], T: int, size
         yield data[starts[:, None] + offsets].long().to(device), scored_mask(T, n_scored).to(device)
 
 
-@torch.inference_mode()
 def split_score(
     model: torch.nn.Module,
     data: torch.Tensor,
@@ -124,19 +125,55 @@ def split_score(
 ) -> Score:
     """The score of `model` (plain or torch.compile'd) on the flat uint8 tensor `data`; with `mixture`, its
     score mixed with a context model too (Score.mixed)."""
+    mixer = Mixture(mixture, first=int(data[0])) if mixture else None
+    steps = static_pass(model, data, context, batch_size, stride, device, amp_dtype, mixer)
+    return in_step([steps], len(data) - 1, "eval", progress)[0][0]
+
+
+@torch.inference_mode()
+def static_pass(
+    model: torch.nn.Module,
+    data: torch.Tensor,
+    context: int,
+    batch_size: int,
+    stride: int | None,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    mixer: Mixture | None,
+) -> Generator[int, None, Score]:
+    """split_score's work, one batch of windows a step: yields the bytes scored so far, returns the Score."""
     plan = window_plan(len(data), context, stride or context)
     T = window_length(len(data), context)
     was_training = model.training
     model.eval()
-    mixer = Mixture(mixture, first=int(data[0])) if mixture else None
     totals = torch.zeros(4 if mixer else 2, dtype=torch.float64, device=device)
-    batches = window_batches(data, plan, T, batch_size, device)
-    for chunk, scored in tqdm(
-        batches, desc="eval", disable=not progress, mininterval=1.0, total=math.ceil(len(plan) / batch_size)
-    ):
+    done = 0
+    for chunk, scored in window_batches(data, plan, T, batch_size, device):
         totals += batch_totals(model, chunk, scored, amp_dtype, mixer)
+        done += int(scored.sum())
+        yield done
     model.train(was_training)
     return Score.from_totals(totals, len(data) - 1)
+
+
+def in_step(
+    passes: list[Generator[int, None, Score]], n_bytes: int, desc: str, progress: bool
+) -> list[tuple[Score, float]]:
+    """Each pass over one text of n_bytes scored bytes (a generator of the bytes it has scored so far, returning its
+    Score) run to its end, the one furthest behind stepped first, so that mixtures reading one SharedContext keep
+    only the predictions between them; each pass's Score, and the seconds spent in its own steps."""
+    done, seconds, scores = [0] * len(passes), [0.0] * len(passes), [None] * len(passes)
+    with tqdm(total=n_bytes, desc=desc, disable=not progress, mininterval=1.0, unit="B", unit_scale=True) as bar:
+        while live := [i for i, score in enumerate(scores) if score is None]:
+            i = min(live, key=done.__getitem__)
+            start = time.perf_counter()
+            try:
+                done[i] = next(passes[i])
+            except StopIteration as end:
+                scores[i] = end.value
+            seconds[i] += time.perf_counter() - start
+            bar.update(min(done) - bar.n)
+    return list(zip(scores, seconds))
 
 
 # The RMS of the training gradients that the train stage stores in the model file (dynamic_rms): Krause et al.
@@ -235,20 +272,52 @@ def dynamic_score(
     """The score of `data` with dynamic evaluation: the windows of the static protocol (stride:
     settings.stride) in order, `settings.windows` at a time, each group scored before the model learns from the
     bytes it scored; with `mixture`, mixed with a context model too (Score.mixed). rms: as DynamicEvaluation's."""
+    mixer = Mixture(mixture, first=int(data[0])) if mixture else None
+    steps = dynamic_pass(model, data, context, settings, device, mixer, rms)
+    return in_step([steps], len(data) - 1, "dynamic eval", progress)[0][0]
+
+
+def dynamic_pass(
+    model: torch.nn.Module,
+    data: torch.Tensor,
+    context: int,
+    settings,
+    device: torch.device,
+    mixer: Mixture | None,
+    rms: dict[str, torch.Tensor] | None,
+) -> Generator[int, None, Score]:
+    """dynamic_score's work, one group of windows a step: yields the bytes scored so far, returns the Score."""
     plan = window_plan(len(data), context, settings.stride or context)
     T = window_length(len(data), context)
     dynamic = DynamicEvaluation(model, settings, rms)
-    mixer = Mixture(mixture, first=int(data[0])) if mixture else None
     totals = torch.zeros(4 if mixer else 2, dtype=torch.float64, device=device)
-    groups = window_batches(data, plan, T, settings.windows, device)
-    for chunk, scored in tqdm(
-        groups,
-        desc="dynamic eval",
-        disable=not progress,
-        mininterval=1.0,
-        total=math.ceil(len(plan) / settings.windows),
-    ):
+    done = 0
+    for chunk, scored in window_batches(data, plan, T, settings.windows, device):
         with torch.no_grad():
             totals += batch_totals(dynamic.model, chunk, scored, None, mixer)
         dynamic.update(chunk, scored)
+        done += int(scored.sum())
+        yield done
     return Score.from_totals(totals, len(data) - 1)
+
+
+def static_and_dynamic_scores(
+    model: torch.nn.Module,
+    data: torch.Tensor,
+    context: int,
+    batch_size: int,
+    stride: int | None,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    settings,
+    mixture: MixtureConfig | None,
+    rms: dict[str, torch.Tensor] | None,
+    progress: bool = False,
+) -> list[tuple[Score, float]]:
+    """split_score's and dynamic_score's (Score, seconds) of `data`, in one walk: where both are mixed, their
+    mixtures read one context model of the text (SharedContext), whose counts cost as much as both mixtures' others."""
+    shared = SharedContext(mixture, readers=2) if mixture else None
+    mixers = [Mixture(mixture, first=int(data[0]), context=shared.reader()) if shared else None for _ in range(2)]
+    static = static_pass(model, data, context, batch_size, stride, device, amp_dtype, mixers[0])
+    dynamic = dynamic_pass(model, data, context, settings, device, mixers[1], rms)
+    return in_step([static, dynamic], len(data) - 1, "eval, static and dynamic", progress)

@@ -9,8 +9,8 @@ import torch
 from conftest import TINY_MODEL
 
 from chargpt.evaluation.config import DynamicEvalConfig, MixtureConfig
-from chargpt.evaluation.mixture import ContextModel, Mixture
-from chargpt.evaluation.scoring import dynamic_score, split_score
+from chargpt.evaluation.mixture import ContextModel, Mixture, SharedContext
+from chargpt.evaluation.scoring import dynamic_score, split_score, static_and_dynamic_scores
 from chargpt.model.config import ModelConfig
 from chargpt.model.gpt import GPT
 
@@ -85,3 +85,26 @@ def test_scoring_mixes_the_scored_bytes_in_the_texts_order():
     # dynamic evaluation at lr ~0 scores as the static model does, mixed too
     dynamic = dynamic_score(model, data, context, DynamicEvalConfig(optimizer="sgd", lr=1e-30), mixture=settings)
     assert dynamic.mixed.bpc == pytest.approx(score.mixed.bpc, rel=1e-6)
+
+
+def test_one_walk_scores_static_and_dynamic_as_two_and_keeps_few_predictions(monkeypatch):
+    """evaluate's walk of test: the static and the dynamic score, their mixtures reading one context model, are the
+    figures split_score and dynamic_score give apart, bit for bit; and the predictions kept between the two mixtures
+    are at most the largest step of either walk."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(**TINY_MODEL)).eval()
+    context, stride, batch_size = model.cfg.context, 8, 4
+    data = torch.frombuffer(bytearray(TEXT), dtype=torch.uint8)
+    settings = MixtureConfig(order=4, table_bits=12)
+    dynamic = DynamicEvalConfig(optimizer="sgd", lr=3e-3, stride=16, windows=2)
+    apart = (split_score(model, data, context, batch_size, stride, mixture=settings),
+             dynamic_score(model, data, context, dynamic, mixture=settings))  # fmt: skip
+    kept = []
+    predict = SharedContext.predict
+    monkeypatch.setattr(SharedContext, "predict", lambda self, i: (kept.append(len(self.kept)), predict(self, i))[1])
+    together = static_and_dynamic_scores(
+        model, data, context, batch_size, stride, torch.device("cpu"), None, dynamic, settings, None
+    )
+    assert [score for score, _ in together] == list(apart)  # Score is a dataclass: every field, the mixed ones too
+    assert apart[0].mixed.bpc != apart[1].mixed.bpc and all(seconds > 0 for _, seconds in together)
+    assert 0 < max(kept) <= context + batch_size * stride  # the largest step: the first static batch

@@ -4,7 +4,6 @@ chargpt.model.config, chargpt.train.config, chargpt.evaluation.config) depends o
 
 from __future__ import annotations
 
-import json
 import re
 import reprlib
 from collections.abc import Callable
@@ -17,40 +16,6 @@ PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 
 
-# Options this version no longer has, by section, each with the value that meant "off". A model file, a training
-# state or a params.yaml written before they left may hold them; off, they change nothing and are dropped
-# (docs/results.md's decision log has what each measured and the last commit where its command runs).
-RETIRED: dict[str, dict[str, object]] = {
-    "model": {"activation": "relu", "qk_norm": False, "zero_init": False, "logit_softcap": None, "smear": False,
-              "bigram": False, "conv": "none", "key_offset": False, "token_shift": False},
-    "optimizer": {"embedding_lr_scale": 1.0, "head_lr_scale": 1.0, "scalar_lr_scale": 1.0,
-                  "muon_momentum_warmup_steps": 0, "muon_momentum_warmup_start": 0.85, "cautious_weight_decay": False},
-    "train": {"batch_size_warmup": None, "ema_decay": None},
-}  # fmt: skip
-
-
-def retired_on(config: dict) -> dict[str, object]:
-    """{"section.key": value} for each retired option a stored config (sections of dicts) turns on."""
-    return {
-        f"{section}.{key}": value
-        for section, off in RETIRED.items()
-        if isinstance(values := config.get(section), dict)
-        for key, value in values.items()
-        if key in off and value != off[key]
-    }
-
-
-def without_retired(config: dict) -> dict:
-    """A config (sections of dicts) without its retired options that are off: they change nothing. One that is on
-    stays, for validation to refuse by name."""
-    return {
-        section: {k: v for k, v in values.items() if k not in RETIRED[section] or v != RETIRED[section][k]}
-        if section in RETIRED and isinstance(values, dict)
-        else values
-        for section, values in config.items()
-    }
-
-
 class Section(BaseModel):
     # extra="forbid": a typo in params.yaml is an error naming the key, not a silently ignored value.
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -61,6 +26,11 @@ def own_words(e: dict) -> str:
     if e["type"] == "value_error" and "error" in e.get("ctx", {}):
         return str(e["ctx"]["error"])
     return e["msg"]
+
+
+# An option that has left the code reads as an unknown key too: its decision-log line names the commit where it runs,
+# and tools/upgrade_files.py lists the lines of a params.yaml that still set one.
+UNKNOWN_KEY = "unknown key (typo?); or an option that has left the code? tools/upgrade_files.py names them"
 
 
 # How pydantic names the member of a union a value failed (constrained-float, literal['auto'], function-after[...],
@@ -94,13 +64,8 @@ def format_validation_error(err: ValidationError, key_path: Callable[[tuple], st
         if sep and " " not in head and head.replace(".", "").replace("_", "").isalnum():
             loc, message = (*loc, *head.split(".")), rest
         path = key_path(loc) if key_path else ".".join(map(str, loc))
-        if e["type"] == "extra_forbidden" and len(loc) >= 2 and loc[-1] in (off := RETIRED.get(str(loc[-2]), {})):
-            message = (
-                f"retired: this version no longer has it; remove it, or set it to {json.dumps(off[loc[-1]])} "
-                f"(docs/results.md's decision log names the last commit where it runs)"
-            )
-        elif e["type"] == "extra_forbidden":
-            message = "unknown key (typo?)"
+        if e["type"] == "extra_forbidden":
+            message = UNKNOWN_KEY
         elif e["type"] not in ("value_error", "assertion_error", "missing") and "input" in e:
             got[path] = f" (got {quote(e['input'])})"  # (a missing key's "input" is the whole mapping: not shown)
         problems.setdefault(path, []).append(message)

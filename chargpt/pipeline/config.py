@@ -24,7 +24,7 @@ from chargpt.data.config import DataConfig, parse_yaml, read_params
 from chargpt.errors import ConfigError
 from chargpt.evaluation.config import EvalConfig
 from chargpt.model.config import ModelConfig
-from chargpt.settings import Section, format_validation_error, quote, without_retired
+from chargpt.settings import Section, format_validation_error, quote
 from chargpt.train.config import LRRangeTestConfig, OptimizerConfig, ScheduleConfig, TrainConfig
 
 SECTIONS = ("data", "model", "optimizer", "schedule", "lr_range_test", "train", "eval")
@@ -313,7 +313,7 @@ def resolve_run(
     for layer in run_source.layers:
         merged = _deep_merge(merged, layer.overrides)
     try:  # a params.yaml from before an option left holds it, off: read as it was
-        return RunConfig(name=run, **without_retired(merged))
+        return RunConfig(name=run, **merged)
     except ValidationError as e:
         raise ConfigError(f"{source}: run {run!r}: {format_validation_error(e, run_source.key_path)}") from None
 

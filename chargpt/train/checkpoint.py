@@ -16,7 +16,7 @@ from chargpt.errors import CheckpointError
 from chargpt.io import atomic_open, file_problem
 from chargpt.model.config import ModelConfig
 from chargpt.model.gpt import GPT
-from chargpt.settings import flatten, format_validation_error, retired_on, without_retired
+from chargpt.settings import flatten, format_validation_error
 
 FORMAT_VERSION = 1
 
@@ -37,7 +37,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict[str, 
     )
 
 
-def _load(path: Path, what: str, mmap: bool = False) -> Any:
+def load_file(path: Path, what: str, mmap: bool = False) -> Any:
     """torch.load of our own files: tensors and plain data only (weights_only), errors naming the file. mmap: the
     tensors are read only where used."""
     if (problem := file_problem(path)) is not None:
@@ -50,7 +50,7 @@ def _load(path: Path, what: str, mmap: bool = False) -> Any:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    state = _load(path, "checkpoint")
+    state = load_file(path, "checkpoint")
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: not a chargpt checkpoint of format {FORMAT_VERSION}")
     return state
@@ -74,15 +74,14 @@ def stored_model_config(path: Path, state: dict[str, Any]) -> ModelConfig:
         raise CheckpointError(f"{path}: holds no model config (config.model); not a model file chargpt wrote")
     if not isinstance(state.get("model"), dict):
         raise CheckpointError(f"{path}: holds no weights (model); not a model file chargpt wrote")
-    if retired := retired_on({"model": config["model"]}):
-        listed = ", ".join(f"{k}: {v!r}" for k, v in retired.items())
-        raise CheckpointError(
-            f"{path}: its model uses {listed}, which this version no longer builds (docs/results.md's decision log "
-            f"names the last commit where it runs)"
-        )
     try:
-        return ModelConfig(**without_retired({"model": config["model"]})["model"])
+        return ModelConfig(**config["model"])
     except ValidationError as e:
+        if unknown := [str(err["loc"][-1]) for err in e.errors() if err["type"] == "extra_forbidden"]:
+            raise CheckpointError(
+                f"{path}: its model config is invalid: {', '.join(f'{k}: unknown key' for k in unknown)} (written by "
+                f"an older chargpt? `python tools/upgrade_files.py OLD NEW` writes a copy this version reads)"
+            ) from None
         raise CheckpointError(f"{path}: its model config is invalid: {format_validation_error(e)}") from None
 
 
@@ -183,8 +182,8 @@ RESUMABLE_CHANGES = (
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
-    """The keys whose values differ, a state's retired options left out where off (settings.RETIRED)."""
-    a, b = flatten(without_retired(saved)), flatten(current)
+    """The keys whose values differ (a key one of them lacks: None there)."""
+    a, b = flatten(saved), flatten(current)
     return [
         f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}"
         for k in sorted(a.keys() | b.keys())
@@ -276,7 +275,7 @@ def save_training_state(
 
 def saved_run_id(path: str | Path) -> str | None:
     """The MLflow run a training state names, read without its tensors (before a resumed run is built)."""
-    state = _load(Path(path), "training state", mmap=True)
+    state = load_file(Path(path), "training state", mmap=True)
     return state.get("mlflow_run_id") if isinstance(state, dict) else None
 
 
@@ -294,13 +293,20 @@ def restore_training_state(
     """Load a training state saved by save_training_state into the given objects; returns the whole state.
     Refuses a state written for a different config, or whose config the machine resolved otherwise."""
     path = Path(path)
-    state = _load(path, "training state")
+    state = load_file(path, "training state")
     if not isinstance(state, dict) or state.get("kind") != "training_state":
         raise CheckpointError(f"{path}: not a chargpt training state")
     if diff := config_differences(state["config"], config):
+        older = any(k.split(":")[0] not in flatten(config) for k in diff)  # a key this version does not know
         raise CheckpointError(
             f"{path}: written by a run with another config ({'; '.join(diff)}); refusing to mix "
             f"runs. Start over with --fresh, or delete {path.parent}"
+            + (
+                " (written by an older chargpt? `python tools/upgrade_files.py OLD NEW` writes a copy this version "
+                "resumes)"
+                if older
+                else ""
+            )
         )
     saved_resolved = state.get("resolved") or {}  # none in states written before it was recorded
     if resolved and (diff := [f"{k}: checkpoint {v!r}, now {resolved.get(k)!r}" for k, v in saved_resolved.items()

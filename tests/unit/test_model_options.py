@@ -4,7 +4,6 @@ Muon and weight decay split as intended; each option does what it names, checked
 
 import pytest
 import torch
-import yaml
 
 from chargpt.device import autocast
 from chargpt.model.config import ModelConfig
@@ -179,63 +178,3 @@ def test_the_runs_that_predate_the_options_use_none_of_them(run):
     defaults = ModelConfig()
     options = ("value_residual", "embedding_skip", "attention_kernel")
     assert all(getattr(model, k) == getattr(defaults, k) for k in options) and model.positions != "rope"
-
-
-def test_a_model_file_written_with_the_retired_options_loads_where_they_are_off_and_is_refused_where_on(tmp_path):
-    """Model files and training states written before the recipe search's unused options left the code hold them,
-    off: such a file loads as it did; one whose model turned one on is refused, naming it."""
-    from chargpt.errors import CheckpointError
-    from chargpt.settings import RETIRED
-
-    cfg = ModelConfig(**BASE)
-    model = trained_a_little({})
-    stored = RunConfig(name="t", model=cfg).model_dump(mode="json")
-    stored["model"] |= RETIRED["model"]  # as 65844c6 wrote them: every option, off
-    save_checkpoint(tmp_path / "old.pt", model, stored, step=1)
-    loaded, _ = load_model(tmp_path / "old.pt", expected=cfg)
-    idx = torch.randint(0, 256, (2, 16))
-    assert torch.equal(model(idx)[0], loaded.eval()(idx)[0])
-    stored["model"]["smear"] = True
-    save_checkpoint(tmp_path / "smear.pt", model, stored, step=1)
-    with pytest.raises(CheckpointError, match=r"smear.pt: its model uses model.smear: True, which this version no"):
-        load_model(tmp_path / "smear.pt")
-
-
-def test_a_training_state_written_with_the_retired_options_off_resumes_and_one_with_one_on_is_refused():
-    """A state saved before the unused training options left holds them, off: its config matches today's. One that
-    turned an option on differs in exactly that key. A params.yaml that still sets one is refused naming it."""
-    from chargpt.settings import RETIRED
-    from chargpt.train.checkpoint import config_differences
-
-    now = RunConfig(name="t", model=ModelConfig(**BASE)).model_dump(mode="json")
-    old = {section: values | RETIRED.get(section, {}) if isinstance(values, dict) else values
-           for section, values in now.items()}  # fmt: skip
-    assert config_differences(old, now) == []
-    old["train"]["ema_decay"] = 0.99
-    assert config_differences(old, now) == ["train.ema_decay: checkpoint 0.99, now None"]
-
-
-def test_a_params_file_that_still_holds_a_retired_option_reads_where_it_is_off_and_is_refused_where_on(tmp_path):
-    """A params.yaml written before the options left holds each at its off value: it loads as it did. One that turns
-    one on is refused, naming the key and the value that means off."""
-    from conftest import params_with_runs
-
-    from chargpt.errors import ConfigError
-    from chargpt.pipeline.config import load_run_config
-    from chargpt.settings import RETIRED
-
-    now = params_with_runs({"r": {}})
-    (tmp_path / "now.yaml").write_text(yaml.safe_dump(now))
-    old = params_with_runs({"r": {}})
-    for section, options in RETIRED.items():
-        old[section] |= options  # as d49c848's params.yaml held them
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(old))
-    assert load_run_config("r", tmp_path / "params.yaml") == load_run_config("r", tmp_path / "now.yaml")
-    params = params_with_runs({"r": {"train": {"ema_decay": 0.99}, "optimizer": {"head_lr_scale": 2.0}}})
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(ConfigError) as refused:
-        load_run_config("r", tmp_path / "params.yaml")
-    assert "train.ema_decay: retired: this version no longer has it; remove it, or set it to null" in str(refused.value)
-    assert "optimizer.head_lr_scale: retired: this version no longer has it; remove it, or set it to 1.0" in str(
-        refused.value
-    )

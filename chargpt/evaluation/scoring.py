@@ -302,18 +302,9 @@ def dynamic_pass(
 
 
 def static_and_dynamic_scores(
-    model: torch.nn.Module,
-    data: torch.Tensor,
-    context: int,
-    batch_size: int,
-    stride: int | None,
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
-    settings,
-    mixture: MixtureConfig | None,
-    rms: dict[str, torch.Tensor] | None,
-    progress: bool = False,
-) -> list[tuple[Score, float]]:
+    model: torch.nn.Module, data: torch.Tensor, context: int, batch_size: int, stride: int | None, device: torch.device,
+    amp_dtype: torch.dtype | None, settings, mixture: MixtureConfig | None, rms: dict | None, progress: bool = False,
+) -> list[tuple[Score, float]]:  # fmt: skip
     """split_score's and dynamic_score's (Score, seconds) of `data`, in one walk: where both are mixed, their
     mixtures read one context model of the text (SharedContext), whose counts cost as much as both mixtures' others."""
     shared = SharedContext(mixture, readers=2) if mixture else None

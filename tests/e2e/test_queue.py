@@ -5,6 +5,17 @@ import time
 from conftest import TINY_RUN, make_project, run, tiny_text
 
 
+def queue_statuses(root) -> list[str]:
+    """Each queued experiment's status, as `dvc queue status` lists them (its API, in this process: a `dvc` process
+    costs a second of the CPU the two experiments share)."""
+    import contextlib
+
+    from dvc.repo import Repo
+
+    with contextlib.chdir(root), Repo(str(root)) as repo:
+        return [entry["status"] for entry in repo.experiments.celery_queue.status()]
+
+
 def test_two_queued_experiments_are_both_recorded_completely(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(tiny_text(60_000))
@@ -17,9 +28,10 @@ def test_two_queued_experiments_are_both_recorded_completely(tmp_path):
         run(["dvc", "exp", "run", "--queue", "-S", f"+runs.tiny.train.seed={seed}", "evaluate@tiny"], root, env)
     run(["dvc", "queue", "start", "-j", "2"], root, env)
     deadline = time.time() + 300
-    while (status := run(["dvc", "queue", "status"], root, env).stdout) and ("Running" in status or "Queued" in status):
-        assert time.time() < deadline, status
-        time.sleep(5)  # each `dvc queue status` costs a second of the CPU the two experiments share
+    while {"Running", "Queued"} & set(statuses := queue_statuses(root)):
+        assert time.time() < deadline, statuses
+        time.sleep(2)
+    status = run(["dvc", "queue", "status"], root, env).stdout  # as a user reads it
     failed = [line.split()[0] for line in status.splitlines() if "Failed" in line]
     logs = "".join(run(["dvc", "queue", "logs", task], root, env, False).stdout[-4000:] for task in failed)
     assert status.count("Success") == 2, status + logs

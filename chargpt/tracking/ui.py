@@ -17,6 +17,7 @@ from chargpt.tracking.compare import find_project
 from chargpt.tracking.view import models_path, publish_view, view_path
 
 UI_APP = "chargpt"  # `mlflow ui --app-name chargpt` (tracking/ui_app.py)
+NO_JOBS = ("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # MLflow's server without its GenAI job runner
 log = logging.getLogger(__name__)
 
 
@@ -98,4 +99,7 @@ def ui_main(argv: list[str] | None = None) -> None:
     # the chargpt app: MLflow's server, whose page seeds a new browser with this view (tracking/ui_app.py)
     # one worker: a UI for this machine's user, up in about half the time MLflow's default four take
     command = ["mlflow", "ui", "--app-name", UI_APP, "--backend-store-uri", uri, "--workers", "1", "--host", args.host]
+    # no job runner: it runs MLflow's GenAI jobs, which chargpt has none of, in more processes that slow the
+    # server's start (CHANGELOG, 2026-12-07); a value the user set stays
+    os.environ.setdefault(NO_JOBS[0], NO_JOBS[1])
     os.execvp(sys.executable, [sys.executable, "-m", *command, "--port", str(args.port)])

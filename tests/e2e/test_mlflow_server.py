@@ -3,6 +3,7 @@ tiny pipeline logs to it through MLFLOW_TRACKING_URI, and the REST client finds 
 artifacts there (and nothing in the local SQLite store); its UI page seeds a new browser with the stages' view."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -40,6 +41,7 @@ def mlflow_server(tmp_path):
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # as `chargpt ui` starts it
     )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120

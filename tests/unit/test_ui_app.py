@@ -4,6 +4,7 @@ script it carries runs in QuickJS (the `quickjs` package, a dev dependency: no N
 the browser's localStorage."""
 
 import json
+import os
 import re
 from importlib.metadata import entry_points
 
@@ -125,6 +126,7 @@ def test_chargpt_ui_prints_the_links_and_serves_mlflow_as_the_chargpt_app(monkey
     assert app.value == "chargpt.tracking.ui_app:create_app"  # what `mlflow ui --app-name chargpt` loads
     monkeypatch.setattr(ui, "publish_view", lambda root, uri: "7")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///store.db")
+    monkeypatch.delenv(ui.NO_JOBS[0], raising=False)  # restored after the test
     ran = []
 
     def execvp(file, args):
@@ -139,6 +141,7 @@ def test_chargpt_ui_prints_the_links_and_serves_mlflow_as_the_chargpt_app(monkey
     assert "trained models:    http://127.0.0.1:5123/#/experiments/7/models" in printed
     assert ran[0][1:] == ["-m", "mlflow", "ui", "--app-name", "chargpt", "--backend-store-uri", "sqlite:///store.db",
                           "--workers", "1", "--host", "127.0.0.1", "--port", "5123"]  # fmt: skip
+    assert os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"  # no GenAI job runner beside it
     # an environment installed before the app existed: what to do, before MLflow's own "Failed to find app"
     monkeypatch.setattr(ui, "entry_points", lambda group: [])
     with pytest.raises(TrackingError, match=r"no 'chargpt' app .* reinstall the project: pip install -e \."):
@@ -203,6 +206,7 @@ def test_chargpt_ui_warns_when_it_serves_beyond_this_machine(monkeypatch, tmp_pa
 
     monkeypatch.setattr(ui, "publish_view", lambda root, uri: "7")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///store.db")
+    monkeypatch.delenv(ui.NO_JOBS[0], raising=False)  # restored after the test
     ran = []
     monkeypatch.setattr(ui.os, "execvp", lambda file, args: ran.append(args))
     with socket.socket() as s:

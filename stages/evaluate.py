@@ -7,12 +7,11 @@ seed's runs), so that runs compare like with like. Where the run's own protocol 
 scored once and reported under both names."""
 
 import logging
-import time
 
 from chargpt.data.batches import load_split
 from chargpt.device import precision_name, resolve_amp_dtype
 from chargpt.evaluation.config import REFERENCE, protocol_label
-from chargpt.evaluation.scoring import Score, split_score, static_and_dynamic_scores
+from chargpt.evaluation.scoring import Score, scores_in_one_walk
 from chargpt.io import write_json
 from chargpt.pipeline.config import RunConfig, load_run_config
 from chargpt.pipeline.harness import run_stage, sweep_temporaries
@@ -48,17 +47,14 @@ def evaluate(cfg: RunConfig) -> None:
         data = data[: cfg.eval.max_bytes] if name != split else data
         adaptive = split in cfg.eval.adaptive_splits
         mixture = cfg.eval.mixture if adaptive else None
-        if cfg.eval.dynamic and adaptive:  # beside the static figure, never in its place; in one walk with it
-            (static, static_s), (dynamic, dynamic_s) = static_and_dynamic_scores(
-                model, data, cfg.model.context, cfg.eval.batch_size, stride, device, amp_dtype, cfg.eval.dynamic,
-                mixture, rms, progress=True,
-            )  # fmt: skip
-        else:
-            static, static_s = timed_score(model, data, cfg, stride, device, amp_dtype, mixture)
-        metrics |= static_metrics(name, static, static_s, stride)
+        dynamic = cfg.eval.dynamic if adaptive else None  # beside the static figure, never in its place
+        (static, seconds), *adapted = scores_in_one_walk(
+            model, data, cfg.model.context, cfg.eval.batch_size, stride, device, amp_dtype, dynamic, mixture, rms, True
+        )
+        metrics |= static_metrics(name, static, seconds, stride)
         metrics |= reference_metrics(name, model, data, cfg, stride, device, amp_dtype, metrics)
-        if cfg.eval.dynamic and adaptive:
-            metrics |= dynamic_metrics(name, dynamic, dynamic_s)
+        if adapted:
+            metrics |= dynamic_metrics(name, *adapted[0])
     metrics["protocol"] = {
         "context": cfg.model.context,
         "stride": stride,
@@ -79,15 +75,6 @@ def evaluate(cfg: RunConfig) -> None:
         recorded.set_tags({PROTOCOL_TAG: protocol_label(stride, cfg.model.context, precision_name(amp_dtype))})
         recorded.log_artifact(report_dir(cfg.name) / "eval.json")
     view.refresh_view(connection, log)
-
-
-def timed_score(model, data, cfg: RunConfig, stride: int, device, amp_dtype, mixture=None) -> tuple[Score, float]:
-    """split_score of `data` in the window protocol of `stride` (with `mixture`, mixed too), and its seconds."""
-    start = time.perf_counter()
-    scored = split_score(
-        model, data, cfg.model.context, cfg.eval.batch_size, stride, device, amp_dtype, progress=True, mixture=mixture
-    )
-    return scored, time.perf_counter() - start
 
 
 def static_metrics(
@@ -128,7 +115,9 @@ def reference_metrics(name: str, model, data, cfg: RunConfig, stride: int, devic
     the context (one figure, not scored twice), else scored again in consecutive windows."""
     if stride == cfg.model.context:
         return {f"{name}_bpc_ref": own[f"{name}_bpc"], f"{name}_accuracy_ref": own[f"{name}_accuracy"]}
-    score, seconds = timed_score(model, data, cfg, cfg.model.context, device, amp_dtype)
+    [(score, seconds)] = scores_in_one_walk(
+        model, data, cfg.model.context, cfg.eval.batch_size, cfg.model.context, device, amp_dtype, progress=True
+    )
     scored = static_metrics(name, score, seconds, cfg.model.context, "in consecutive windows")
     return {f"{name}_bpc_ref": scored[f"{name}_bpc"], f"{name}_accuracy_ref": scored[f"{name}_accuracy"],
             f"{name}_ref_seconds": scored[f"{name}_seconds"]}  # fmt: skip

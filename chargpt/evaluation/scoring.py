@@ -13,6 +13,7 @@ The accuracy is top-1: the share of the same scored bytes whose likeliest byte u
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
 from collections.abc import Generator
@@ -102,6 +103,11 @@ def scored_mask(T: int, n_scored: torch.Tensor) -> torch.Tensor:
     return torch.arange(T)[None, :] >= (T - n_scored)[:, None]
 
 
+def scored_so_far(plan: list[tuple[int, int]], size: int) -> itertools.accumulate:
+    """The bytes scored once each batch of `size` windows of `plan` is (from the plan: no read of a device tensor)."""
+    return itertools.accumulate(sum(k for _, k in plan[i : i + size]) for i in range(0, len(plan), size))
+
+
 def window_batches(data: torch.Tensor, plan: list[tuple[int, int]], T: int, size: int, device: torch.device):
     """The windows of `plan` (window_plan's, of length T) in order, `size` at a time: (chunk (B, T+1), the inputs and
     their next bytes; scored (B, T))."""
@@ -125,9 +131,9 @@ def split_score(
 ) -> Score:
     """The score of `model` (plain or torch.compile'd) on the flat uint8 tensor `data`; with `mixture`, its
     score mixed with a context model too (Score.mixed)."""
-    mixer = Mixture(mixture, first=int(data[0])) if mixture else None
-    steps = static_pass(model, data, context, batch_size, stride, device, amp_dtype, mixer)
-    return in_step([steps], len(data) - 1, "eval", progress)[0][0]
+    return scores_in_one_walk(
+        model, data, context, batch_size, stride, device, amp_dtype, None, mixture, None, progress
+    )[0][0]
 
 
 @torch.inference_mode()
@@ -147,10 +153,10 @@ def static_pass(
     was_training = model.training
     model.eval()
     totals = torch.zeros(4 if mixer else 2, dtype=torch.float64, device=device)
-    done = 0
-    for chunk, scored in window_batches(data, plan, T, batch_size, device):
+    for (chunk, scored), done in zip(
+        window_batches(data, plan, T, batch_size, device), scored_so_far(plan, batch_size)
+    ):
         totals += batch_totals(model, chunk, scored, amp_dtype, mixer)
-        done += int(scored.sum())
         yield done
     model.train(was_training)
     return Score.from_totals(totals, len(data) - 1)
@@ -291,24 +297,29 @@ def dynamic_pass(
     T = window_length(len(data), context)
     dynamic = DynamicEvaluation(model, settings, rms)
     totals = torch.zeros(4 if mixer else 2, dtype=torch.float64, device=device)
-    done = 0
-    for chunk, scored in window_batches(data, plan, T, settings.windows, device):
+    groups = zip(window_batches(data, plan, T, settings.windows, device), scored_so_far(plan, settings.windows))
+    for (chunk, scored), done in groups:
         with torch.no_grad():
             totals += batch_totals(dynamic.model, chunk, scored, None, mixer)
         dynamic.update(chunk, scored)
-        done += int(scored.sum())
         yield done
     return Score.from_totals(totals, len(data) - 1)
 
 
-def static_and_dynamic_scores(
+def scores_in_one_walk(
     model: torch.nn.Module, data: torch.Tensor, context: int, batch_size: int, stride: int | None, device: torch.device,
-    amp_dtype: torch.dtype | None, settings, mixture: MixtureConfig | None, rms: dict | None, progress: bool = False,
+    amp_dtype: torch.dtype | None, dynamic=None, mixture: MixtureConfig | None = None, rms: dict | None = None,
+    progress: bool = False,
 ) -> list[tuple[Score, float]]:  # fmt: skip
-    """split_score's and dynamic_score's (Score, seconds) of `data`, in one walk: where both are mixed, their
-    mixtures read one context model of the text (SharedContext), whose counts cost as much as both mixtures' others."""
-    shared = SharedContext(mixture, readers=2) if mixture else None
-    mixers = [Mixture(mixture, first=int(data[0]), context=shared.reader()) if shared else None for _ in range(2)]
-    static = static_pass(model, data, context, batch_size, stride, device, amp_dtype, mixers[0])
-    dynamic = dynamic_pass(model, data, context, settings, device, mixers[1], rms)
-    return in_step([static, dynamic], len(data) - 1, "eval, static and dynamic", progress)
+    """split_score's (Score, seconds) of `data` and, with `dynamic` settings, dynamic_score's after it, in one walk:
+    where both are mixed, their mixtures read one context model of the text (SharedContext), whose counts are then
+    made once for both."""
+    shared = SharedContext(mixture, readers=2) if mixture and dynamic else None
+
+    def mixer() -> Mixture | None:
+        return Mixture(mixture, first=int(data[0]), context=shared and shared.reader()) if mixture else None
+
+    passes = [static_pass(model, data, context, batch_size, stride, device, amp_dtype, mixer())]
+    if dynamic:
+        passes.append(dynamic_pass(model, data, context, dynamic, device, mixer(), rms))
+    return in_step(passes, len(data) - 1, "eval, static and dynamic" if dynamic else "eval", progress)

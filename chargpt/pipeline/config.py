@@ -312,7 +312,7 @@ def resolve_run(
     merged = {s: params[s] for s in SECTIONS}
     for layer in run_source.layers:
         merged = _deep_merge(merged, layer.overrides)
-    try:  # a params.yaml from before an option left holds it, off: read as it was
+    try:
         return RunConfig(name=run, **merged)
     except ValidationError as e:
         raise ConfigError(f"{source}: run {run!r}: {format_validation_error(e, run_source.key_path)}") from None

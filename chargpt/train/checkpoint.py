@@ -297,7 +297,8 @@ def restore_training_state(
     if not isinstance(state, dict) or state.get("kind") != "training_state":
         raise CheckpointError(f"{path}: not a chargpt training state")
     if diff := config_differences(state["config"], config):
-        older = any(k.split(":")[0] not in flatten(config) for k in diff)  # a key this version does not know
+        known = flatten(config)
+        older = any(k.split(":")[0] not in known for k in diff)  # a key this version does not know
         raise CheckpointError(
             f"{path}: written by a run with another config ({'; '.join(diff)}); refusing to mix "
             f"runs. Start over with --fresh, or delete {path.parent}"

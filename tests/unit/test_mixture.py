@@ -10,7 +10,7 @@ from conftest import TINY_MODEL
 
 from chargpt.evaluation.config import DynamicEvalConfig, MixtureConfig
 from chargpt.evaluation.mixture import ContextModel, Mixture, SharedContext
-from chargpt.evaluation.scoring import dynamic_score, split_score, static_and_dynamic_scores
+from chargpt.evaluation.scoring import dynamic_score, scores_in_one_walk, split_score
 from chargpt.model.config import ModelConfig
 from chargpt.model.gpt import GPT
 
@@ -102,7 +102,7 @@ def test_one_walk_scores_static_and_dynamic_as_two_and_keeps_few_predictions(mon
     kept = []
     predict = SharedContext.predict
     monkeypatch.setattr(SharedContext, "predict", lambda self, i: (kept.append(len(self.kept)), predict(self, i))[1])
-    together = static_and_dynamic_scores(
+    together = scores_in_one_walk(
         model, data, context, batch_size, stride, torch.device("cpu"), None, dynamic, settings, None
     )
     assert [score for score, _ in together] == list(apart)  # Score is a dataclass: every field, the mixed ones too

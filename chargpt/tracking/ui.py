@@ -100,6 +100,6 @@ def ui_main(argv: list[str] | None = None) -> None:
     # one worker: a UI for this machine's user, up in about half the time MLflow's default four take
     command = ["mlflow", "ui", "--app-name", UI_APP, "--backend-store-uri", uri, "--workers", "1", "--host", args.host]
     # no job runner: it runs MLflow's GenAI jobs, which chargpt has none of, in more processes that slow the
-    # server's start (CHANGELOG, 2026-12-07); a value the user set stays
+    # server's start (bench/mlflow_server_start.sh); a value the user set stays
     os.environ.setdefault(NO_JOBS[0], NO_JOBS[1])
     os.execvp(sys.executable, [sys.executable, "-m", *command, "--port", str(args.port)])

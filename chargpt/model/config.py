@@ -29,8 +29,8 @@ class ModelConfig(Section):
     rope_base: PositiveFloat = 10000.0
     # How attention is computed: the same function, rounded differently. fused: torch's pick among
     # scaled_dot_product_attention's fused kernels (flash / memory-efficient); math: its reference path (matmuls and a
-    # softmax, differentiated by autograd), whose backward runs faster on a CPU in bf16 (docs/results.md); auto: math
-    # there (a CPU under bf16 autocast), fused elsewhere.
+    # softmax, differentiated by autograd; on a CPU it computes bf16 inputs in fp32); auto: on a CPU under bf16
+    # autocast the reference path kept in bf16, the fastest there (docs/results.md), fused elsewhere.
     attention_kernel: Literal["fused", "math", "auto"] = "fused"
 
     @model_validator(mode="after")

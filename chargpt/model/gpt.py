@@ -28,20 +28,34 @@ from chargpt.model.config import ModelConfig
 
 
 def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
-    """F.scaled_dot_product_attention through torch's reference kernel (an explicit score matrix and softmax) rather
-    than a fused one: on a CPU in bf16 the fused kernel's backward is the slower one at this model's small heads."""
+    """F.scaled_dot_product_attention through torch's reference kernel (an explicit score matrix and softmax, which
+    autograd differentiates) rather than a fused one. For bf16 inputs on a CPU it computes in fp32: it casts q, k and
+    v up and the output back down."""
     with sdpa_kernel(SDPBackend.MATH):
         return F.scaled_dot_product_attention(q, k, v, **kwargs)
 
 
+def reduced_math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+    """The reference kernel in the inputs' precision: its matmuls and softmax in bf16, as a fused kernel keeps them,
+    with no casts up and down. torch decides this when it records the forward (a global switch, restored at once);
+    the backward then replays the same bf16 ops."""
+    allowed = torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()  # the switch covers the CPU too
+    torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True)
+    try:
+        return math_attention(q, k, v, **kwargs)
+    finally:
+        torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(allowed)
+
+
 def auto_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
-    """The reference path where it measured faster (a CPU under bf16 autocast), the fused kernels elsewhere."""
+    """The reference kernel in bf16 where it measured fastest (a CPU under bf16 autocast: docs/results.md, "The
+    step"), the fused kernels elsewhere."""
     cpu_bf16 = (
         q.device.type == "cpu"
         and torch.is_autocast_enabled("cpu")
         and torch.get_autocast_dtype("cpu") == torch.bfloat16
     )
-    return (math_attention if cpu_bf16 else F.scaled_dot_product_attention)(q, k, v, **kwargs)
+    return (reduced_math_attention if cpu_bf16 else F.scaled_dot_product_attention)(q, k, v, **kwargs)
 
 
 ATTENTION_KERNELS = {"fused": F.scaled_dot_product_attention, "math": math_attention, "auto": auto_attention}

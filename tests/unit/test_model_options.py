@@ -125,22 +125,32 @@ def test_rotary_scores_depend_on_the_distance_only():
 
 
 def attention_ops(model: GPT, idx: torch.Tensor, amp_dtype: torch.dtype | None = None) -> set[str]:
-    """The scaled-dot-product-attention kernels a forward and backward of `model` ran (profiled)."""
-    with torch.profiler.profile() as prof:
+    """The scaled-dot-product-attention kernels a forward and backward of `model` ran (profiled), and the dtype each
+    of the reference kernel's matmuls and softmaxes ran in ("bmm float", "softmax c10::BFloat16"): nothing else in
+    the model runs a batched matmul or a plain softmax."""
+    with torch.profiler.profile(record_shapes=True) as prof:
         with autocast(torch.device("cpu"), amp_dtype):
             _, loss = model(idx, idx)
         loss.backward()
-    return {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key and "attention" in e.key}
+    inner = ("aten::bmm", "aten::_softmax", "aten::_softmax_backward_data")
+    return {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key and "attention" in e.key} | {
+        f"{e.name.removeprefix('aten::').lstrip('_')} {e.input_dtypes[0]}" for e in prof.events() if e.name in inner
+    }
 
 
 FUSED = "aten::_scaled_dot_product_flash_attention_for_cpu"
 MATH = "aten::_scaled_dot_product_attention_math"
+ENTRY = "aten::scaled_dot_product_attention"  # the function every kernel is called through
+IN_FP32 = {"bmm float", "softmax float", "softmax_backward_data float"}
+IN_BF16 = {"bmm c10::BFloat16", "softmax c10::BFloat16", "softmax_backward_data c10::BFloat16"}
 
 
 @pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
 def test_each_attention_kernel_runs_the_kernel_it_names_and_computes_the_same(amp_dtype):
-    """fused: torch's flash kernel; math: the reference path; auto: math on a CPU in bf16 only (where it measured
-    faster), fused in fp32. The same weights give the same logits and gradients through each, up to rounding."""
+    """fused: torch's flash kernel; math: the reference path, which computes in fp32 whatever its inputs; auto: on a
+    CPU in bf16 (where it measured fastest) the reference path in bf16, forward and backward, and fused in fp32. The
+    same weights give the same logits and gradients through each, up to rounding, and torch's switch for the bf16
+    path is left as it was."""
     idx = torch.randint(0, 256, (2, 16))
     runs = {}
     for kernel in ("fused", "math", "auto"):
@@ -148,8 +158,9 @@ def test_each_attention_kernel_runs_the_kernel_it_names_and_computes_the_same(am
         ops = attention_ops(model, idx, amp_dtype)
         runs[kernel] = model(idx)[0].detach(), [p.grad for p in model.parameters()], ops
     assert FUSED in runs["fused"][2] and MATH not in runs["fused"][2]
-    assert MATH in runs["math"][2] and FUSED not in runs["math"][2]
-    assert runs["auto"][2] == (runs["math"][2] if amp_dtype == torch.bfloat16 else runs["fused"][2])
+    assert runs["math"][2] == {ENTRY, MATH} | IN_FP32
+    assert runs["auto"][2] == ({ENTRY, MATH} | IN_BF16 if amp_dtype == torch.bfloat16 else runs["fused"][2])
+    assert not torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()
     tolerance = {"rtol": 0, "atol": 1e-5 if amp_dtype is None else 2e-2}
     for kernel in ("math", "auto"):
         torch.testing.assert_close(runs[kernel][0], runs["fused"][0], **tolerance)

@@ -48,8 +48,8 @@ def reduced_math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **
 
 
 def auto_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
-    """The reference kernel in bf16 where it measured fastest (a CPU under bf16 autocast: docs/results.md, "The
-    step"), the fused kernels elsewhere."""
+    """The reference kernel in bf16 where it measured fastest (a CPU under bf16 autocast: docs/results.md, "bf16
+    attention"), the fused kernels elsewhere."""
     cpu_bf16 = (
         q.device.type == "cpu"
         and torch.is_autocast_enabled("cpu")

@@ -1,7 +1,7 @@
 """Training and evaluation throughput of a run's config on this machine, as ratios measured in one process.
 
     python bench/throughput.py [--run quickstart] [--steps 10] [--modes eager,compile,reduce-overhead]
-                               [--batch-sizes 32,64] [--set optimizer.name=adamw ...]
+                               [--batch-sizes 32,64] [--set optimizer.name=adamw ...] [--versus quickstart_classic]
 
 Prints: the peak GEMM throughput measured here (fp32, and bf16 or fp16), then one row per execution mode and
 batch size: training tokens/s, the step time, and model FLOPs utilisation (6N + 12 L d T FLOPs per token, as
@@ -11,6 +11,11 @@ MB/s on a generated file. Modes: eager; compile (torch.compile); reduce-overhead
 graphs: train.cuda_graphs, CUDA only). --modes defaults to the mode the run resolves to on this device. The step is
 the train stage's: TrainStep (clipping, the run's optimizer) under a constant LR, compile time excluded (printed
 apart).
+
+--versus RUN (repeatable): the run's training time against RUN's, each run's iterations x its step time, the steps
+timed round robin in this process (eager, each run's own batch size and precision; the best of --rounds timings of
+--steps steps each), so that the machine's drift touches both alike: a ratio that holds on a noisy machine where
+two separate runs' seconds do not.
 """
 
 from __future__ import annotations
@@ -94,6 +99,19 @@ def train_tokens_per_s(cfg, device, amp_dtype, steps: int, mode: str, batch_size
     return steps * x.numel() / (time.perf_counter() - t), warmup
 
 
+def step_seconds_round_robin(cfgs: dict[str, object], rounds: int = 3, steps: int = 10) -> dict[str, float]:
+    """Each config's seconds per training step here: the fastest of `rounds` timings of `steps` steps, taken round
+    robin over the configs, so that a drift of the machine's speed touches every config alike."""
+    best = dict.fromkeys(cfgs, float("inf"))
+    for _ in range(rounds):
+        for name, cfg in cfgs.items():
+            device = select_device(cfg.train)
+            amp_dtype = resolve_amp_dtype(cfg.train.precision, device)
+            tokens_per_s, _ = train_tokens_per_s(cfg, device, amp_dtype, steps, "eager", cfg.train.batch_size)
+            best[name] = min(best[name], cfg.train.batch_size * cfg.model.context / tokens_per_s)
+    return best
+
+
 def measure(isolate: bool, fn, *args):
     if not isolate:
         return fn(*args)
@@ -148,6 +166,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--gemm-size", type=int, help="square GEMM size for the peak (default 8192 on CUDA, 1024 on CPU)"
     )
+    parser.add_argument(
+        "--versus", action="append", default=[], metavar="RUN",
+        help="time the run's training against RUN's, round robin in this process (repeatable)",
+    )  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=5, help="--versus: timings per run, the best kept")
     parser.add_argument("--json", metavar="FILE", help="also append each figure to FILE as a JSON line")
     parser.add_argument(
         "--isolate", action="store_true", help="measure each mode in a process of its own (one failing spares the rest)"
@@ -238,6 +261,27 @@ class Bench:
                 flush=True,
             )
 
+    def versus(self) -> None:
+        """The run's training seconds against each --versus run's: iterations x step, the steps timed round robin."""
+        args = self.args
+        cfgs = {args.run: self.cfg} | {run: load_run_config(run, args.params) for run in args.versus}
+        step = step_seconds_round_robin(cfgs, args.rounds, args.steps)
+        mine = self.cfg.train.iterations * step[args.run]
+        for run in args.versus:
+            theirs = cfgs[run].train.iterations * step[run]
+            self.record(
+                kind="versus", versus=run, step_seconds=step[args.run], versus_step_seconds=step[run],
+                iterations=self.cfg.train.iterations, versus_iterations=cfgs[run].train.iterations,
+                training_ratio=mine / theirs, rounds=args.rounds, steps=args.steps,
+            )  # fmt: skip
+            print(
+                f"versus {run}: step {step[args.run] * 1e3:.1f} ms against {step[run] * 1e3:.1f} ms (best of "
+                f"{args.rounds} round robin); training {self.cfg.train.iterations} x {step[args.run] * 1e3:.1f} ms = "
+                f"{mine:.0f} s against {cfgs[run].train.iterations} x {step[run] * 1e3:.1f} ms = {theirs:.0f} s: "
+                f"{mine / theirs:.2f}x",
+                flush=True,
+            )
+
     def evaluate(self) -> None:
         for mode in dict.fromkeys(["eager", *self.modes]):
             about = {"kind": "eval", "mode": mode, "batch_size": self.cfg.eval.batch_size}
@@ -255,6 +299,8 @@ def main() -> None:
     args = parse_args()
     bench = Bench(args)
     bench.train(bench.peak())
+    if args.versus:
+        bench.versus()
     if args.eval_bytes:
         bench.evaluate()
     if args.preprocess_mb:

@@ -234,22 +234,6 @@ def plot_curves(paths: list[str], out: str, match: str | None = None, title: str
     draw(curves, out, title, x_label="step", y_label="val probe BPC (bits per byte)")
 
 
-def step_seconds_here(cfgs: dict[str, object], rounds: int = 3, steps: int = 10) -> dict[str, float]:
-    """Each config's seconds per training step here: the fastest of `rounds` timings of `steps` steps, taken round
-    robin over the configs, so that a drift of the machine's speed touches every config alike."""
-    from bench.throughput import train_tokens_per_s
-    from chargpt.device import resolve_amp_dtype
-
-    best = dict.fromkeys(cfgs, float("inf"))
-    for _ in range(rounds):
-        for name, cfg in cfgs.items():
-            device = select_device(cfg.train)
-            amp_dtype = resolve_amp_dtype(cfg.train.precision, device)
-            tokens_per_s, _ = train_tokens_per_s(cfg, device, amp_dtype, steps, "eager", cfg.train.batch_size)
-            best[name] = min(best[name], cfg.train.batch_size * cfg.model.context / tokens_per_s)
-    return best
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -333,8 +317,11 @@ def at_equal_seconds(variants: list, base, seconds: float) -> tuple[list, dict[s
     """The variants, each given the iterations its step time here fits in `seconds`; and those step times."""
     # A seed changes no step's cost: variants that differ only in train.seed are timed once and get the same
     # steps, so that a second seed measures the noise, not the timing's.
+    from bench.throughput import step_seconds_round_robin
+
     timed = {name: tuple(a for a in a_s if not a.startswith("train.seed=")) for name, a_s in variants}
-    by_config = step_seconds_here({key: with_overrides(base, list(key)) for key in dict.fromkeys(timed.values())})
+    configs = {key: with_overrides(base, list(key)) for key in dict.fromkeys(timed.values())}
+    by_config = step_seconds_round_robin(configs)
     step_seconds = {name: by_config[key] for name, key in timed.items()}
     given = []
     for name, assignments in variants:

@@ -58,6 +58,11 @@ def auto_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) 
     return (reduced_math_attention if cpu_bf16 else F.scaled_dot_product_attention)(q, k, v, **kwargs)
 
 
+def dropout(p: float) -> nn.Module:
+    """Dropout, or nothing where p is 0: even a no-op dropout is a call per layer for every byte the KV cache steps."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
 ATTENTION_KERNELS = {"fused": F.scaled_dot_product_attention, "math": math_attention, "auto": auto_attention}
 
 
@@ -77,7 +82,7 @@ class Rotary(nn.Module):
         self.register_buffer("sin", angles.sin(), persistent=False)
 
     def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """x (B, nh, T, hs) at positions start.. start + T - 1, rotated."""
+        """x (B, heads, T, hs) at positions start.. start + T - 1, rotated."""
         T = x.size(2)
         cos, sin = self.cos[start : start + T].to(x.dtype), self.sin[start : start + T].to(x.dtype)  # (T, hs/2)
         x1, x2 = x.chunk(2, dim=-1)
@@ -103,7 +108,7 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.proj.is_residual_projection = True
-        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.resid_dropout = dropout(cfg.dropout)
         head_size = cfg.d_model // cfg.n_head
         self.rotary = Rotary(head_size, cfg.context, cfg.rope_base) if cfg.positions == "rope" else None
         # Value residual (Zhou et al. 2024): a later layer's values move towards the first layer's by this weight.
@@ -114,15 +119,17 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, cache: KVCache | None, shared: Shared) -> torch.Tensor:
         """The attention's output (B, T, C)."""
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        # (B, T, C) -> (B, nh, T, hs)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        nh = self.n_head
+        # (B, T, 3C) -> (B, 3 nh, T, hs): q's heads, k's, v's
+        qkv = self.qkv(x).view(B, T, 3 * nh, C // nh).transpose(1, 2)
+        qk, v = qkv.split((2 * nh, nh), dim=1)
+        if self.rotary is not None:  # q and k turn in one pass: a byte at a time, every op counts
+            qk = self.rotary(qk, shared.start)
+        q, k = qk.split(nh, dim=1)
         if self.value_mix is not None:
             v = v + self.value_mix * (shared.first_values - v)
         elif self.shares_values:
             shared.first_values = v
-        if self.rotary is not None:
-            q, k = self.rotary(q, shared.start), self.rotary(k, shared.start)
         if cache is None:
             y = self.attend(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
         else:
@@ -148,6 +155,7 @@ class KVCache:
         self.n_layer, self.context = n_layer, context
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
+        self._layers: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.length = 0  # positions held (GPT.forward advances it once all layers have appended)
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,10 +164,12 @@ class KVCache:
             B, nh, _, hs = k.shape
             self.keys = k.new_empty(self.n_layer, B, nh, self.context, hs)
             self.values = torch.empty_like(self.keys)
+            self._layers = [(self.keys[i], self.values[i]) for i in range(self.n_layer)]  # views: an op fewer a use
+        keys, values = self._layers[layer]
         end = self.length + k.size(2)
-        self.keys[layer, :, :, self.length : end] = k
-        self.values[layer, :, :, self.length : end] = v
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+        keys[:, :, self.length : end] = k
+        values[:, :, self.length : end] = v
+        return keys[:, :, :end], values[:, :, :end]
 
 
 class FeedForward(nn.Module):
@@ -168,7 +178,7 @@ class FeedForward(nn.Module):
         self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
         self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
         self.down.is_residual_projection = True
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.down(F.relu(self.up(x))))
@@ -203,7 +213,7 @@ class GPT(nn.Module):
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.context, cfg.d_model) if cfg.positions == "input" else None
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model)  # pre-LN leaves the residual stream unnormalised: close it here
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)

@@ -182,7 +182,7 @@ def _walk_coding_order(
         return
     plan, groups, rest = _layout(n, context, lanes)
     T = window_length(n, context)
-    with torch.no_grad():
+    with torch.inference_mode():
         for slot in range(max((len(g) for g in groups), default=0)):
             active = [g[slot] for g in groups if slot < len(g)]
             cache = model.new_cache()
@@ -200,7 +200,7 @@ def _walk_window(
     """One window (start, scored) alone: its unscored inputs in one pass, then a position at a time."""
     start, k = window
     cache = model.new_cache()
-    with torch.no_grad():
+    with torch.inference_mode():
         logits = model(torch.tensor([list(buf[start : start + T - k + 1])]), cache=cache)[0][:, -1]
         code_bytes(_probabilities(logits), [start + T - k + 1])
         for q in range(T - k + 1, T):

@@ -9,13 +9,15 @@ from conftest import REPO, TINY_RUN, params_with_runs
 
 def test_throughput_benchmark_measures_the_steps_figures_as_it_defines_them(tmp_path):
     """The train row's step time, FLOPs and MFU follow from its tokens/s and the measured peak as the script's doc
-    defines them (6N + 12 L d T FLOPs per token, N without the positions), and the speed-up over fp32 eager is the
-    ratio of the two measured rates."""
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_with_runs({"tiny": TINY_RUN})))
+    defines them (6N + 12 L d T FLOPs per token, N without the positions), the speed-up over fp32 eager is the
+    ratio of the two measured rates, and --versus's training ratio is that of each run's iterations x step."""
+    longer = TINY_RUN | {"train": TINY_RUN["train"] | {"iterations": 45, "batch_size": 8}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_with_runs({"tiny": TINY_RUN, "longer": longer})))
     figures = tmp_path / "figures.jsonl"
     proc = subprocess.run(
         [sys.executable, str(REPO / "bench/throughput.py"), "--params", str(tmp_path / "params.yaml"), "--run", "tiny",
-         "--steps", "2", "--eval-bytes", "5000", "--preprocess-mb", "2", "--gemm-size", "256", "--json", str(figures)],
+         "--steps", "2", "--eval-bytes", "5000", "--preprocess-mb", "2", "--gemm-size", "256", "--json", str(figures),
+         "--versus", "longer", "--rounds", "2"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -34,3 +36,9 @@ def test_throughput_benchmark_measures_the_steps_figures_as_it_defines_them(tmp_
     ratio = tps / train["fp32_eager_tokens_per_s"]
     assert f"{ratio:.2f}x plain fp32 eager" in proc.stdout
     assert any(line.startswith("preprocess: ") and "MB/s" in line for line in proc.stdout.splitlines())
+    # --versus: each run's iterations x its step, the steps timed in this process, round robin
+    versus = rows["versus"]
+    assert (versus["versus"], versus["iterations"], versus["versus_iterations"]) == ("longer", 30, 45)
+    ratio = 30 * versus["step_seconds"] / (45 * versus["versus_step_seconds"])
+    assert versus["training_ratio"] == pytest.approx(ratio)
+    assert f"= {30 * versus['step_seconds']:.0f} s" in proc.stdout and f": {ratio:.2f}x" in proc.stdout

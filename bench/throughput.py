@@ -12,7 +12,8 @@ graphs: train.cuda_graphs, CUDA only). --modes defaults to the mode the run reso
 the train stage's: TrainStep (clipping, the run's optimizer) under a constant LR, compile time excluded (printed
 apart).
 
---versus RUN (repeatable): the run's training time against RUN's, each run's iterations x its step time, the steps
+--versus RUN (repeatable): the run's training time against RUN's, each run's steps here (train.iterations, or
+their fp32_iterations_fraction where precision auto resolves to fp32) x its step time, the steps
 timed round robin in this process (eager, each run's own batch size and precision; the best of --rounds timings of
 --steps steps each), so that the machine's drift touches both alike: a ratio that holds on a noisy machine where
 two separate runs' seconds do not.
@@ -266,18 +267,23 @@ class Bench:
         args = self.args
         cfgs = {args.run: self.cfg} | {run: load_run_config(run, args.params) for run in args.versus}
         step = step_seconds_round_robin(cfgs, args.rounds, args.steps)
-        mine = self.cfg.train.iterations * step[args.run]
+        # the steps each trains here: fewer in fp32 where train.fp32_iterations_fraction applies
+        iterations = {
+            run: cfg.train.steps(resolve_amp_dtype(cfg.train.precision, select_device(cfg.train)))
+            for run, cfg in cfgs.items()
+        }
+        mine = iterations[args.run] * step[args.run]
         for run in args.versus:
-            theirs = cfgs[run].train.iterations * step[run]
+            theirs = iterations[run] * step[run]
             self.record(
                 kind="versus", versus=run, step_seconds=step[args.run], versus_step_seconds=step[run],
-                iterations=self.cfg.train.iterations, versus_iterations=cfgs[run].train.iterations,
+                iterations=iterations[args.run], versus_iterations=iterations[run],
                 training_ratio=mine / theirs, rounds=args.rounds, steps=args.steps,
             )  # fmt: skip
             print(
                 f"versus {run}: step {step[args.run] * 1e3:.1f} ms against {step[run] * 1e3:.1f} ms (best of "
-                f"{args.rounds} round robin); training {self.cfg.train.iterations} x {step[args.run] * 1e3:.1f} ms = "
-                f"{mine:.0f} s against {cfgs[run].train.iterations} x {step[run] * 1e3:.1f} ms = {theirs:.0f} s: "
+                f"{args.rounds} round robin); training {iterations[args.run]} x {step[args.run] * 1e3:.1f} ms = "
+                f"{mine:.0f} s against {iterations[run]} x {step[run] * 1e3:.1f} ms = {theirs:.0f} s: "
                 f"{mine / theirs:.2f}x",
                 flush=True,
             )

@@ -11,9 +11,10 @@ mixture of the two scores better than either, as compressors of the paq family m
   (2^table_bits slots, 4 bytes each), whatever the text's length; a slot holds the count of one (context, byte)
   pair and a 16-bit check of the context, and a pair that lands on another's slot takes it over.
 - The mixture (`Mixture`) is linear, q = a p_network + (1 - a) p_context, so it sums to 1 over the 256 bytes as
-  both parts do. Its weights are a softmax over two logits chosen by how many of the context model's orders have
-  seen their context (a proxy for how much the counts know here), learned online by one gradient step on -log q
-  of each byte after it is scored.
+  both parts do. Its weights are a softmax over two logits, one pair for each situation: how many of the context
+  model's orders have seen their context (how much the counts know here), and how confident each side is (the
+  bucket of its top probability: a sure network and an unsure context model call for other weights than the
+  reverse). They are learned online by one gradient step on -log q of each byte after it is scored.
 
 Every byte is scored before anything learns from it: `predict` reads only the bytes already given to `learn` or
 `observe`. So a compressor and its decompressor, which see the same bytes in the same order, compute the same
@@ -23,12 +24,17 @@ floats (chargpt.use.compression).
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 
 import numpy as np
 import torch
 
 from chargpt.evaluation.config import MixtureConfig
 
+# The buckets of each side's top probability that pick the mixture's weights (docs/results.md, "The mixer's
+# weights by confidence": these beat the orders seen alone on val and on test)
+NETWORK_EDGES = (0.3, 0.5, 0.7, 0.9)
+CONTEXT_EDGES = (0.4, 0.7, 0.9)
 HASH_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd: hashes of contexts, then of the hashes into slots
 CHECK_SHIFT, CHECK_MASK = np.uint64(16), np.uint64(0xFFFF)
 
@@ -125,6 +131,13 @@ class ContextReader:
         self.position += 1
 
 
+def situation_index(seen: int, network_top: float, context_top: float) -> int:
+    """Which of the mixture's weights apply: the orders seen, then the buckets of each side's top probability."""
+    network = bisect_left(NETWORK_EDGES, network_top)
+    context = bisect_left(CONTEXT_EDGES, context_top)
+    return (seen * (len(NETWORK_EDGES) + 1) + network) * (len(CONTEXT_EDGES) + 1) + context
+
+
 class Mixture:
     """The network's next-byte distribution mixed with a ContextModel's (see the module's docstring); `context`: a
     SharedContext's reader, where another mixture scores the same text."""
@@ -132,9 +145,9 @@ class Mixture:
     def __init__(self, settings: MixtureConfig, first: int | None = None, context: ContextReader | None = None):
         self.context = context or ContextModel(settings.order, settings.table_bits)
         self.lr = settings.lr
-        self.logits = [0.0] * (
-            settings.order + 2
-        )  # per number of orders seen: the context model's logit over the network's
+        # per situation (orders seen, the network's bucket, the context model's): the context model's logit over
+        # the network's
+        self.logits = [0.0] * ((settings.order + 2) * (len(NETWORK_EDGES) + 1) * (len(CONTEXT_EDGES) + 1))
         self._pending: tuple | None = None
         if first is not None:  # a text's first byte is stored, not scored: only counted
             self.context.observe(first)
@@ -142,16 +155,17 @@ class Mixture:
     def predict(self, network: np.ndarray) -> np.ndarray:
         """(256,) float64: the mixed distribution of the next byte, given the network's (256,) distribution."""
         context, seen = self.context.predict()
-        a = 1 / (1 + math.exp(self.logits[seen]))  # the network's weight
-        self._pending = (network, context, seen, a)
+        situation = situation_index(seen, float(network.max()), float(context.max()))
+        a = 1 / (1 + math.exp(self.logits[situation]))  # the network's weight
+        self._pending = (network, context, situation, a)
         return a * network + (1 - a) * context
 
     def learn(self, byte: int) -> None:
         """After `predict`: one gradient step of the weights on -log q(byte), and the byte counted."""
-        network, context, seen, a = self._pending
+        network, context, situation, a = self._pending
         p_network, p_context = float(network[byte]), float(context[byte])
         q = a * p_network + (1 - a) * p_context
-        self.logits[seen] -= self.lr * a * (1 - a) * (p_network - p_context) / q  # d(-log q)/d logit
+        self.logits[situation] -= self.lr * a * (1 - a) * (p_network - p_context) / q  # d(-log q)/d logit
         self.context.observe(byte)
         self._pending = None
 

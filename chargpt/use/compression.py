@@ -48,11 +48,13 @@ from chargpt.settings import format_validation_error
 from chargpt.train.checkpoint import needed_rms
 
 MAGIC = b"CHARGPT\x00"
-# 3: MAGIC, the header's length (<I), the header (compact JSON, deflated: a third of the bytes, which counts on short
-# files), its CRC-32 (<I), then the payload (stored bytes and the range coder's words), whose length and CRC-32 the
-# header records: damage and truncation are refused before any decoding. 2: the same with the JSON as it is and the
-# payload's sha256. 1: neither the CRC nor the payload's checksum (read, checked only after decoding).
-FORMAT = 3
+# 4: as 3, where a mixture picks its weights by each side's confidence too. 3: MAGIC, the header's length (<I), the
+# header (compact JSON, deflated: a third of the bytes, which counts on short files), its CRC-32 (<I), then the
+# payload (stored bytes and the range coder's words), whose length and CRC-32 the header records: damage and
+# truncation are refused before any decoding. 2: the same with the JSON as it is and the payload's sha256. 1: neither
+# the CRC nor the payload's checksum (read, checked only after decoding).
+FORMAT = 4
+OLD_MIXTURE = "2600bd6"  # the last commit whose mixture decodes the files of formats 1 to 3 that hold one
 MAX_HEADER = 1 << 16  # bytes a format-3 header may inflate to
 DEFAULT_LANES = 32
 MAX_LANES = 1024  # windows coded side by side; each lane holds a KV cache
@@ -112,6 +114,11 @@ def check_header(header: dict, source: str, max_length: int = DEFAULT_MAX_LENGTH
         check_stride(dynamic.stride if dynamic else None, protocol.context)
     except ValueError as e:
         raise CompressionError(f"{source}: invalid header: protocol.{e}") from None
+    if protocol.mixture is not None and checked.format < 4:
+        raise CompressionError(
+            f"{source}: format {checked.format}, mixed by the mixture before its weights followed each side's "
+            f"confidence; this version decodes it differently. Decompress it with chargpt at commit {OLD_MIXTURE}"
+        )
     if checked.length > max_length:
         raise CompressionError(
             f"{source}: its header declares {checked.length:,} bytes, more than {limit} ({max_length:,} bytes)"
@@ -341,7 +348,7 @@ def read_header(
     except ValueError:
         header = None
     version = header.get("format") if isinstance(header, dict) else None
-    if version != (2 if head.startswith(b"{") else FORMAT):  # format 3's header is deflated, format 2's is not
+    if version not in ((2,) if head.startswith(b"{") else (3, FORMAT)):  # 3 and 4 deflate the header, 2 does not
         raise CompressionError(f"{source}: format {version!r}; this version reads formats 1 to {FORMAT}")
     header = check_header(header, source, max_length, limit)
     check_payload(blob[start + size + 4 :], header, source)

@@ -307,7 +307,7 @@ def split_blob(blob: bytes) -> tuple[dict, bytes]:
 
 
 def forge(header: dict, payload: bytes, version: int = 3) -> bytes:
-    """A file of format 2 or 3 with this header, its CRC-32 and the payload's length and checksum all valid, as
+    """A file of format 2, 3 or 4 with this header, its CRC-32 and the payload's length and checksum all valid, as
     whoever crafts a file would compute them."""
     import hashlib
     import json
@@ -321,7 +321,7 @@ def forge(header: dict, payload: bytes, version: int = 3) -> bytes:
                            "payload_sha256": hashlib.sha256(payload).hexdigest()}  # fmt: skip
         head = json.dumps(header, sort_keys=True).encode()
     else:
-        header = header | {"format": 3, "payload_bytes": len(payload), "payload_crc32": zlib.crc32(payload)}
+        header = header | {"format": version, "payload_bytes": len(payload), "payload_crc32": zlib.crc32(payload)}
         head = zlib.compress(json.dumps(header, sort_keys=True).encode())
     return MAGIC + struct.pack("<I", len(head)) + head + struct.pack("<I", zlib.crc32(head)) + payload
 
@@ -410,6 +410,21 @@ def test_a_header_that_inflates_past_its_bound_is_refused_before_it_is_read(chec
     with pytest.raises(CompressionError, match="^f.cgz: invalid header: it inflates past 65,536 bytes$"):
         decompress(model, sha, bomb, source="f.cgz")
     assert decompress(model, sha, forge(header, payload, 2))[0] == tiny_text(300)  # format 2 still reads
+
+
+def test_a_mixed_file_of_an_older_format_is_refused_naming_the_commit_that_decodes_it(checkpoint):
+    """Formats 1 to 3 mixed with the mixture of before its weights followed each side's confidence: this version's
+    mixture would decode such a file into other bytes, so it is refused, naming the commit whose mixture is theirs;
+    the same file unmixed, and format 4 mixed, decode."""
+    model, sha = load_trained(checkpoint), file_sha256(checkpoint)
+    mixture = MixtureConfig(order=6, table_bits=16)
+    blob, _ = compress(model, sha, tiny_text(300), mixture=mixture)
+    header, payload = split_blob(blob)
+    assert header["format"] == 4 and decompress(model, sha, forge(header, payload, 4))[0] == tiny_text(300)
+    with pytest.raises(CompressionError, match="^f.cgz: format 3, mixed by the mixture before .* at commit 2600bd6$"):
+        decompress(model, sha, forge(header, payload, 3), source="f.cgz")
+    plain_header, plain_payload = split_blob(compress(model, sha, tiny_text(300))[0])
+    assert decompress(model, sha, forge(plain_header, plain_payload, 3))[0] == tiny_text(300)
 
 
 def test_decompress_max_length_refuses_a_longer_file_and_writes_nothing(checkpoint, tmp_path):

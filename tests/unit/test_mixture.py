@@ -108,3 +108,18 @@ def test_one_walk_scores_static_and_dynamic_as_two_and_keeps_few_predictions(mon
     assert [score for score, _ in together] == list(apart)  # Score is a dataclass: every field, the mixed ones too
     assert apart[0].mixed.bpc != apart[1].mixed.bpc and all(seconds > 0 for _, seconds in together)
     assert 0 < max(kept) <= context + batch_size * stride  # the largest step: the first static batch
+
+
+def test_the_weights_that_learn_are_those_of_the_orders_seen_and_each_sides_confidence():
+    """After one byte, 'a', the empty context has seen it (1 order seen) and the context model gives it 1/2 + 1/512
+    (Witten-Bell: 1 count, 1 distinct byte, the escape to uniform): its bucket is the second (0.4 < p <= 0.7). A
+    network sure of a byte (0.95) is in its last bucket of five, a flat one (1/256) in its first: the weights learned
+    are those of situation (1 x 5 + 4) x 4 + 1 = 37, and (1 x 5 + 0) x 4 + 1 = 21."""
+    sure = np.full(256, 0.05 / 255)
+    sure[ord("b")] = 0.95
+    for network, situation in ((sure, 37), (np.full(256, 1 / 256), 21)):
+        mixture = Mixture(MixtureConfig(order=4, table_bits=12, lr=0.5), first=ord("a"))
+        q = mixture.predict(network)
+        assert q.sum() == pytest.approx(1.0)
+        mixture.learn(ord("b"))
+        assert [i for i, logit in enumerate(mixture.logits) if logit != 0.0] == [situation]

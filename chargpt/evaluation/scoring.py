@@ -205,27 +205,39 @@ def gradient_rms(model: torch.nn.Module, train: torch.Tensor, device: torch.devi
     return {name: s.sqrt().cpu() for name, s in squares.items()}
 
 
-class KrauseRMS(torch.optim.Optimizer):
+class KrauseRMS:
     """Krause et al.'s update: each weight moves by lr x its gradient / (its training RMS + 0.1 x the mean RMS), then
     back towards its trained value by decay x its RMS / the mean RMS (at most all the way). Weights that training
     moved hard adapt less per unit of gradient and forget faster; the 0.1 x mean keeps a weight that no training
-    batch moved (a rare byte's embedding) from a step of 1/0."""
+    batch moved (a rare byte's embedding) from a step of 1/0. Not a torch.optim.Optimizer: building one imports
+    torch._dynamo, a second and more of every command that scores or compresses with dynamic evaluation."""
 
     def __init__(self, params: list[torch.nn.Parameter], rms: list[torch.Tensor], lr: float, decay: float):
-        super().__init__(params, {"lr": lr})
         mean = torch.cat([r.flatten() for r in rms]).mean()
-        for p, r in zip(params, rms):
-            r = r.to(p.device)
-            self.state[p] = {"scale": 1 / (r + 0.1 * mean), "pull": (decay * r / mean).clamp(max=1.0),
-                             "trained": p.detach().clone()}  # fmt: skip
+        rms = [r.to(p.device) for p, r in zip(params, rms)]
+        self.params, self.lr = params, lr
+        self.scale = [1 / (r + 0.1 * mean) for r in rms]
+        self.pull = [(decay * r / mean).clamp(max=1.0) for r in rms]
+        self.trained = [p.detach().clone() for p in params]
 
     @torch.no_grad()
     def step(self) -> None:
-        for group in self.param_groups:
-            for p in group["params"]:
-                state = self.state[p]
-                p -= group["lr"] * p.grad * state["scale"]
-                p += state["pull"] * (state["trained"] - p)
+        for p, scale, pull, trained in zip(self.params, self.scale, self.pull, self.trained, strict=True):
+            p -= self.lr * p.grad * scale
+            p += pull * (trained - p)
+
+
+class SGD:
+    """Plain SGD, as torch.optim.SGD steps without momentum (bit for bit; tests/unit/test_evaluation.py), without
+    the torch._dynamo import that building a torch optimizer costs (KrauseRMS says why that matters)."""
+
+    def __init__(self, params: list[torch.nn.Parameter], lr: float):
+        self.params, self.lr = params, lr
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for p in self.params:
+            p.add_(p.grad, alpha=-self.lr)
 
 
 class DynamicEvaluation:
@@ -246,7 +258,7 @@ class DynamicEvaluation:
         elif settings.optimizer == "adam":
             self.optimizer = torch.optim.Adam(params, lr=settings.lr)
         else:
-            self.optimizer = torch.optim.SGD(params, lr=settings.lr)
+            self.optimizer = SGD(list(params), settings.lr)
 
     def update(self, chunk: torch.Tensor, scored: torch.Tensor | None = None) -> None:
         """One step on windows chunk (B, T+1) (inputs and their next bytes): on the positions `scored` (B, T) marks,
@@ -258,7 +270,7 @@ class DynamicEvaluation:
                 loss = nats[scored].mean()
             loss.backward()
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.model.zero_grad(set_to_none=True)
         if self.initial is not None:
             with torch.no_grad():
                 for p, p0 in zip(self.model.parameters(), self.initial):

@@ -4,7 +4,15 @@ import pytest
 import torch
 
 from chargpt.evaluation.config import DynamicEvalConfig
-from chargpt.evaluation.scoring import RMS_BATCHES, KrauseRMS, dynamic_score, gradient_rms, split_score, window_plan
+from chargpt.evaluation.scoring import (
+    RMS_BATCHES,
+    SGD,
+    KrauseRMS,
+    dynamic_score,
+    gradient_rms,
+    split_score,
+    window_plan,
+)
 from chargpt.model.config import ModelConfig
 from chargpt.model.gpt import GPT
 
@@ -107,6 +115,45 @@ def test_krause_rms_steps_each_weight_by_its_gradient_over_its_training_rms_and_
     moved = torch.tensor([1.0 - 0.01 * 0.21 / 0.525, 2.0 + 0.01 * 0.05 / 0.025])
     expected = moved + torch.tensor([0.2, 0.0]) * (torch.tensor([1.0, 2.0]) - moved)
     torch.testing.assert_close(w.detach(), expected, rtol=1e-6, atol=0)
+
+
+def test_the_sgd_update_steps_as_torchs_sgd_does_bit_for_bit():
+    torch.manual_seed(0)
+    ours = GPT(ModelConfig(n_layer=1, d_model=16, n_head=2, d_ff=32, context=8, dropout=0.0))
+    theirs = GPT(ModelConfig(n_layer=1, d_model=16, n_head=2, d_ff=32, context=8, dropout=0.0))
+    theirs.load_state_dict(ours.state_dict())
+    sgd, reference = SGD(list(ours.parameters()), lr=0.37), torch.optim.SGD(theirs.parameters(), lr=0.37)
+    for _ in range(3):
+        chunk = torch.randint(0, 256, (4, 9))
+        for model in (ours, theirs):
+            model.zero_grad(set_to_none=True)
+            model(chunk[:, :-1], chunk[:, 1:])[1].backward()
+        sgd.step()
+        reference.step()
+    assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), theirs.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("optimizer", ["rms", "sgd"])
+def test_dynamic_evaluation_does_not_import_torch_dynamo(tmp_path, optimizer):
+    """Building a torch optimizer imports torch._dynamo: a second and more of every command that scores or
+    compresses with dynamic evaluation (the quickstart's rms, the classic's sgd)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys, torch
+from chargpt.evaluation.config import DynamicEvalConfig
+from chargpt.evaluation.scoring import dynamic_score
+from chargpt.model.config import ModelConfig
+from chargpt.model.gpt import GPT
+model = GPT(ModelConfig(n_layer=1, d_model=16, n_head=2, d_ff=32, context=8))
+rms = {{name: torch.ones_like(p) for name, p in model.named_parameters()}}
+dynamic_score(model, torch.randint(0, 256, (100,), dtype=torch.uint8), 8, DynamicEvalConfig(optimizer={optimizer!r}),
+              rms=rms)
+print("torch._dynamo" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_gradient_rms_is_the_rms_of_the_models_gradients_over_its_batches_and_leaves_the_model_alone():

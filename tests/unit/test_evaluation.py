@@ -134,7 +134,7 @@ def test_the_sgd_update_steps_as_torchs_sgd_does_bit_for_bit():
 
 
 @pytest.mark.parametrize("optimizer", ["rms", "sgd"])
-def test_dynamic_evaluation_does_not_import_torch_dynamo(tmp_path, optimizer):
+def test_dynamic_evaluation_does_not_import_torch_dynamo(optimizer):
     """Building a torch optimizer imports torch._dynamo: a second and more of every command that scores or
     compresses with dynamic evaluation (the quickstart's rms, the classic's sgd)."""
     import subprocess
